@@ -1,0 +1,44 @@
+# mailgate: `make run` starts the service, `make test` runs every test. Both install what they need.
+SHELL := /bin/bash
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PG_URL ?= postgresql://postgres@127.0.0.1:5432/mailgate
+export UV_LINK_MODE ?= copy
+
+.PHONY: uv sync run web worker test test-deps lint test-sqlite test-postgres bench demo sandbox
+
+uv:
+	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
+
+sync: uv
+	uv sync --frozen --quiet
+
+run: sync
+	uv run mailgate run --host $(HOST) --port $(PORT)
+
+demo: sync
+	uv run mailgate demo
+
+sandbox: sync
+	uv run mailgate sandbox
+
+test-deps: sync
+	./scripts/install-test-deps.sh
+
+lint: sync
+	uv run ruff check .
+	uv run ruff format --check .
+	uv run mypy mailgate
+
+test-sqlite:
+	env -u MAILGATE_DATABASE_URL uv run pytest
+
+test-postgres:
+	MAILGATE_DATABASE_URL=$(PG_URL) uv run pytest -m "not nodb"
+
+test: test-deps lint
+	$(MAKE) test-sqlite
+	$(MAKE) test-postgres
+
+bench: test-deps
+	uv run python -m tests.bench.run

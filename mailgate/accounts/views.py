@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.forms import AuthenticationForm
+from django.http import HttpRequest
+
+from mailgate.accounts import throttle
+
+
+class ThrottledAuthenticationForm(AuthenticationForm):
+    """Django's sign-in form that refuses further attempts after repeated failures."""
+
+    def __init__(self, request: HttpRequest | None = None, *args: Any, **kwargs: Any) -> None:
+        super().__init__(request, *args, **kwargs)
+        self.fields["username"].label = "Email"
+
+    def _address(self) -> str:
+        return self.request.META.get("REMOTE_ADDR", "") if self.request else ""
+
+    def clean(self) -> dict[str, Any]:
+        username = self.cleaned_data.get("username") or ""
+        if throttle.is_locked(username, self._address()):
+            raise forms.ValidationError(
+                "Too many failed sign-ins. Wait 15 minutes and try again, or ask another "
+                "administrator to reset your password.",
+                code="throttled",
+            )
+        try:
+            cleaned = super().clean()
+        except forms.ValidationError:
+            throttle.record_failure(username, self._address())
+            raise
+        throttle.reset(username, self._address())
+        return cleaned
+
+
+class LoginView(auth_views.LoginView):
+    form_class = ThrottledAuthenticationForm
+    template_name = "accounts/login.html"
+    redirect_authenticated_user = True

@@ -1,0 +1,5 @@
+from django.urls import path
+
+from mailgate.api import console_views
+
+urlpatterns = [path("", console_views.apikey_list, name="apikeys")]

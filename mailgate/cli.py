@@ -1,0 +1,37 @@
+"""The `mailgate` console script: every command is a Django management command (DESIGN.md §4.1)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# Command names with dashes on the command line, underscores as Django commands.
+ALIASES = {"rotate-keys": "rotate_keys"}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if args and args[0] == "sandbox":
+        # The sandbox stands apart from mailgate's database and settings.
+        from mailgate.sandbox.cli import main as sandbox_main
+
+        sys.exit(sandbox_main(args[1:]))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailgate.settings")
+    from mailgate.conf import SettingsError
+
+    try:
+        import django
+
+        django.setup()
+    except SettingsError as exc:
+        print(f"mailgate: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    from django.core.management import execute_from_command_line
+
+    if args:
+        args[0] = ALIASES.get(args[0], args[0])
+    execute_from_command_line(["mailgate", *args])
+
+
+if __name__ == "__main__":
+    main()

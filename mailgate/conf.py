@@ -1,0 +1,305 @@
+"""Strict parsing of mailgate's environment settings (DESIGN.md §4.2)."""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+import secrets
+import stat
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from cryptography.fernet import Fernet
+
+
+class SettingsError(Exception):
+    """A setting is missing or malformed; the message names the variable and the expected form."""
+
+    def __init__(self, variable: str, problem: str, expected: str) -> None:
+        self.variable = variable
+        super().__init__(f"{variable}: {problem}. Expected {expected}.")
+
+
+LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+
+
+def is_loopback_host(host: str | None) -> bool:
+    """True for localhost names and 127.0.0.0/8 / ::1 addresses."""
+    if not host:
+        return False
+    host = host.strip("[]").lower()
+    if host in LOOPBACK_NAMES or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_http_url(variable: str, value: str, *, allow_path: bool = True) -> str:
+    """Validate an http(s) URL; http:// is accepted only for loopback hosts."""
+    value = value.strip()
+    parts = urlsplit(value)
+    expected = "an https:// URL (http:// only for 127.0.0.1 / localhost)"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(variable, f"{value!r} is not an absolute URL", expected)
+    if parts.query or parts.fragment:
+        raise SettingsError(variable, "a query string or fragment is not allowed", expected)
+    if not allow_path and parts.path not in ("", "/"):
+        raise SettingsError(variable, "a path is not allowed", "scheme://host[:port]")
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a bad port
+    except ValueError as exc:
+        raise SettingsError(variable, f"bad port in {value!r}", expected) from exc
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise SettingsError(
+            variable, f"plain http is only accepted for loopback, not {parts.hostname}", expected
+        )
+    return value.rstrip("/")
+
+
+def parse_public_url(value: str) -> str:
+    """MAILGATE_PUBLIC_URL may be http on any host (a warning is shown in the console)."""
+    variable = "MAILGATE_PUBLIC_URL"
+    value = value.strip()
+    parts = urlsplit(value)
+    expected = "a base URL such as https://mail.example.com or http://127.0.0.1:8000"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SettingsError(variable, f"{value!r} is not an absolute http(s) URL", expected)
+    if parts.query or parts.fragment:
+        raise SettingsError(variable, "a query string or fragment is not allowed", expected)
+    try:
+        parts.port  # noqa: B018
+    except ValueError as exc:
+        raise SettingsError(variable, f"bad port in {value!r}", expected) from exc
+    return value.rstrip("/")
+
+
+@dataclass(frozen=True)
+class Database:
+    engine: str
+    name: str
+    user: str = ""
+    password: str = ""
+    host: str = ""
+    port: str = ""
+    options: dict[str, str] = field(default_factory=dict)
+
+    def as_django(self) -> dict[str, Any]:
+        db: dict[str, Any] = {"ENGINE": self.engine, "NAME": self.name}
+        if self.engine.endswith("postgresql"):
+            db.update(USER=self.user, PASSWORD=self.password, HOST=self.host, PORT=self.port)
+            db["OPTIONS"] = dict(self.options)
+            db["CONN_MAX_AGE"] = 60
+            db["CONN_HEALTH_CHECKS"] = True
+        else:
+            # WAL lets the worker and the web requests read while one of them writes.
+            db["OPTIONS"] = {
+                "timeout": 20,
+                "transaction_mode": "IMMEDIATE",
+                "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            }
+        return db
+
+
+def parse_database_url(value: str, home: Path) -> Database:
+    variable = "MAILGATE_DATABASE_URL"
+    expected = "sqlite:///relative/or//absolute/path.sqlite3 or postgresql://user:password@host:5432/dbname"
+    value = value.strip()
+    parts = urlsplit(value)
+    if parts.scheme == "sqlite":
+        path = parts.path
+        if parts.netloc:
+            raise SettingsError(variable, "a sqlite URL has no host", expected)
+        if path.startswith("//"):
+            file = Path(path[1:])
+        elif path.startswith("/") and len(path) > 1:
+            file = Path(path[1:])
+            if not file.is_absolute():
+                file = Path.cwd() / file
+        else:
+            raise SettingsError(variable, f"no file path in {value!r}", expected)
+        return Database("django.db.backends.sqlite3", str(file))
+    if parts.scheme in ("postgres", "postgresql"):
+        name = parts.path.lstrip("/")
+        if not name or "/" in name:
+            raise SettingsError(variable, f"no database name in {value!r}", expected)
+        try:
+            port = str(parts.port or 5432)
+        except ValueError as exc:
+            raise SettingsError(variable, "bad port", expected) from exc
+        options: dict[str, str] = {}
+        for pair in filter(None, parts.query.split("&")):
+            key, _, val = pair.partition("=")
+            if key not in ("sslmode", "sslrootcert", "connect_timeout", "application_name"):
+                raise SettingsError(variable, f"unknown option {key!r}", expected)
+            options[key] = unquote(val)
+        return Database(
+            "django.db.backends.postgresql",
+            unquote(name),
+            user=unquote(parts.username or ""),
+            password=unquote(parts.password or ""),
+            host=parts.hostname or "",
+            port=port,
+            options=options,
+        )
+    raise SettingsError(variable, f"unsupported scheme {parts.scheme!r}", expected)
+
+
+def _write_private(path: Path, content: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(content)
+
+
+def _read_or_create(path: Path, make: Any) -> str:
+    if path.exists():
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            path.chmod(0o600)
+        return path.read_text().strip()
+    value: str = make()
+    try:
+        _write_private(path, value + "\n")
+    except FileExistsError:
+        return path.read_text().strip()
+    return value
+
+
+def parse_fernet_keys(variable: str, value: str) -> list[bytes]:
+    keys: list[bytes] = []
+    expected = "comma-separated Fernet keys (32 url-safe base64 bytes each), newest first"
+    for i, raw in enumerate(k.strip() for k in value.split(",")):
+        if not raw:
+            continue
+        try:
+            if len(base64.urlsafe_b64decode(raw.encode())) != 32:
+                raise ValueError
+            Fernet(raw.encode())
+        except Exception as exc:
+            raise SettingsError(
+                variable, f"key #{i + 1} is not a valid Fernet key", expected
+            ) from exc
+        keys.append(raw.encode())
+    if not keys:
+        raise SettingsError(variable, "no key given", expected)
+    return keys
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path
+    database: Database
+    public_url: str
+    secret_key: str
+    encryption_keys: list[bytes]
+    admin_email: str
+    admin_password: str
+    microsoft_login_url: str
+    google_auth_url: str
+    google_token_url: str
+    google_revoke_url: str
+    debug: bool
+
+
+def _bool(variable: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise SettingsError(
+        variable, f"{value!r} is not a boolean", "1/0, true/false, yes/no or on/off"
+    )
+
+
+def load(env: dict[str, str] | None = None) -> Config:
+    """Read and validate every MAILGATE_* setting; raise SettingsError on the first bad one."""
+    env = dict(os.environ if env is None else env)
+    home = Path(env.get("MAILGATE_HOME") or "./var").expanduser()
+    if not home.is_absolute():
+        home = Path.cwd() / home
+    if home.exists() and not home.is_dir():
+        raise SettingsError("MAILGATE_HOME", f"{home} is not a directory", "a writable directory")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SettingsError(
+            "MAILGATE_HOME", f"cannot create {home}: {exc.strerror}", "a writable directory"
+        ) from exc
+
+    db_url = env.get("MAILGATE_DATABASE_URL", "").strip()
+    if db_url:
+        database = parse_database_url(db_url, home)
+    else:
+        database = Database("django.db.backends.sqlite3", str(home / "mailgate.sqlite3"))
+
+    public_url = parse_public_url(env.get("MAILGATE_PUBLIC_URL") or "http://127.0.0.1:8000")
+
+    secret_key = env.get("MAILGATE_SECRET_KEY", "").strip()
+    if "MAILGATE_SECRET_KEY" in env and len(secret_key) < 32:
+        raise SettingsError(
+            "MAILGATE_SECRET_KEY", "too short", "a random string of at least 32 characters"
+        )
+    if not secret_key:
+        secret_key = _read_or_create(home / "secret_key", lambda: secrets.token_urlsafe(50))
+
+    if env.get("MAILGATE_ENCRYPTION_KEYS", "").strip():
+        keys = parse_fernet_keys("MAILGATE_ENCRYPTION_KEYS", env["MAILGATE_ENCRYPTION_KEYS"])
+    else:
+        stored = _read_or_create(home / "encryption_keys", lambda: Fernet.generate_key().decode())
+        keys = parse_fernet_keys(f"{home / 'encryption_keys'} (generated key file)", stored)
+
+    admin_email = env.get("MAILGATE_ADMIN_EMAIL", "").strip()
+    if admin_email and (
+        "@" not in admin_email or admin_email.startswith("@") or admin_email.endswith("@")
+    ):
+        raise SettingsError(
+            "MAILGATE_ADMIN_EMAIL", f"{admin_email!r} is not an e-mail address", "name@example.com"
+        )
+    admin_password = env.get("MAILGATE_ADMIN_PASSWORD", "")
+    if admin_password and len(admin_password) < 10:
+        raise SettingsError("MAILGATE_ADMIN_PASSWORD", "too short", "at least 10 characters")
+
+    microsoft = parse_http_url(
+        "MAILGATE_MICROSOFT_LOGIN_URL",
+        env.get("MAILGATE_MICROSOFT_LOGIN_URL") or "https://login.microsoftonline.com",
+    )
+    google_auth = parse_http_url(
+        "MAILGATE_GOOGLE_AUTH_URL",
+        env.get("MAILGATE_GOOGLE_AUTH_URL") or "https://accounts.google.com/o/oauth2/v2/auth",
+    )
+    google_token = parse_http_url(
+        "MAILGATE_GOOGLE_TOKEN_URL",
+        env.get("MAILGATE_GOOGLE_TOKEN_URL") or "https://oauth2.googleapis.com/token",
+    )
+    default_revoke = google_token.rsplit("/", 1)[0] + "/revoke"
+    google_revoke = parse_http_url(
+        "MAILGATE_GOOGLE_REVOKE_URL", env.get("MAILGATE_GOOGLE_REVOKE_URL") or default_revoke
+    )
+    cert_file = env.get("SSL_CERT_FILE", "").strip()
+    if cert_file and not Path(cert_file).is_file():
+        raise SettingsError(
+            "SSL_CERT_FILE",
+            f"{cert_file} does not exist",
+            "the path of a PEM file of CA certificates",
+        )
+
+    return Config(
+        home=home,
+        database=database,
+        public_url=public_url,
+        secret_key=secret_key,
+        encryption_keys=keys,
+        admin_email=admin_email,
+        admin_password=admin_password,
+        microsoft_login_url=microsoft,
+        google_auth_url=google_auth,
+        google_token_url=google_token,
+        google_revoke_url=google_revoke,
+        debug=_bool("MAILGATE_DEBUG", env.get("MAILGATE_DEBUG", "")),
+    )

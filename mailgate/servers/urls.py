@@ -1,0 +1,11 @@
+from django.urls import path
+
+from mailgate.servers import views
+
+app_name = "servers"
+
+urlpatterns = [
+    path("", views.server_list, name="list"),
+    path("add/", views.server_add, name="add"),
+    path("<int:pk>/", views.server_edit, name="edit"),
+]

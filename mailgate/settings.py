@@ -1,0 +1,119 @@
+"""Django settings, all derived from the environment through mailgate.conf (DESIGN.md §4.2)."""
+
+from __future__ import annotations
+
+from mailgate import conf
+
+CONFIG = conf.load()
+
+BASE_DIR = CONFIG.home
+MAILGATE_HOME = CONFIG.home
+MAILGATE_PUBLIC_URL = CONFIG.public_url
+MAILGATE_ENCRYPTION_KEYS = CONFIG.encryption_keys
+MAILGATE_MICROSOFT_LOGIN_URL = CONFIG.microsoft_login_url
+MAILGATE_GOOGLE_AUTH_URL = CONFIG.google_auth_url
+MAILGATE_GOOGLE_TOKEN_URL = CONFIG.google_token_url
+MAILGATE_GOOGLE_REVOKE_URL = CONFIG.google_revoke_url
+
+SECRET_KEY = CONFIG.secret_key
+DEBUG = CONFIG.debug
+ALLOWED_HOSTS = ["*"]
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "mailgate.core",
+    "mailgate.accounts",
+    "mailgate.servers",
+    "mailgate.oauth",
+    "mailgate.outbox",
+    "mailgate.api",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "mailgate.accounts.middleware.LoginRequiredMiddleware",
+]
+
+ROOT_URLCONF = "mailgate.urls"
+WSGI_APPLICATION = "mailgate.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "mailgate.accounts.context_processors.roles",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": CONFIG.database.as_django()}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": 10},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+]
+
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SESSION_COOKIE_SECURE = CONFIG.public_url.startswith("https://")
+CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
+CSRF_TRUSTED_ORIGINS = [CONFIG.public_url]
+X_FRAME_OPTIONS = "DENY"
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = CONFIG.home / "static"
+
+# Login throttling: failed sign-ins per username and per client address in a sliding window.
+MAILGATE_LOGIN_MAX_FAILURES = 5
+MAILGATE_LOGIN_WINDOW_SECONDS = 15 * 60
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "mailgate_cache",
+    }
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "loggers": {
+        "mailgate": {"handlers": ["console"], "level": "INFO", "propagate": False},
+        "django": {"handlers": ["console"], "level": "WARNING"},
+    },
+}

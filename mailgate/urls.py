@@ -1,0 +1,17 @@
+from django.contrib.auth import views as auth_views
+from django.urls import include, path
+
+from mailgate.accounts.views import LoginView
+from mailgate.core import views as core_views
+
+urlpatterns = [
+    path("", core_views.dashboard, name="dashboard"),
+    path("accounts/login/", LoginView.as_view(), name="login"),
+    path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("settings/", core_views.settings_menu, name="settings"),
+    path("settings/technical/", core_views.technical_menu, name="settings-technical"),
+    path("settings/technical/mail-servers/", include("mailgate.servers.urls")),
+    path("settings/api-keys/", include("mailgate.api.console_urls")),
+    path("healthz", core_views.healthz, name="healthz"),
+    path("api/v1/", include("mailgate.api.urls")),
+]

@@ -1,0 +1,67 @@
+"""The worker loop: a list of steps, each returning whether it did something (healthchecks' sendalerts)."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+
+from django.db import close_old_connections
+
+log = logging.getLogger("mailgate.worker")
+
+# Dotted paths of the steps the worker runs each cycle, in order. A step is `() -> bool`.
+WORKER_STEPS: list[str] = []
+
+IDLE_SLEEP_SECONDS = 1.0
+
+
+def load_steps() -> list[tuple[str, Callable[[], bool]]]:
+    steps = []
+    for path in WORKER_STEPS:
+        module, _, attr = path.rpartition(".")
+        steps.append((path, getattr(importlib.import_module(module), attr)))
+    return steps
+
+
+def run_once() -> bool:
+    """Run every step once; True when any of them did something."""
+    did = False
+    for name, step in load_steps():
+        close_old_connections()
+        try:
+            did = bool(step()) or did
+        except Exception:
+            log.exception("worker step %s failed", name)
+    close_old_connections()
+    return did
+
+
+class Worker:
+    """Runs the steps until stopped; `stop()` (or SIGTERM/SIGINT) finishes the current step first."""
+
+    def __init__(self) -> None:
+        self.stopping = threading.Event()
+
+    def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        if not self.stopping.is_set():
+            log.info("worker stopping after the current step")
+        self.stopping.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def run(self, *, max_cycles: int | None = None) -> None:
+        cycles = 0
+        while not self.stopping.is_set():
+            did = run_once()
+            cycles += 1
+            if max_cycles is not None and cycles >= max_cycles:
+                break
+            if not did:
+                self.stopping.wait(IDLE_SLEEP_SECONDS)
+        log.info("worker stopped")

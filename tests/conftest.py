@@ -1,0 +1,47 @@
+"""Personas (an administrator, a viewer, a stranger) and fast settings for every test."""
+
+from __future__ import annotations
+
+import pytest
+from django.contrib.auth.models import User
+from django.test import Client
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(autouse=True)
+def _fast_password_hashing(settings: pytest.FixtureRequest) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]
+
+
+@pytest.fixture
+def admin(db: None) -> User:
+    return User.objects.create_user(
+        "alice@example.com", "alice@example.com", PASSWORD, is_staff=True
+    )
+
+
+@pytest.fixture
+def viewer(db: None) -> User:
+    return User.objects.create_user(
+        "victor@example.com", "victor@example.com", PASSWORD, is_staff=False
+    )
+
+
+@pytest.fixture
+def admin_client(admin: User) -> Client:
+    client = Client()
+    client.force_login(admin)
+    return client
+
+
+@pytest.fixture
+def viewer_client(viewer: User) -> Client:
+    client = Client()
+    client.force_login(viewer)
+    return client
+
+
+@pytest.fixture
+def stranger_client(db: None) -> Client:
+    return Client()

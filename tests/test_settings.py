@@ -1,0 +1,110 @@
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from mailgate import conf
+
+pytestmark = pytest.mark.nodb
+
+
+def load(tmp_path: Path, **env: str) -> conf.Config:
+    return conf.load({"MAILGATE_HOME": str(tmp_path), **env})
+
+
+def test_it_defaults_to_sqlite_in_the_home_folder(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    assert config.database.engine == "django.db.backends.sqlite3"
+    assert config.database.name == str(tmp_path / "mailgate.sqlite3")
+    assert config.public_url == "http://127.0.0.1:8000"
+    assert config.microsoft_login_url == "https://login.microsoftonline.com"
+
+
+def test_it_generates_secrets_with_mode_0600_and_reuses_them(tmp_path: Path) -> None:
+    first = load(tmp_path)
+    for name in ("secret_key", "encryption_keys"):
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600
+    second = load(tmp_path)
+    assert first.secret_key == second.secret_key
+    assert first.encryption_keys == second.encryption_keys
+
+
+def test_it_parses_a_postgresql_url(tmp_path: Path) -> None:
+    db = load(
+        tmp_path, MAILGATE_DATABASE_URL="postgresql://u:p%40ss@db.example:6543/mail?sslmode=require"
+    ).database
+    assert (db.engine, db.name, db.user, db.password, db.host, db.port) == (
+        "django.db.backends.postgresql",
+        "mail",
+        "u",
+        "p@ss",
+        "db.example",
+        "6543",
+    )
+    assert db.options == {"sslmode": "require"}
+
+
+def test_it_parses_an_absolute_sqlite_url(tmp_path: Path) -> None:
+    db = load(tmp_path, MAILGATE_DATABASE_URL=f"sqlite:///{tmp_path}/x.db").database
+    assert db.name == f"{tmp_path}/x.db"
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "fragment"),
+    [
+        ("MAILGATE_DATABASE_URL", "mysql://x/y", "unsupported scheme"),
+        ("MAILGATE_DATABASE_URL", "postgresql://host:5432/", "no database name"),
+        ("MAILGATE_DATABASE_URL", "postgresql://host/db?foo=1", "unknown option"),
+        ("MAILGATE_PUBLIC_URL", "ftp://x", "not an absolute http(s) URL"),
+        ("MAILGATE_PUBLIC_URL", "https://x/?a=1", "query string"),
+        ("MAILGATE_MICROSOFT_LOGIN_URL", "http://login.example.com", "only accepted for loopback"),
+        ("MAILGATE_GOOGLE_TOKEN_URL", "not a url", "not an absolute URL"),
+        ("MAILGATE_ENCRYPTION_KEYS", "abc", "not a valid Fernet key"),
+        ("MAILGATE_SECRET_KEY", "short", "too short"),
+        ("MAILGATE_ADMIN_EMAIL", "nobody", "not an e-mail address"),
+        ("MAILGATE_ADMIN_PASSWORD", "123", "too short"),
+        ("MAILGATE_DEBUG", "maybe", "not a boolean"),
+        ("SSL_CERT_FILE", "/nonexistent/ca.pem", "does not exist"),
+    ],
+)
+def test_it_refuses_a_bad_value_naming_the_variable(
+    tmp_path: Path, variable: str, value: str, fragment: str
+) -> None:
+    with pytest.raises(conf.SettingsError) as err:
+        load(tmp_path, **{variable: value})
+    assert str(err.value).startswith(variable + ":")
+    assert fragment in str(err.value)
+    assert "Expected" in str(err.value)
+
+
+def test_it_accepts_plain_http_identity_urls_on_loopback(tmp_path: Path) -> None:
+    config = load(tmp_path, MAILGATE_MICROSOFT_LOGIN_URL="http://127.0.0.1:9000/")
+    assert config.microsoft_login_url == "http://127.0.0.1:9000"
+
+
+def test_a_home_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    file = tmp_path / "f"
+    file.write_text("")
+    with pytest.raises(conf.SettingsError, match="MAILGATE_HOME"):
+        conf.load({"MAILGATE_HOME": str(file)})
+
+
+def test_the_cli_stops_with_the_message(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "mailgate.cli", "check"],
+        env={
+            "MAILGATE_HOME": str(tmp_path),
+            "MAILGATE_PUBLIC_URL": "gopher://x",
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert "MAILGATE_PUBLIC_URL" in result.stderr
