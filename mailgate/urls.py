@@ -12,6 +12,8 @@ urlpatterns = [
     path("settings/technical/", core_views.technical_menu, name="settings-technical"),
     path("settings/technical/mail-servers/", include("mailgate.servers.urls")),
     path("settings/api-keys/", include("mailgate.api.console_urls")),
+    path("oauth/", include("mailgate.oauth.urls")),
+    path("outbox/", include("mailgate.outbox.urls")),
     path("healthz", core_views.healthz, name="healthz"),
     path("api/v1/", include("mailgate.api.urls")),
 ]
