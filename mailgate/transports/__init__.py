@@ -1,0 +1,12 @@
+"""Transport plugins (DESIGN.md §2): one module each, registered in REGISTRY by name."""
+
+from __future__ import annotations
+
+from mailgate.transports.base import Envelope, Reply, SendResult, Transport, TransportError
+from mailgate.transports.smtp import SMTPTransport
+
+REGISTRY: dict[str, type[Transport]] = {
+    "smtp": SMTPTransport,
+}
+
+__all__ = ["REGISTRY", "Envelope", "Reply", "SendResult", "Transport", "TransportError"]

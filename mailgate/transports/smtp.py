@@ -1,0 +1,460 @@
+"""SMTP submission: STARTTLS / implicit TLS / plain, XOAUTH2 for OAuth mailboxes, PLAIN/LOGIN, client certificates.
+
+Each protocol step is a method (connect, starttls, authenticate, mail, rcpt, data, abort) so that the
+connection test can run them one by one; `open()` + `send_messages()` is what the outbox worker uses.
+Certificate verification is always on: trust comes from the system store and SSL_CERT_FILE.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import os
+import re
+import smtplib
+import ssl
+import tempfile
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+from mailgate.conf import is_loopback_host
+from mailgate.transports.base import Envelope, Reply, SendResult, Transport, TransportError
+
+if TYPE_CHECKING:
+    from mailgate.crypto import Sealed
+
+
+class SMTPServerConfig(Protocol):
+    """The MailServer fields an SMTP transport reads."""
+
+    smtp_host: str
+    smtp_port: int
+    smtp_security: str
+    auth_method: str
+    username: str
+    password: Sealed | None
+    certificate: str
+    private_key: Sealed | None
+
+    @property
+    def is_oauth(self) -> bool: ...
+
+
+# Send the XOAUTH2 response inline only while the AUTH line stays short: Dovecot's submission service
+# refuses command lines over 4 KiB and Postfix's default line_length_limit is 2048, and Entra ID tokens
+# are often 1.5-3 KB (see shared/reference/test-peers.md, pitfalls 9 and 10). Exchange documents the
+# continuation form: https://learn.microsoft.com/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth
+MAX_INITIAL_RESPONSE = 500
+
+QUEUE_ID_PATTERNS = [
+    re.compile(r"queued as\s+<?([^\s;,>]+)", re.I),  # Postfix, Sendmail
+    re.compile(r"\bid=<?([^\s;,>]+)", re.I),  # Exim
+    re.compile(
+        r"^ok:?\s+<?([^\s\[;,>]+)>?", re.I
+    ),  # Exchange ("OK <id> [Hostname=...]"), Gmail, sandbox
+]
+
+
+def parse_queue_id(text: str) -> str:
+    """The queue ID a 250 reply after DATA mentions, or ""."""
+    for pattern in QUEUE_ID_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            return match.group(1)[:255]
+    return ""
+
+
+def xoauth2_string(user: str, access_token: str) -> str:
+    """The SASL XOAUTH2 initial client response (before base64), Microsoft's and Google's format."""
+    # Reference: https://developers.google.com/gmail/imap/xoauth2-protocol
+    return f"user={user}\x01auth=Bearer {access_token}\x01\x01"
+
+
+def tls_context(server: SMTPServerConfig) -> ssl.SSLContext:
+    """A verifying client context (system store + SSL_CERT_FILE), with the client certificate if any."""
+    context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if server.auth_method == "certificate" and server.certificate:
+        if server.private_key is None:
+            raise TransportError(
+                "the TLS Certificate server has no private key: upload the key with the certificate",
+                permanent=True,
+                step="tls",
+            )
+        # load_cert_chain reads files only; the key lives on disk (0600) for the duration of the call.
+        with tempfile.TemporaryDirectory(prefix="mailgate-tls-") as folder:
+            cert_path = os.path.join(folder, "cert.pem")
+            key_path = os.path.join(folder, "key.pem")
+            for path, content in (
+                (cert_path, server.certificate),
+                (key_path, server.private_key.reveal()),
+            ):
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "w") as fh:
+                    fh.write(content)
+            try:
+                context.load_cert_chain(cert_path, key_path)
+            except (ssl.SSLError, ValueError) as exc:
+                raise TransportError(
+                    f"the client certificate or its private key cannot be loaded: {exc}",
+                    permanent=True,
+                    step="tls",
+                ) from None
+    return context
+
+
+def _reply_error(exc: smtplib.SMTPResponseException, step: str, what: str) -> TransportError:
+    reply = Reply.parse(exc.smtp_code, exc.smtp_error)
+    permanent = exc.smtp_code >= 500
+    return TransportError(f"{what}: {reply}", permanent=permanent, step=step, reply=reply)
+
+
+class SMTPTransport(Transport):
+    """One SMTP submission connection to a mail server."""
+
+    name = "smtp"
+
+    def __init__(
+        self,
+        server: SMTPServerConfig,
+        *,
+        timeout: float = 30.0,
+        local_hostname: str | None = None,
+    ) -> None:
+        self.server = server
+        self.timeout = timeout
+        self.local_hostname = local_hostname
+        self.connection: smtplib.SMTP | None = None
+        self._ready = False
+        self.token_requests = 0
+        self.greeting = Reply()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    @property
+    def is_open(self) -> bool:
+        return self._ready and self.connection is not None
+
+    def open(self) -> bool:
+        if self.is_open:
+            return False
+        try:
+            self.connect()
+            if self.server.smtp_security == "starttls":
+                self.starttls()
+            self.authenticate()
+        except BaseException:
+            self.close()
+            raise
+        self._ready = True
+        return True
+
+    def close(self) -> None:
+        connection, self.connection = self.connection, None
+        self._ready = False
+        if connection is None:
+            return
+        try:
+            connection.quit()
+        except (smtplib.SMTPException, OSError):
+            with contextlib.suppress(OSError):
+                connection.close()
+
+    # -- steps -------------------------------------------------------------------------------
+
+    @property
+    def address(self) -> str:
+        return f"{self.server.smtp_host}:{self.server.smtp_port}"
+
+    def connect(self) -> Reply:
+        """Open the TCP connection (TLS first for implicit TLS), read the greeting and send EHLO."""
+        if not self.server.smtp_host:
+            raise TransportError(
+                "the server has no SMTP Server host name", permanent=True, step="connect"
+            )
+        security = self.server.smtp_security
+        if security not in ("starttls", "ssl", "none"):
+            raise TransportError(
+                f"unknown Connection Security {security!r}", permanent=True, step="connect"
+            )
+        connection: smtplib.SMTP
+        try:
+            if security == "ssl":
+                connection = smtplib.SMTP_SSL(
+                    timeout=self.timeout,
+                    local_hostname=self.local_hostname,
+                    context=tls_context(self.server),
+                )
+            else:
+                connection = smtplib.SMTP(timeout=self.timeout, local_hostname=self.local_hostname)
+            code, message = connection.connect(self.server.smtp_host, self.server.smtp_port)
+        except ssl.SSLCertVerificationError as exc:
+            raise TransportError(
+                f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
+                step="tls",
+                diagnosis="Add the issuing CA to SSL_CERT_FILE or fix the server's certificate.",
+            ) from None
+        except ssl.SSLError as exc:
+            raise TransportError(f"TLS with {self.address} failed: {exc}", step="tls") from None
+        except smtplib.SMTPConnectError as exc:
+            raise _reply_error(exc, "connect", f"{self.address} refused the connection") from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TransportError(
+                f"cannot connect to {self.address}: {exc or type(exc).__name__}", step="connect"
+            ) from None
+        self.connection = connection
+        self.greeting = Reply.parse(code, message)
+        self._ehlo()
+        return self.greeting
+
+    def _ehlo(self) -> Reply:
+        connection = self._require()
+        try:
+            code, message = connection.ehlo()
+            if not 200 <= code < 300:
+                code, message = connection.helo()
+        except smtplib.SMTPServerDisconnected as exc:
+            raise TransportError(
+                f"{self.address} closed the connection: {exc}", step="connect"
+            ) from None
+        except OSError as exc:
+            raise TransportError(f"{self.address}: {exc}", step="connect") from None
+        reply = Reply.parse(code, message)
+        if not reply.is_success:
+            raise TransportError(
+                f"{self.address} refused EHLO/HELO: {reply}",
+                permanent=code >= 500,
+                step="connect",
+                reply=reply,
+            )
+        return reply
+
+    def starttls(self) -> Reply:
+        """Upgrade with STARTTLS (verifying the certificate and host name) and repeat EHLO."""
+        connection = self._require()
+        if not connection.has_extn("starttls"):
+            raise TransportError(
+                f"{self.address} does not offer STARTTLS: choose another Connection Security",
+                permanent=True,
+                step="tls",
+            )
+        try:
+            code, message = connection.starttls(context=tls_context(self.server))
+        except ssl.SSLCertVerificationError as exc:
+            raise TransportError(
+                f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
+                step="tls",
+                diagnosis="Add the issuing CA to SSL_CERT_FILE or fix the server's certificate.",
+            ) from None
+        except smtplib.SMTPResponseException as exc:
+            raise _reply_error(exc, "tls", f"{self.address} refused STARTTLS") from None
+        except (ssl.SSLError, OSError, smtplib.SMTPException) as exc:
+            raise TransportError(
+                f"STARTTLS with {self.address} failed: {exc}", step="tls"
+            ) from None
+        self._ehlo()
+        return Reply.parse(code, message)
+
+    @property
+    def is_encrypted(self) -> bool:
+        return self.connection is not None and isinstance(
+            getattr(self.connection, "sock", None), ssl.SSLSocket
+        )
+
+    def auth_mechanisms(self) -> list[str]:
+        connection = self._require()
+        return [m.upper() for m in connection.esmtp_features.get("auth", "").split()]
+
+    def authenticate(self) -> Reply:
+        """AUTH XOAUTH2 for OAuth servers, PLAIN/LOGIN with the password, nothing for certificates or without a username."""
+        server = self.server
+        if server.is_oauth:
+            return self._auth_xoauth2()
+        if server.auth_method == "certificate" or not server.username:
+            return Reply()
+        return self._auth_password()
+
+    def _require_mechanism(self, *names: str) -> str:
+        offered = self.auth_mechanisms()
+        for name in names:
+            if name in offered:
+                return name
+        where = "before STARTTLS" if not self.is_encrypted else ""
+        raise TransportError(
+            f"{self.address} does not offer AUTH {' or '.join(names)} {where}".rstrip()
+            + f" (offers: {' '.join(offered) or 'no AUTH at all'})",
+            permanent=True,
+            step="auth",
+        )
+
+    def _auth_xoauth2(self) -> Reply:
+        from mailgate.oauth.errors import TokenError
+        from mailgate.oauth.tokens import get_fresh_access_token
+
+        mechanism = self._require_mechanism("XOAUTH2")
+        try:
+            self.token_requests += 1
+            mail_server: Any = self.server  # a MailServer: only those carry a grant
+            token = get_fresh_access_token(mail_server)
+        except TokenError as exc:
+            raise TransportError(
+                f"no access token for {self.server.username}: {exc}",
+                permanent=exc.permanent,
+                step="token",
+                diagnosis=exc.diagnosis,
+            ) from None
+        response = xoauth2_string(self.server.username, token)
+        sent: list[bool] = []
+
+        def answer(challenge: bytes | None = None) -> str:
+            # After a failed token the server sends an error challenge (base64 JSON); the client
+            # must answer it with an empty line to get the final 535.
+            # Reference: https://developers.google.com/gmail/imap/xoauth2-protocol#error_response
+            if sent:
+                return ""
+            sent.append(True)
+            return response
+
+        inline = len(base64.b64encode(response.encode())) <= MAX_INITIAL_RESPONSE
+        return self._auth(mechanism, answer, initial_response_ok=inline)
+
+    def _auth_password(self) -> Reply:
+        connection = self._require()
+        if not self.is_encrypted and not is_loopback_host(self.server.smtp_host):
+            raise TransportError(
+                "refusing to send the password over an unencrypted connection: "
+                "set Connection Security to TLS (STARTTLS) or SSL/TLS",
+                permanent=True,
+                step="auth",
+            )
+        mechanism = self._require_mechanism("PLAIN", "LOGIN")
+        connection.user = self.server.username
+        connection.password = self.server.password.reveal() if self.server.password else ""
+        try:
+            if mechanism == "PLAIN":
+                return self._auth("PLAIN", connection.auth_plain, initial_response_ok=True)
+            return self._auth("LOGIN", connection.auth_login, initial_response_ok=False)
+        finally:
+            connection.password = ""
+
+    def _auth(self, mechanism: str, answer: object, *, initial_response_ok: bool) -> Reply:
+        connection = self._require()
+        try:
+            code, message = connection.auth(
+                mechanism,
+                answer,  # type: ignore[arg-type]
+                initial_response_ok=initial_response_ok,
+            )
+        except smtplib.SMTPAuthenticationError as exc:
+            raise _reply_error(exc, "auth", "authentication failed") from None
+        except smtplib.SMTPServerDisconnected as exc:
+            raise TransportError(
+                f"{self.address} closed the connection during AUTH: {exc}", step="auth"
+            ) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TransportError(f"AUTH {mechanism} failed: {exc}", step="auth") from None
+        return Reply.parse(code, message)
+
+    def mail(self, sender: str, *, size: int | None = None, eight_bit: bool = False) -> Reply:
+        """MAIL FROM with SIZE (and BODY=8BITMIME) when the server supports them."""
+        connection = self._require()
+        options = []
+        if size is not None and connection.has_extn("size"):
+            options.append(f"SIZE={size}")
+        if eight_bit and connection.has_extn("8bitmime"):
+            options.append("BODY=8BITMIME")
+        return self._command("mail", lambda: connection.mail(sender, options), "MAIL FROM")
+
+    def rcpt(self, recipient: str) -> Reply:
+        connection = self._require()
+        return self._command("rcpt", lambda: connection.rcpt(recipient), f"RCPT TO <{recipient}>")
+
+    def data(self, data: bytes) -> Reply:
+        connection = self._require()
+        return self._command("data", lambda: connection.data(data), "DATA")
+
+    def abort(self) -> Reply:
+        """RSET: drop the transaction in progress (used after a refusal and by the connection test)."""
+        connection = self._require()
+        return self._command("rset", connection.rset, "RSET")
+
+    def _command(self, step: str, call: object, what: str) -> Reply:
+        try:
+            code, message = call()  # type: ignore[operator]
+        except smtplib.SMTPResponseException as exc:
+            raise _reply_error(exc, step, f"{what} refused") from None
+        except smtplib.SMTPServerDisconnected as exc:
+            self._lost()
+            raise TransportError(
+                f"{self.address} closed the connection at {what}: {exc}", step=step
+            ) from None
+        except (OSError, smtplib.SMTPException) as exc:
+            self._lost()
+            raise TransportError(f"{what} to {self.address} failed: {exc}", step=step) from None
+        reply = Reply.parse(code, message)
+        if not reply.is_success:
+            raise TransportError(
+                f"{what} refused: {reply}", permanent=code >= 500, step=step, reply=reply
+            )
+        return reply
+
+    def _lost(self) -> None:
+        connection, self.connection = self.connection, None
+        self._ready = False
+        if connection is not None:
+            with contextlib.suppress(OSError):
+                connection.close()
+
+    def _require(self) -> smtplib.SMTP:
+        if self.connection is None:
+            raise TransportError("not connected", step="connect")
+        return self.connection
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def send_message(self, envelope: Envelope) -> SendResult:
+        """Submit one envelope; refusals come back in the result, a lost connection raises."""
+        self.open()
+        started = time.monotonic()
+        result = SendResult(envelope)
+        try:
+            self.mail(
+                envelope.mail_from,
+                size=len(envelope.data),
+                eight_bit=not envelope.data.isascii(),
+            )
+            accepted = 0
+            first_refusal: TransportError | None = None
+            for recipient in envelope.recipients:
+                try:
+                    self.rcpt(recipient)
+                    accepted += 1
+                except TransportError as exc:
+                    if self.connection is None:
+                        raise
+                    result.refused[recipient] = exc.reply
+                    if first_refusal is None or (first_refusal.permanent and not exc.permanent):
+                        first_refusal = exc
+            if not accepted:
+                assert first_refusal is not None
+                self._reset_quietly()
+                result.error = first_refusal
+                return result
+            result.reply = self.data(envelope.data)
+            result.queue_id = parse_queue_id(result.reply.text)
+        except TransportError as exc:
+            if self.connection is None:
+                raise
+            if exc.step == "mail":
+                self._reset_quietly()
+            result.error = exc
+        finally:
+            result.duration = time.monotonic() - started
+        return result
+
+    def _reset_quietly(self) -> None:
+        with contextlib.suppress(TransportError):
+            self.abort()
+
+    def send_messages(self, envelopes: list[Envelope]) -> list[SendResult]:
+        return [self.send_message(envelope) for envelope in envelopes]
