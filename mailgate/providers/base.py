@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from mailgate.oauth.errors import TokenError
+    from mailgate.providers.replies import ReplyRule
+    from mailgate.servers.models import MailServer
 
 
 @dataclass(frozen=True)
@@ -28,6 +34,64 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Diagnosis:
+    """What happened, in plain words, and the setup step that fixes it."""
+
+    title: str
+    explanation: str
+    fix: str
+
+    def as_text(self) -> str:
+        return f"{self.title}: {self.explanation} Fix: {self.fix}"
+
+
+@dataclass(frozen=True)
+class TokenSet:
+    """A successful token endpoint answer. Access tokens are opaque strings, never decoded."""
+
+    access_token: str
+    expires_in: int
+    refresh_token: str = ""
+    scope: str = ""
+    id_token: str = ""
+
+
+class OAuthFlow(Protocol):
+    """The OAuth 2.0 side of a provider: authorization URL, token endpoint calls, diagnosis."""
+
+    def scopes(self, server: MailServer) -> list[str]:
+        """The scopes the server needs (one consent covering sending and receiving)."""
+
+    def required_scopes(self, server: MailServer) -> list[str]:
+        """Scopes a token must carry for the server to work (checked at the callback)."""
+
+    def authorization_url(
+        self, server: MailServer, *, state: str, code_verifier: str, redirect_uri: str
+    ) -> str:
+        """The provider's authorize URL for the authorization code flow with PKCE S256."""
+
+    def exchange_code(
+        self, server: MailServer, *, code: str, code_verifier: str, redirect_uri: str
+    ) -> TokenSet:
+        """Redeem an authorization code; raise TokenEndpointError / TransientHTTPError."""
+
+    def refresh(self, server: MailServer, *, refresh_token: str, scopes: str) -> TokenSet:
+        """Use a refresh token; raise TokenEndpointError / TransientHTTPError."""
+
+    def revoke(self, server: MailServer, *, token: str) -> None:
+        """Revoke a token where the provider offers an endpoint (no-op otherwise)."""
+
+    def accounts_from_id_token(self, server: MailServer, id_token: str) -> set[str]:
+        """The signed-in account's addresses named by the id_token (lower-cased); may be empty."""
+
+    def explain(self, error: str, description: str) -> Diagnosis:
+        """Plain explanation + fix for an authorize or token endpoint error."""
+
+    def classify(self, exc: Exception) -> TokenError:
+        """Map a failed refresh to ReconnectRequired / ClientCredentialsInvalid / TokenUnavailable."""
+
+
+@dataclass(frozen=True)
 class Provider:
     key: str
     label: str
@@ -37,3 +101,12 @@ class Provider:
     limits: Limits
     callback_path: str
     clouds: dict[str, MailDefaults] = field(default_factory=dict)
+    flow: OAuthFlow | None = None
+    replies: tuple[ReplyRule, ...] = ()  # server replies this provider's mail servers give
+
+
+def revealed(value: object) -> str:
+    """The plaintext of an EncryptedField value (a Sealed), or "" when no secret is stored."""
+    from mailgate.crypto import Sealed
+
+    return value.reveal() if isinstance(value, Sealed) else ""

@@ -1,6 +1,8 @@
 """Google OAuth 2.0 + Gmail (Gmail OAuth Authentication)."""
 
 from mailgate.providers.base import Limits, MailDefaults, Provider
+from mailgate.providers.google.errors import REPLIES
+from mailgate.providers.google.flow import GoogleFlow
 
 # Reference: https://developers.google.com/gmail/imap/imap-smtp
 DEFAULTS = MailDefaults(
@@ -20,4 +22,6 @@ PROVIDER = Provider(
     defaults=DEFAULTS,
     limits=LIMITS,
     callback_path="/oauth/google/callback",
+    flow=GoogleFlow(),
+    replies=REPLIES,
 )

@@ -1,6 +1,8 @@
 """Microsoft identity platform + Exchange Online (Outlook OAuth Authentication)."""
 
 from mailgate.providers.base import Limits, MailDefaults, Provider
+from mailgate.providers.microsoft.errors import REPLIES
+from mailgate.providers.microsoft.flow import MicrosoftFlow
 
 # Reference: https://learn.microsoft.com/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth
 GLOBAL = MailDefaults(
@@ -34,4 +36,6 @@ PROVIDER = Provider(
     limits=LIMITS,
     callback_path="/oauth/microsoft/callback",
     clouds={"global": GLOBAL, "usgov": US_GOVERNMENT, "china": CHINA},
+    flow=MicrosoftFlow(),
+    replies=REPLIES,
 )

@@ -1,0 +1,104 @@
+"""Google's OAuth 2.0 endpoints, one function each, through the one HTTP seam."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailgate.providers.base import TokenSet
+from mailgate.providers.http import (
+    TokenEndpointError,
+    TransientHTTPError,
+    call_token_endpoint,
+    oauth_client,
+    post_form,
+)
+
+
+def _token_set(token: dict[str, Any]) -> TokenSet:
+    return TokenSet(
+        access_token=str(token["access_token"]),
+        expires_in=int(token.get("expires_in") or 3600),
+        refresh_token=str(token.get("refresh_token") or ""),
+        scope=str(token.get("scope") or ""),
+        id_token=str(token.get("id_token") or ""),
+    )
+
+
+def authorize_url(
+    auth_url: str,
+    *,
+    client_id: str,
+    redirect_uri: str,
+    scope: str,
+    state: str,
+    code_verifier: str,
+    login_hint: str,
+) -> str:
+    """The authorization request URL: offline access, consent forced so a refresh token is issued."""
+    # Reference: https://developers.google.com/identity/protocols/oauth2/web-server#creatingclient
+    client = oauth_client(client_id=client_id, client_secret="", redirect_uri=redirect_uri)
+    params = {"scope": scope, "access_type": "offline", "prompt": "consent"}
+    if login_hint:
+        params["login_hint"] = login_hint
+    url, _ = client.create_authorization_url(
+        auth_url, state=state, code_verifier=code_verifier, **params
+    )
+    client.close()
+    return str(url)
+
+
+def redeem_code(
+    token_url: str,
+    *,
+    client_id: str,
+    client_secret: str,
+    code: str,
+    code_verifier: str,
+    redirect_uri: str,
+) -> TokenSet:
+    """Exchange an authorization code (with its PKCE verifier) for tokens."""
+    # Reference: https://developers.google.com/identity/protocols/oauth2/web-server#exchange-authorization-code
+    client = oauth_client(
+        client_id=client_id, client_secret=client_secret, redirect_uri=redirect_uri
+    )
+    token = call_token_endpoint(
+        client,
+        "fetch_token",
+        url=token_url,
+        grant_type="authorization_code",
+        code=code,
+        code_verifier=code_verifier,
+        redirect_uri=redirect_uri,
+    )
+    return _token_set(token)
+
+
+def refresh(token_url: str, *, client_id: str, client_secret: str, refresh_token: str) -> TokenSet:
+    """Use a refresh token; Google usually keeps the same refresh token (none in the answer)."""
+    # Reference: https://developers.google.com/identity/protocols/oauth2/web-server#offline
+    client = oauth_client(client_id=client_id, client_secret=client_secret)
+    token = call_token_endpoint(client, "refresh_token", url=token_url, refresh_token=refresh_token)
+    return _token_set(token)
+
+
+def revoke(revoke_url: str, *, token: str) -> None:
+    """Revoke a token (and with a refresh token, the whole grant)."""
+    # Reference: https://developers.google.com/identity/protocols/oauth2/web-server#tokenrevoke
+    resp = post_form(revoke_url, {"token": token})
+    if resp.status_code >= 500:
+        raise TransientHTTPError(
+            f"HTTP {resp.status_code} from {revoke_url}", status=resp.status_code
+        )
+    if resp.status_code != 200:
+        try:
+            body = resp.json()
+        except ValueError:
+            body = {}
+        error = str(body.get("error") or f"http_{resp.status_code}")
+        if error == "invalid_token":
+            return  # already revoked or expired: the goal is reached
+        raise TokenEndpointError(
+            status=resp.status_code,
+            error=error,
+            description=str(body.get("error_description") or ""),
+        )

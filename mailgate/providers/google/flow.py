@@ -1,0 +1,81 @@
+"""Gmail OAuth Authentication applied to Google's OAuth 2.0 endpoints."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+
+from mailgate.oauth.errors import TokenError
+from mailgate.providers.base import Diagnosis, TokenSet, revealed
+from mailgate.providers.google import client, errors
+from mailgate.providers.oidc import account_claims, signed_in_account
+
+if TYPE_CHECKING:
+    from mailgate.servers.models import MailServer
+
+# One scope covers IMAP, POP and SMTP. Reference: https://developers.google.com/workspace/gmail/imap/xoauth2-protocol
+MAIL_SCOPE = "https://mail.google.com/"
+SCOPES = [MAIL_SCOPE, "openid", "email"]
+
+
+def _secret(server: MailServer) -> str:
+    return revealed(server.client_secret)
+
+
+class GoogleFlow:
+    """OAuthFlow for Gmail / Google Workspace mailboxes."""
+
+    def scopes(self, server: MailServer) -> list[str]:
+        return list(SCOPES)
+
+    def required_scopes(self, server: MailServer) -> list[str]:
+        return [MAIL_SCOPE]
+
+    def authorization_url(
+        self, server: MailServer, *, state: str, code_verifier: str, redirect_uri: str
+    ) -> str:
+        return client.authorize_url(
+            str(settings.MAILGATE_GOOGLE_AUTH_URL),
+            client_id=server.client_id,
+            redirect_uri=redirect_uri,
+            scope=" ".join(SCOPES),
+            state=state,
+            code_verifier=code_verifier,
+            login_hint=server.username,
+        )
+
+    def exchange_code(
+        self, server: MailServer, *, code: str, code_verifier: str, redirect_uri: str
+    ) -> TokenSet:
+        return client.redeem_code(
+            str(settings.MAILGATE_GOOGLE_TOKEN_URL),
+            client_id=server.client_id,
+            client_secret=_secret(server),
+            code=code,
+            code_verifier=code_verifier,
+            redirect_uri=redirect_uri,
+        )
+
+    def refresh(self, server: MailServer, *, refresh_token: str, scopes: str) -> TokenSet:
+        return client.refresh(
+            str(settings.MAILGATE_GOOGLE_TOKEN_URL),
+            client_id=server.client_id,
+            client_secret=_secret(server),
+            refresh_token=refresh_token,
+        )
+
+    def revoke(self, server: MailServer, *, token: str) -> None:
+        client.revoke(str(settings.MAILGATE_GOOGLE_REVOKE_URL), token=token)
+
+    def accounts_from_id_token(self, server: MailServer, id_token: str) -> set[str]:
+        claims = account_claims(id_token, client_id=server.client_id)
+        if claims.get("email_verified") is False:
+            return set()
+        return {signed_in_account(claims, ("email",))} - {""}
+
+    def explain(self, error: str, description: str) -> Diagnosis:
+        return errors.explain(error, description)
+
+    def classify(self, exc: Exception) -> TokenError:
+        return errors.classify(exc)

@@ -1,0 +1,102 @@
+"""The Microsoft identity platform v2.0 endpoints, one function each, through the one HTTP seam."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mailgate.providers.base import TokenSet
+from mailgate.providers.http import call_token_endpoint, oauth_client
+
+
+def _token_set(token: dict[str, Any]) -> TokenSet:
+    return TokenSet(
+        access_token=str(token["access_token"]),
+        expires_in=int(token.get("expires_in") or 3600),
+        refresh_token=str(token.get("refresh_token") or ""),
+        scope=str(token.get("scope") or ""),
+        id_token=str(token.get("id_token") or ""),
+    )
+
+
+def authorize_url(
+    login_url: str,
+    tenant: str,
+    *,
+    client_id: str,
+    redirect_uri: str,
+    scope: str,
+    state: str,
+    code_verifier: str,
+    login_hint: str,
+) -> str:
+    """The authorization code request URL, with PKCE S256 and the code returned in the query."""
+    # Reference: https://learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow#request-an-authorization-code
+    client = oauth_client(client_id=client_id, client_secret="", redirect_uri=redirect_uri)
+    params: dict[str, str] = {"scope": scope, "response_mode": "query"}
+    if login_hint:
+        params["login_hint"] = login_hint
+    url, _ = client.create_authorization_url(
+        f"{login_url}/{tenant}/oauth2/v2.0/authorize",
+        state=state,
+        code_verifier=code_verifier,
+        **params,
+    )
+    client.close()
+    return str(url)
+
+
+def redeem_code(
+    login_url: str,
+    tenant: str,
+    *,
+    client_id: str,
+    client_secret: str,
+    code: str,
+    code_verifier: str,
+    redirect_uri: str,
+    scope: str,
+) -> TokenSet:
+    """Exchange an authorization code (with its PKCE verifier) for tokens."""
+    # Reference: https://learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow#redeem-a-code-for-an-access-token
+    client = oauth_client(
+        client_id=client_id, client_secret=client_secret, redirect_uri=redirect_uri
+    )
+    token = call_token_endpoint(
+        client,
+        "fetch_token",
+        url=f"{login_url}/{tenant}/oauth2/v2.0/token",
+        grant_type="authorization_code",
+        code=code,
+        code_verifier=code_verifier,
+        redirect_uri=redirect_uri,
+        scope=scope,
+    )
+    return _token_set(token)
+
+
+def refresh(
+    login_url: str,
+    tenant: str,
+    *,
+    client_id: str,
+    client_secret: str,
+    refresh_token: str,
+    scope: str,
+) -> TokenSet:
+    """Use a refresh token; Microsoft answers with a new (rotated) refresh token every time."""
+    # Reference: https://learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow#refresh-the-access-token
+    client = oauth_client(client_id=client_id, client_secret=client_secret)
+    token = call_token_endpoint(
+        client,
+        "refresh_token",
+        url=f"{login_url}/{tenant}/oauth2/v2.0/token",
+        refresh_token=refresh_token,
+        scope=scope,
+    )
+    return _token_set(token)
+
+
+def jwks_url(login_url: str) -> str:
+    """The tenant-independent signing keys of id_tokens."""
+    # Reference: https://learn.microsoft.com/entra/identity-platform/access-tokens#validate-the-signature
+    return f"{login_url}/common/discovery/v2.0/keys"
