@@ -1,0 +1,294 @@
+"""The token lifecycle: `get_fresh_access_token(server)` for every component that needs a token.
+
+One refresh at a time per grant, for all threads, processes and machines: the grant row is locked
+(SELECT ... FOR UPDATE on PostgreSQL; SQLite's IMMEDIATE transactions admit one writer) around
+"check expiry -> refresh -> store the rotated tokens", so concurrent callers wait and then reuse the
+fresh token. Call these functions outside a caller's transaction so failures are recorded.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import time
+
+from django.db import transaction
+from django.utils import timezone
+
+from mailgate import providers
+from mailgate.crypto import Sealed
+from mailgate.oauth.errors import (
+    ClientCredentialsInvalid,
+    ReconnectRequired,
+    TokenError,
+    TokenUnavailable,
+)
+from mailgate.oauth.models import REFRESH_IDLE_AFTER, STATE_LIFETIME, Grant, OAuthState
+from mailgate.providers.base import OAuthFlow, TokenSet, revealed
+from mailgate.servers.models import MailServer, ServerStatus
+
+log = logging.getLogger("mailgate.oauth")
+
+# Transient failures: retried within the call after these pauses, then across calls with back-off.
+RETRY_PAUSES: tuple[float, ...] = (0.5,)
+BACKOFF_FIRST = dt.timedelta(seconds=30)
+BACKOFF_MAX = dt.timedelta(minutes=15)
+# After a refusal of the app's credentials, wait this long before asking again (unless the
+# secret is replaced, which clears the wait).
+CREDENTIALS_RETRY = dt.timedelta(minutes=5)
+IDLE_BATCH = 20
+
+
+def flow_for(server: MailServer) -> OAuthFlow:
+    key = server.provider_key
+    flow = providers.get(key).flow if key else None
+    if flow is None:
+        raise TokenError(
+            f"{server.name} uses {server.auth_label}, which has no OAuth tokens",
+            diagnosis="Only Outlook and Gmail OAuth servers have tokens.",
+            code="not_oauth",
+        )
+    return flow
+
+
+def not_connected(server: MailServer) -> ReconnectRequired:
+    label = providers.get(server.provider_key).connect_label if server.provider_key else "Connect"
+    return ReconnectRequired(
+        f"{server.name} is not connected",
+        diagnosis=f"Press {label} on the server's page and sign in as {server.username}.",
+        code="not_connected",
+    )
+
+
+def get_fresh_access_token(server: MailServer) -> str:
+    """An access token valid for at least 5 more minutes; raises a TokenError subclass otherwise."""
+    grant = Grant.objects.filter(server_id=server.pk).first()
+    if grant is None:
+        raise not_connected(server)
+    if not grant.is_dead and grant.has_usable_access_token():
+        return revealed(grant.access_token)
+    return refresh_access_token(server.pk)
+
+
+def refresh_access_token(
+    server_id: int, *, reuse_fresh: bool = True, idle_before: dt.datetime | None = None
+) -> str:
+    """Refresh under the grant's row lock; concurrent callers then reuse the token just stored.
+
+    With `idle_before`, refresh only when the last success is older (the background step).
+    """
+    failure: TokenError | None = None
+    token = ""
+    with transaction.atomic():
+        grant = (
+            Grant.objects.select_for_update().select_related("server").filter(server_id=server_id)
+        ).first()
+        if grant is None:
+            server = MailServer.objects.get(pk=server_id)
+            raise not_connected(server)
+        server = grant.server
+        now = timezone.now()
+        if grant.is_dead:
+            raise ReconnectRequired(
+                grant.last_error or f"{server.name} must be reconnected",
+                diagnosis=grant.last_error_diagnosis,
+                code=grant.last_error_code,
+            )
+        if reuse_fresh and idle_before is None and grant.has_usable_access_token(now):
+            return revealed(grant.access_token)
+        if (
+            idle_before is not None
+            and grant.last_success_at
+            and grant.last_success_at > idle_before
+        ):
+            return revealed(grant.access_token)
+        if grant.next_attempt_at and grant.next_attempt_at > now:
+            if grant.access_token is not None and (grant.access_expires_at or now) > now:
+                return revealed(grant.access_token)
+            raise _waiting_error(grant)
+        flow = flow_for(server)
+        try:
+            tokens = _refresh_with_retries(flow, server, grant)
+        except TokenError as exc:
+            failure = exc
+            _record_failure(grant, server, exc, now)
+        else:
+            token = tokens.access_token
+            _record_success(grant, server, tokens, now)
+    if failure is not None:
+        raise failure
+    return token
+
+
+def _refresh_with_retries(flow: OAuthFlow, server: MailServer, grant: Grant) -> TokenSet:
+    pauses = list(RETRY_PAUSES)
+    while True:
+        try:
+            return flow.refresh(
+                server, refresh_token=revealed(grant.refresh_token), scopes=grant.scopes
+            )
+        except Exception as exc:  # every provider error is classified below
+            error = flow.classify(exc)
+            if not isinstance(error, TokenUnavailable) or not pauses:
+                log.warning("token refresh for %s failed: %s", server.name, error)
+                raise error from exc
+            time.sleep(pauses.pop(0))
+
+
+def _waiting_error(grant: Grant) -> TokenError:
+    cls: type[TokenError] = (
+        ClientCredentialsInvalid
+        if grant.last_error_code and grant.server.status == ServerStatus.FAILING
+        else TokenUnavailable
+    )
+    return cls(
+        grant.last_error or "the token endpoint failed recently",
+        diagnosis=(grant.last_error_diagnosis + " " if grant.last_error_diagnosis else "")
+        + f"Next attempt after {grant.next_attempt_at:%Y-%m-%d %H:%M:%S} UTC.",
+        code=grant.last_error_code,
+    )
+
+
+def _record_success(grant: Grant, server: MailServer, tokens: TokenSet, now: dt.datetime) -> None:
+    had_failure = bool(grant.last_error)
+    grant.access_token = Sealed.seal(tokens.access_token)  # type: ignore[assignment]
+    grant.access_expires_at = now + dt.timedelta(seconds=tokens.expires_in)
+    if tokens.refresh_token:
+        grant.refresh_token = Sealed.seal(tokens.refresh_token)  # type: ignore[assignment]
+    if tokens.scope:
+        grant.granted_scopes = tokens.scope
+    grant.last_refresh_at = grant.last_success_at = now
+    grant.refresh_count += 1
+    grant.failures = 0
+    grant.next_attempt_at = None
+    grant.last_error = grant.last_error_code = grant.last_error_diagnosis = ""
+    grant.last_error_at = None
+    grant.save()
+    recover = server.status in (ServerStatus.NOT_CONNECTED, ServerStatus.RECONNECT_REQUIRED) or (
+        server.status == ServerStatus.FAILING and had_failure
+    )
+    if recover:
+        MailServer.objects.filter(pk=server.pk).update(
+            status=ServerStatus.TOKEN_VALID, status_detail=""
+        )
+        server.status, server.status_detail = ServerStatus.TOKEN_VALID, ""
+        transaction.on_commit(lambda: release_held_mail(server))
+
+
+def _record_failure(grant: Grant, server: MailServer, exc: TokenError, now: dt.datetime) -> None:
+    grant.last_error = str(exc)
+    grant.last_error_code = exc.code[:100]
+    grant.last_error_diagnosis = exc.diagnosis
+    grant.last_error_at = now
+    grant.failures += 1
+    detail = f"{exc}. {exc.diagnosis}".strip()
+    if isinstance(exc, ReconnectRequired):
+        grant.is_dead = True
+        grant.next_attempt_at = None
+        MailServer.objects.filter(pk=server.pk).update(
+            status=ServerStatus.RECONNECT_REQUIRED, status_detail=detail
+        )
+    elif isinstance(exc, TokenUnavailable):
+        backoff = min(BACKOFF_FIRST * (2 ** (grant.failures - 1)), BACKOFF_MAX)
+        grant.next_attempt_at = now + backoff
+    else:
+        grant.next_attempt_at = now + CREDENTIALS_RETRY
+        MailServer.objects.filter(pk=server.pk).update(
+            status=ServerStatus.FAILING, status_detail=detail
+        )
+    grant.save()
+
+
+def store_grant(server: MailServer, *, tokens: TokenSet, account: str, scopes: list[str]) -> Grant:
+    """Keep the tokens of a completed sign-in (replacing any earlier grant) and mark the server Token Valid."""
+    now = timezone.now()
+    key = server.provider_key or ""
+    with transaction.atomic():
+        grant = Grant.objects.select_for_update().filter(server_id=server.pk).first() or Grant(
+            server=server
+        )
+        grant.provider = key
+        grant.account = account
+        grant.client_id = server.client_id
+        grant.scopes = " ".join(scopes)
+        grant.granted_scopes = tokens.scope
+        grant.refresh_token = Sealed.seal(tokens.refresh_token)  # type: ignore[assignment]
+        grant.access_token = Sealed.seal(tokens.access_token)  # type: ignore[assignment]
+        grant.access_expires_at = now + dt.timedelta(seconds=tokens.expires_in)
+        grant.connected_at = grant.last_success_at = now
+        grant.last_refresh_at = None
+        grant.refresh_count = 0
+        grant.is_dead = False
+        grant.failures = 0
+        grant.next_attempt_at = None
+        grant.last_error = grant.last_error_code = grant.last_error_diagnosis = ""
+        grant.last_error_at = None
+        grant.save()
+        MailServer.objects.filter(pk=server.pk).update(
+            status=ServerStatus.TOKEN_VALID, status_detail=""
+        )
+        server.status, server.status_detail = ServerStatus.TOKEN_VALID, ""
+        transaction.on_commit(lambda: release_held_mail(server))
+    return grant
+
+
+def disconnect(server: MailServer) -> str:
+    """Delete the server's tokens (revoking them where the provider offers it); return a note on revocation."""
+    grant = Grant.objects.filter(server_id=server.pk).first()
+    note = ""
+    if grant is not None:
+        try:
+            flow = flow_for(server)
+            token = revealed(grant.refresh_token) or revealed(grant.access_token)
+            if token:
+                flow.revoke(server, token=token)
+        except Exception as exc:  # deleting the tokens matters more than the revocation answer
+            note = f"The provider's revocation did not succeed ({exc}); the tokens were deleted anyway."
+            log.warning("revocation for %s failed: %s", server.name, exc)
+        grant.delete()
+    MailServer.objects.filter(pk=server.pk).update(
+        status=ServerStatus.NOT_CONNECTED, status_detail=""
+    )
+    server.status, server.status_detail = ServerStatus.NOT_CONNECTED, ""
+    return note
+
+
+def credentials_changed(server: MailServer) -> None:
+    """The Client ID or Secret was replaced: retry at once instead of waiting out the back-off."""
+    Grant.objects.filter(server_id=server.pk, is_dead=False).update(
+        next_attempt_at=None, failures=0
+    )
+    release_held_mail(server)
+
+
+def release_held_mail(server: MailServer) -> None:
+    """Let the outbox resume the server's held mail (mailgate.outbox.hold.release_server)."""
+    try:
+        from mailgate.outbox.hold import release_server  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return
+    try:
+        release_server(server)
+    except Exception:
+        log.exception("releasing the held mail of %s failed", server.name)
+
+
+def refresh_idle_grants() -> bool:
+    """Worker step: refresh grants idle for REFRESH_IDLE_AFTER (long before the providers' inactivity
+    limits, e.g. Microsoft's 90 days) and drop expired sign-in states. True when it did something."""
+    now = timezone.now()
+    did = OAuthState.objects.filter(created_at__lt=now - STATE_LIFETIME).delete()[0] > 0
+    threshold = now - REFRESH_IDLE_AFTER
+    due = (
+        Grant.objects.filter(is_dead=False, last_success_at__lt=threshold)
+        .exclude(next_attempt_at__gt=now)
+        .order_by("last_success_at")
+        .values_list("server_id", flat=True)[:IDLE_BATCH]
+    )
+    for server_id in list(due):
+        try:
+            refresh_access_token(server_id, idle_before=threshold)
+        except TokenError as exc:
+            log.info("background refresh of server %s: %s", server_id, exc)
+        did = True
+    return did
