@@ -18,6 +18,14 @@ WORKER_STEPS: list[str] = []
 
 IDLE_SLEEP_SECONDS = 1.0
 
+# The stopping event of the worker running in this process, for steps that check it between items.
+_current_stop_event = threading.Event()
+
+
+def current_stop_event() -> threading.Event:
+    """The running worker's stopping event (a never-set event when no worker runs)."""
+    return _current_stop_event
+
 
 def load_steps() -> list[tuple[str, Callable[[], bool]]]:
     steps = []
@@ -56,6 +64,8 @@ class Worker:
         signal.signal(signal.SIGINT, self.stop)
 
     def run(self, *, max_cycles: int | None = None) -> None:
+        global _current_stop_event
+        _current_stop_event = self.stopping
         cycles = 0
         while not self.stopping.is_set():
             did = run_once()
