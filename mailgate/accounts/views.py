@@ -17,6 +17,10 @@ class ThrottledAuthenticationForm(AuthenticationForm):
         super().__init__(request, *args, **kwargs)
         self.fields["username"].label = "Email"
 
+    def clean_username(self) -> str:
+        # Accounts are stored under the lower-cased address (accounts.users.create_user).
+        return str(self.cleaned_data.get("username") or "").strip().lower()
+
     def _address(self) -> str:
         return self.request.META.get("REMOTE_ADDR", "") if self.request else ""
 

@@ -8,4 +8,5 @@ urlpatterns = [
     path("", views.server_list, name="list"),
     path("add/", views.server_add, name="add"),
     path("<int:pk>/", views.server_edit, name="edit"),
+    path("<int:pk>/delete/", views.server_delete, name="delete"),
 ]

@@ -1,18 +1,98 @@
+"""Settings > Technical > Mail Server > Mail Servers: list, add, edit, delete (DESIGN.md §4.3)."""
+
 from __future__ import annotations
 
-from django.http import HttpRequest, HttpResponse, HttpResponseNotFound
-from django.shortcuts import render
+from typing import Any
 
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.db.models import ProtectedError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods
+
+from mailgate.accounts.roles import admin_required, is_administrator
+from mailgate.servers.forms import MailServerForm, form_defaults, public_url_warning
 from mailgate.servers.models import MailServer
 
 
+@require_http_methods(["GET"])
 def server_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "mailgate/dashboard.html", {"servers": MailServer.objects.all()})
+    return render(request, "servers/list.html", {"servers": MailServer.objects.all()})
 
 
+def _form_page(
+    request: HttpRequest, form: MailServerForm, server: MailServer | None, status: int = 200
+) -> HttpResponse:
+    method = form["auth_method"].value() or "password"
+    defaults = form_defaults()
+    context: dict[str, Any] = {
+        "form": form,
+        "server": server,
+        "defaults": defaults,
+        "redirect_url": defaults["methods"].get(method, {}).get("redirect_url", ""),
+        "public_url_warning": public_url_warning(),
+        "stored_notes": form.stored_notes(),
+        "retyped_secrets": form.retyped_secrets(),
+        "read_only": not is_administrator(request.user),
+    }
+    return render(request, "servers/form.html", context, status=status)
+
+
+def _report_warnings(request: HttpRequest, form: MailServerForm) -> None:
+    for warning in form.warnings:
+        messages.warning(request, warning)
+
+
+@admin_required
+@require_http_methods(["GET", "POST"])
 def server_add(request: HttpRequest) -> HttpResponse:
-    return HttpResponseNotFound("not yet")
+    if request.method == "POST":
+        form = MailServerForm(request.POST)
+        if form.is_valid():
+            server = form.save()
+            messages.success(request, f"Mail server “{server.name}” created.")
+            _report_warnings(request, form)
+            return redirect("servers:edit", pk=server.pk)
+        return _form_page(request, form, None, status=400)
+    initial = {"auth_method": request.GET.get("auth", "password")}
+    return _form_page(request, MailServerForm(initial=initial), None)
 
 
+@require_http_methods(["GET", "POST"])
 def server_edit(request: HttpRequest, pk: int) -> HttpResponse:
-    return HttpResponseNotFound("not yet")
+    server = get_object_or_404(MailServer, pk=pk)
+    if request.method == "POST":
+        if not is_administrator(request.user):
+            raise PermissionDenied("Only administrators can change mail servers.")
+        form = MailServerForm(request.POST, instance=server)
+        if form.is_valid():
+            form.save()
+            messages.success(request, f"Mail server “{server.name}” saved.")
+            _report_warnings(request, form)
+            return redirect("servers:edit", pk=server.pk)
+        # The failed form must not leak into the saved instance shown by the connection panel.
+        server.refresh_from_db()
+        return _form_page(request, form, server, status=400)
+    read_only = not is_administrator(request.user)
+    return _form_page(request, MailServerForm(instance=server, read_only=read_only), server)
+
+
+@admin_required
+@require_http_methods(["GET", "POST"])
+def server_delete(request: HttpRequest, pk: int) -> HttpResponse:
+    server = get_object_or_404(MailServer, pk=pk)
+    if request.method == "POST":
+        name = server.name
+        try:
+            server.delete()
+        except ProtectedError:
+            messages.error(
+                request,
+                f"Mail server “{name}” still has messages that refer to it: clear Active to stop "
+                "using it instead.",
+            )
+            return redirect("servers:edit", pk=pk)
+        messages.success(request, f"Mail server “{name}” deleted.")
+        return redirect("servers:list")
+    return render(request, "servers/confirm_delete.html", {"server": server})

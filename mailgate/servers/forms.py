@@ -1,0 +1,226 @@
+"""The Mail Server form of the console; its rules live in mailgate.servers.validation."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django import forms
+from django.conf import settings
+
+from mailgate import providers
+from mailgate.conf import is_loopback_host
+from mailgate.servers.models import AUTH_METHODS, CLOUD_CHOICES, MailServer, default_limits
+from mailgate.servers.validation import (
+    LIMIT_FIELDS,
+    METHOD_FIELDS,
+    SECRET_FIELDS,
+    validate_server,
+)
+
+FORM_FIELDS = [
+    "name",
+    "auth_method",
+    "username",
+    "client_id",
+    "client_secret_expires_on",
+    "tenant",
+    "cloud",
+    "certificate",
+    "smtp_host",
+    "smtp_port",
+    "smtp_security",
+    "from_filter",
+    "send_as",
+    "priority",
+    "active",
+    "incoming_protocol",
+    "incoming_host",
+    "incoming_port",
+    "incoming_security",
+    "incoming_folder",
+    "after_fetch",
+    "move_to_folder",
+    *LIMIT_FIELDS,
+]
+
+TENANT_HELP = (
+    "common, organizations, consumers, a tenant ID (GUID) or a verified domain such as contoso.com. "
+    "Leave empty to use the Username's domain."
+)
+STORED_NOTES = {
+    "password": "A password is stored. Leave empty to keep it, or type a new one to replace it.",
+    "client_secret": (
+        "A client secret is stored. Leave empty to keep it, or type a new one to replace it."
+    ),
+    "private_key": "A private key is stored. Leave empty to keep it, or paste a new one to replace it.",
+}
+
+
+class MailServerForm(forms.ModelForm):
+    """Create or edit a MailServer; secrets are write-only and kept when left empty."""
+
+    password = forms.CharField(
+        label="Password",
+        required=False,
+        strip=False,
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
+    )
+    client_secret = forms.CharField(
+        label="Client Secret",
+        required=False,
+        strip=True,
+        help_text="The secret's Value (not its Secret ID).",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+    )
+    private_key = forms.CharField(
+        label="Private Key (PEM)",
+        required=False,
+        strip=True,
+        widget=forms.Textarea(attrs={"rows": 4, "autocomplete": "off", "spellcheck": "false"}),
+    )
+
+    class Meta:
+        model = MailServer
+        fields = FORM_FIELDS
+        widgets = {
+            "auth_method": forms.Select(),
+            "client_secret_expires_on": forms.DateInput(attrs={"type": "date"}, format="%Y-%m-%d"),
+            "certificate": forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
+            "from_filter": forms.TextInput(),
+            "send_as": forms.TextInput(),
+        }
+        help_texts = {
+            "tenant": TENANT_HELP,
+            "from_filter": (
+                "Addresses or domains this server may send as, separated by commas "
+                "(empty: any sender)."
+            ),
+            "send_as": "Further addresses the mailbox may send as (shared mailboxes, aliases).",
+            "priority": "Lower numbers are tried first.",
+            "client_secret_expires_on": "mailgate warns before the secret expires.",
+            "incoming_folder": "IMAP folder to fetch from.",
+        }
+
+    def __init__(self, *args: Any, read_only: bool = False, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.label_suffix = ""
+        self.use_required_attribute = False
+        self.warnings: list[str] = []
+        self.fields["certificate"].label = "Certificate (PEM)"
+        # Empty means "the default of the chosen method", filled in by validation.
+        for name in ("smtp_port", "incoming_folder", *LIMIT_FIELDS):
+            self.fields[name].required = False
+        for name in ("smtp_port", "incoming_port", "priority", *LIMIT_FIELDS):
+            # Range checks live in validation, with messages that name the fix.
+            self.fields[name].validators = []
+            self.fields[name].widget.attrs.pop("min", None)
+            self.fields[name].widget.attrs.pop("max", None)
+        if not self.is_bound and self.instance.pk is None:
+            limits = default_limits(self.initial.get("auth_method") or "password")
+            for name, attr in LIMIT_FIELDS.items():
+                self.initial.setdefault(name, getattr(limits, attr))
+        if read_only:
+            for f in self.fields.values():
+                f.disabled = True
+
+    @property
+    def is_new(self) -> bool:
+        return self.instance.pk is None
+
+    def stored_notes(self) -> dict[str, str]:
+        """Notes for secrets already stored on this server (never any part of the value)."""
+        if self.is_new:
+            return {}
+        return {
+            name: note for name, note in STORED_NOTES.items() if getattr(self.instance, name, None)
+        }
+
+    def retyped_secrets(self) -> list[str]:
+        """Secrets typed into a form that failed validation: they are not sent back to the browser."""
+        if not self.is_bound or not self.errors:
+            return []
+        return [
+            str(self.fields[name].label or name)
+            for name in SECRET_FIELDS
+            if (self.data.get(name) or "").strip()
+        ]
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        verdict = validate_server(cleaned, existing=None if self.is_new else self.instance)
+        for name, messages in verdict.errors.items():
+            for message in messages:
+                self.add_error(name if name in self.fields else None, message)
+        self.warnings = verdict.warnings
+        for name, value in verdict.values.items():
+            if name in self.fields and name not in self.errors:
+                cleaned[name] = value
+        return cleaned
+
+    def save(self, commit: bool = True) -> MailServer:
+        server: MailServer = super().save(commit=False)
+        needed = METHOD_FIELDS.get(server.auth_method, ())
+        for name in SECRET_FIELDS:
+            if name not in needed:
+                # A secret the chosen method does not use is not kept.
+                setattr(server, name, None)
+            elif value := self.cleaned_data.get(name):
+                setattr(server, name, value)
+        if commit:
+            server.save()
+        return server
+
+
+def redirect_urls() -> dict[str, str]:
+    """OAuth2 Redirect URL per Authenticate Using value (empty for non-OAuth methods)."""
+    base = settings.MAILGATE_PUBLIC_URL
+    return {
+        key: base + providers.get(info.provider).callback_path if info.provider else ""
+        for key, info in AUTH_METHODS.items()
+    }
+
+
+def public_url_warning() -> str:
+    """A warning when the redirect URLs would be plain http on a non-loopback host."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(settings.MAILGATE_PUBLIC_URL)
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        return (
+            f"MAILGATE_PUBLIC_URL is {settings.MAILGATE_PUBLIC_URL}: Microsoft and Google accept "
+            "plain http redirect URLs only for localhost. Serve mailgate over https and set "
+            "MAILGATE_PUBLIC_URL to its https address."
+        )
+    return ""
+
+
+def form_defaults() -> dict[str, Any]:
+    """What the form's script needs: fields, redirect URL, host defaults and limits per method."""
+    from mailgate.servers.models import GENERIC_LIMITS
+
+    urls = redirect_urls()
+    methods: dict[str, Any] = {}
+    for key, info in AUTH_METHODS.items():
+        clouds: dict[str, Any] = {}
+        if info.provider:
+            provider = providers.get(info.provider)
+            for cloud_key, _ in CLOUD_CHOICES:
+                d = provider.clouds.get(cloud_key, provider.defaults)
+                clouds[cloud_key] = {
+                    "smtp_host": d.smtp_host,
+                    "smtp_port": d.smtp_port,
+                    "smtp_security": d.smtp_security,
+                    "imap_host": d.imap_host,
+                    "imap_port": d.imap_port,
+                    "pop3_host": d.pop3_host,
+                    "pop3_port": d.pop3_port,
+                    "incoming_security": d.incoming_security,
+                }
+        limits = default_limits(key) if info.provider else GENERIC_LIMITS
+        methods[key] = {
+            "fields": list(METHOD_FIELDS[key]),
+            "redirect_url": urls[key],
+            "clouds": clouds,
+            "limits": {name: getattr(limits, attr) for name, attr in LIMIT_FIELDS.items()},
+        }
+    return {"methods": methods}
