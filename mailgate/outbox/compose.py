@@ -1,0 +1,319 @@
+"""Validation and building of outgoing messages: every problem is refused at the door, naming the field."""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import re
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.message import EmailMessage, Message
+from email.parser import BytesParser
+
+from email_validator import EmailNotValidError, validate_email
+
+# 7bit transfer encodings only: every server accepts the result without 8BITMIME; CRLF line ends.
+POLICY = email.policy.SMTP.clone(cte_type="7bit")
+
+# Header names RFC 5322 allows (printable ASCII except the colon).
+HEADER_NAME_RE = re.compile(r"^[!-9;-~]+$")
+# Headers mailgate writes itself; callers set them through the named fields instead.
+RESERVED_HEADERS = {
+    "from",
+    "to",
+    "cc",
+    "bcc",
+    "reply-to",
+    "subject",
+    "date",
+    "message-id",
+    "mime-version",
+    "content-type",
+    "content-transfer-encoding",
+    "content-disposition",
+}
+CONTENT_TYPE_RE = re.compile(r"^[A-Za-z0-9][\w!#$&^.+-]*/[A-Za-z0-9][\w!#$&^.+-]*$")
+MAX_LINE = 998  # RFC 5322 2.1.1
+
+
+class InvalidMessage(ValueError):
+    """A message refused at enqueue time; `errors` maps each bad field to what is wrong and the fix."""
+
+    def __init__(self, errors: Mapping[str, str]) -> None:
+        self.errors = dict(errors)
+        super().__init__("; ".join(f"{k}: {v}" for k, v in self.errors.items()))
+
+    @classmethod
+    def one(cls, field_name: str, problem: str) -> InvalidMessage:
+        return cls({field_name: problem})
+
+
+@dataclass(frozen=True)
+class Attachment:
+    filename: str
+    content: bytes
+    content_type: str = "application/octet-stream"
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """A parsed address: display name and the address with an ASCII (IDNA) domain."""
+
+    name: str
+    address: str
+
+    def formatted(self) -> str:
+        return email.utils.formataddr((self.name, self.address))
+
+
+@dataclass
+class Composed:
+    """A message ready for the queue."""
+
+    sender: Mailbox
+    to: list[Mailbox]
+    cc: list[Mailbox]
+    bcc: list[Mailbox]
+    reply_to: list[Mailbox]
+    subject: str
+    message_id: str
+    raw: bytes
+    errors: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def recipients(self) -> list[str]:
+        return [m.address for m in (*self.to, *self.cc, *self.bcc)]
+
+
+def _no_line_breaks(field_name: str, value: str) -> None:
+    if "\r" in value or "\n" in value or "\x00" in value:
+        raise InvalidMessage.one(
+            field_name,
+            "contains a line break (CR/LF) or NUL: header values must be one line "
+            "(this is how header injection works, so it is refused)",
+        )
+
+
+def parse_mailbox(field_name: str, value: str) -> Mailbox:
+    """One address, `a@b.example` or `Name <a@b.example>`; IDN domains become their ASCII form."""
+    if not isinstance(value, str) or not value.strip():
+        raise InvalidMessage.one(field_name, "is empty: give an address such as name@example.com")
+    _no_line_breaks(field_name, value)
+    pairs = email.utils.getaddresses([value])
+    if len(pairs) != 1 or not pairs[0][1]:
+        raise InvalidMessage.one(
+            field_name,
+            f"{value!r} is not one address: use 'name@example.com' or 'Name <name@example.com>' "
+            "(one per list entry)",
+        )
+    name, address = pairs[0]
+    if "<" in address or ">" in address or "@" not in address:
+        raise InvalidMessage.one(field_name, f"{value!r} is not a valid address")
+    try:
+        checked = validate_email(address, check_deliverability=False, allow_smtputf8=True)
+    except EmailNotValidError as exc:
+        raise InvalidMessage.one(field_name, f"{address!r} is not a valid address: {exc}") from None
+    if checked.ascii_email is None:
+        raise InvalidMessage.one(
+            field_name,
+            f"{address!r} has a non-ASCII local part, which needs SMTPUTF8 end to end; "
+            "use an ASCII address (international domain names are fine)",
+        )
+    return Mailbox(name.strip(), checked.ascii_email)
+
+
+def parse_mailboxes(field_name: str, values: str | Iterable[str] | None) -> list[Mailbox]:
+    if values is None:
+        return []
+    if isinstance(values, str):
+        _no_line_breaks(field_name, values)
+        values = [
+            email.utils.formataddr(pair) for pair in email.utils.getaddresses([values]) if any(pair)
+        ]
+    result = []
+    for i, value in enumerate(values):
+        result.append(parse_mailbox(f"{field_name}[{i}]", value))
+    return result
+
+
+def new_message_id(domain: str) -> str:
+    """A globally unique Message-ID in the sender's domain."""
+    return f"<{uuid.uuid4().hex}@{domain}>"
+
+
+def _check_headers(headers: Mapping[str, str] | None) -> list[tuple[str, str]]:
+    checked = []
+    for name, value in (headers or {}).items():
+        label = f"headers[{name!r}]"
+        if not isinstance(name, str) or not HEADER_NAME_RE.match(name):
+            raise InvalidMessage.one(
+                label, "is not a valid header name (printable ASCII without ':' or spaces)"
+            )
+        if name.lower() in RESERVED_HEADERS:
+            raise InvalidMessage.one(
+                label, "is set by mailgate: use the from/to/cc/subject/... fields instead"
+            )
+        if not isinstance(value, str):
+            raise InvalidMessage.one(label, "must be a string")
+        _no_line_breaks(label, value)
+        if len(name) + len(value) + 2 > MAX_LINE:
+            raise InvalidMessage.one(label, f"is longer than {MAX_LINE} characters")
+        checked.append((name, value))
+    return checked
+
+
+def _check_attachment(index: int, attachment: Attachment) -> tuple[str, str]:
+    label = f"attachments[{index}]"
+    if not attachment.filename or not attachment.filename.strip():
+        raise InvalidMessage.one(f"{label}.filename", "is empty: give the file name")
+    _no_line_breaks(f"{label}.filename", attachment.filename)
+    if "/" in attachment.filename or "\\" in attachment.filename:
+        raise InvalidMessage.one(
+            f"{label}.filename", "must be a bare file name without a directory"
+        )
+    if not CONTENT_TYPE_RE.match(attachment.content_type or ""):
+        raise InvalidMessage.one(
+            f"{label}.content_type",
+            f"{attachment.content_type!r} is not a MIME type such as application/pdf",
+        )
+    maintype, subtype = attachment.content_type.lower().split("/", 1)
+    if maintype == "multipart":
+        raise InvalidMessage.one(f"{label}.content_type", "a multipart type cannot be attached")
+    return maintype, subtype
+
+
+def build(
+    *,
+    sender: str,
+    to: str | Sequence[str] | None,
+    cc: str | Sequence[str] | None = None,
+    bcc: str | Sequence[str] | None = None,
+    reply_to: str | Sequence[str] | None = None,
+    subject: str = "",
+    text: str | None = None,
+    html: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    attachments: Sequence[Attachment] = (),
+) -> Composed:
+    """Validate every field and build the RFC 5322 bytes (Bcc is never written into the headers)."""
+    from_box = parse_mailbox("from", sender)
+    to_boxes = parse_mailboxes("to", to)
+    cc_boxes = parse_mailboxes("cc", cc)
+    bcc_boxes = parse_mailboxes("bcc", bcc)
+    reply_boxes = parse_mailboxes("reply_to", reply_to)
+    if not (to_boxes or cc_boxes or bcc_boxes):
+        raise InvalidMessage.one("to", "no recipient: give at least one address in to, cc or bcc")
+    if not isinstance(subject, str):
+        raise InvalidMessage.one("subject", "must be a string")
+    _no_line_breaks("subject", subject)
+    extra = _check_headers(headers)
+    kinds = [_check_attachment(i, a) for i, a in enumerate(attachments)]
+
+    message = EmailMessage(policy=POLICY)
+    message["From"] = from_box.formatted()
+    if to_boxes:
+        message["To"] = ", ".join(m.formatted() for m in to_boxes)
+    if cc_boxes:
+        message["Cc"] = ", ".join(m.formatted() for m in cc_boxes)
+    if reply_boxes:
+        message["Reply-To"] = ", ".join(m.formatted() for m in reply_boxes)
+    message["Subject"] = subject
+    message["Date"] = email.utils.formatdate(localtime=False, usegmt=True)
+    message_id = new_message_id(from_box.address.rsplit("@", 1)[1])
+    message["Message-ID"] = message_id
+    for name, value in extra:
+        message[name] = value
+    if html is not None and text is not None:
+        message.set_content(text)
+        message.add_alternative(html, subtype="html")
+    elif html is not None:
+        message.set_content(html, subtype="html")
+    else:
+        message.set_content(text or "")
+    for attachment, (maintype, subtype) in zip(attachments, kinds, strict=True):
+        message.add_attachment(
+            attachment.content, maintype=maintype, subtype=subtype, filename=attachment.filename
+        )
+    raw = message.as_bytes(policy=POLICY)
+    return Composed(from_box, to_boxes, cc_boxes, bcc_boxes, reply_boxes, subject, message_id, raw)
+
+
+def _header_boxes(message: Message, name: str) -> list[Mailbox]:
+    values = [str(v) for v in message.get_all(name, [])]
+    if not values:
+        return []
+    boxes = []
+    for i, (display, address) in enumerate(email.utils.getaddresses(values)):
+        if not address:
+            continue
+        boxes.append(parse_mailbox(f"raw.{name}[{i}]", email.utils.formataddr((display, address))))
+    return boxes
+
+
+def parse_raw(
+    raw: bytes | str,
+    *,
+    sender: str | None = None,
+    to: str | Sequence[str] | None = None,
+    cc: str | Sequence[str] | None = None,
+    bcc: str | Sequence[str] | None = None,
+) -> Composed:
+    """Validate a caller-built RFC 5322 message; envelope recipients default to To + Cc + Bcc."""
+    if isinstance(raw, str):
+        try:
+            data = raw.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidMessage.one("raw", f"cannot be encoded: {exc}") from None
+    else:
+        data = bytes(raw)
+    if not data.strip():
+        raise InvalidMessage.one("raw", "is empty: give a complete RFC 5322 message")
+    data = re.sub(rb"\r?\n", b"\r\n", data)
+    header_block = data.split(b"\r\n\r\n", 1)[0]
+    for number, line in enumerate(header_block.split(b"\r\n"), 1):
+        if len(line) > MAX_LINE:
+            raise InvalidMessage.one("raw", f"header line {number} is longer than {MAX_LINE} bytes")
+    message = BytesParser(policy=email.policy.default).parsebytes(data)
+    if message.defects:
+        raise InvalidMessage.one(
+            "raw",
+            "is not a well-formed RFC 5322 message: "
+            + ", ".join(type(d).__name__ for d in message.defects),
+        )
+    header_from = _header_boxes(message, "From")
+    if len(header_from) != 1:
+        raise InvalidMessage.one("raw", "needs exactly one address in its From header")
+    from_box = parse_mailbox("from", sender) if sender else header_from[0]
+    header_to = _header_boxes(message, "To")
+    header_cc = _header_boxes(message, "Cc")
+    header_bcc = _header_boxes(message, "Bcc")
+    if to is not None or cc is not None or bcc is not None:
+        to_boxes = parse_mailboxes("to", to)
+        cc_boxes = parse_mailboxes("cc", cc)
+        bcc_boxes = parse_mailboxes("bcc", bcc)
+    else:
+        to_boxes, cc_boxes, bcc_boxes = header_to, header_cc, header_bcc
+    if not (to_boxes or cc_boxes or bcc_boxes):
+        raise InvalidMessage.one(
+            "to", "no recipient: the raw message has no To/Cc/Bcc and none was given"
+        )
+    changed = False
+    if "Bcc" in message:
+        del message["Bcc"]
+        changed = True
+    message_id = str(message.get("Message-ID", "")).strip()
+    if not re.fullmatch(r"<[^<>\s]+@[^<>\s]+>", message_id):
+        if "Message-ID" in message:
+            del message["Message-ID"]
+        message_id = new_message_id(header_from[0].address.rsplit("@", 1)[1])
+        message["Message-ID"] = message_id
+        changed = True
+    if "Date" not in message:
+        message["Date"] = email.utils.formatdate(localtime=False, usegmt=True)
+        changed = True
+    if changed:
+        data = message.as_bytes(policy=email.policy.SMTP)
+    subject = str(message.get("Subject", ""))
+    reply_to = _header_boxes(message, "Reply-To")
+    return Composed(from_box, to_boxes, cc_boxes, bcc_boxes, reply_to, subject, message_id, data)

@@ -1,0 +1,59 @@
+"""Outbox tuning, from Django settings or the environment (strictly parsed, like mailgate.conf)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from mailgate.conf import SettingsError
+
+# name: (default, minimum, meaning)
+KNOBS: dict[str, tuple[float, float, str]] = {
+    "MAILGATE_OUTBOX_MAX_AGE": (2 * 86400, 60, "seconds a message may stay undelivered"),
+    "MAILGATE_OUTBOX_LEASE_SECONDS": (300, 1, "seconds a worker's claim lasts without renewal"),
+    "MAILGATE_OUTBOX_BATCH_SIZE": (50, 1, "messages claimed per server per batch"),
+    "MAILGATE_OUTBOX_PROBE_SECONDS": (300, 1, "seconds between checks of a held server"),
+    "MAILGATE_OUTBOX_BACKOFF_BASE": (60, 0.01, "seconds before the first retry"),
+    "MAILGATE_OUTBOX_BACKOFF_MAX": (3600, 0.01, "longest pause between retries, in seconds"),
+    "MAILGATE_OUTBOX_SMTP_TIMEOUT": (30, 0.1, "seconds to wait for an SMTP server"),
+}
+
+
+@dataclass(frozen=True)
+class OutboxConfig:
+    max_age: float
+    lease_seconds: float
+    batch_size: int
+    probe_seconds: float
+    backoff_base: float
+    backoff_max: float
+    smtp_timeout: float
+
+
+def _value(name: str) -> float:
+    default, minimum, meaning = KNOBS[name]
+    raw = getattr(settings, name, None)
+    if raw is None:
+        raw = os.environ.get(name, "").strip() or default
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(name, f"{raw!r} is not a number", f"a number of {meaning}") from None
+    if value < minimum:
+        raise SettingsError(name, f"{value} is below {minimum}", f"a number of {meaning}")
+    return value
+
+
+def get() -> OutboxConfig:
+    """The current values (read each time so that tests can override settings)."""
+    return OutboxConfig(
+        max_age=_value("MAILGATE_OUTBOX_MAX_AGE"),
+        lease_seconds=_value("MAILGATE_OUTBOX_LEASE_SECONDS"),
+        batch_size=int(_value("MAILGATE_OUTBOX_BATCH_SIZE")),
+        probe_seconds=_value("MAILGATE_OUTBOX_PROBE_SECONDS"),
+        backoff_base=_value("MAILGATE_OUTBOX_BACKOFF_BASE"),
+        backoff_max=_value("MAILGATE_OUTBOX_BACKOFF_MAX"),
+        smtp_timeout=_value("MAILGATE_OUTBOX_SMTP_TIMEOUT"),
+    )

@@ -1,0 +1,51 @@
+"""Holding a server's queue for an account problem, and releasing it once the server is fixed."""
+
+from __future__ import annotations
+
+import logging
+
+from django.db import transaction
+from django.utils import timezone
+
+from mailgate.outbox.models import WAITING, OutgoingMessage, ServerState, Status
+from mailgate.servers.models import MailServer
+
+log = logging.getLogger("mailgate.outbox")
+
+
+def hold_server(server: MailServer, reason: str) -> int:
+    """Mark the server held with the reason and hold its waiting messages; return how many."""
+    now = timezone.now()
+    with transaction.atomic():
+        MailServer.objects.filter(pk=server.pk).update(hold_reason=reason, held_at=now)
+        count = OutgoingMessage.objects.filter(server=server, status__in=WAITING).update(
+            status=Status.HELD, diagnosis=reason, updated_at=now
+        )
+    server.hold_reason, server.held_at = reason, now
+    log.warning("server %s held: %s (%d messages held)", server.name, reason, count)
+    return count
+
+
+def release_server(server: MailServer) -> int:
+    """Clear the server's hold and queue its held messages for sending now; return how many.
+
+    Called after a successful connect, a replaced secret or a passing connection test, and by the
+    worker's own periodic check of held servers.
+    """
+    now = timezone.now()
+    with transaction.atomic():
+        MailServer.objects.filter(pk=server.pk).update(hold_reason="", held_at=None)
+        ServerState.objects.filter(server=server).update(
+            next_allowed_at=None, throttle_reason="", last_probe_at=None
+        )
+        count = OutgoingMessage.objects.filter(server=server, status=Status.HELD).update(
+            status=Status.QUEUED, next_attempt_at=now, diagnosis="", updated_at=now
+        )
+    server.hold_reason, server.held_at = "", None
+    if count:
+        log.info("server %s released: %d held messages queued again", server.name, count)
+    return count
+
+
+def is_held(server: MailServer) -> bool:
+    return bool(server.hold_reason or server.held_at)

@@ -1,0 +1,146 @@
+"""The outbox: every message an application hands over, its delivery attempts, and per-server send state."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.utils import timezone
+
+from mailgate.servers.models import MailServer
+
+
+class Status(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    SENDING = "sending", "Sending"
+    SENT = "sent", "Sent"
+    DEFERRED = "deferred", "Deferred"
+    HELD = "held", "Held"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+# Messages a worker may pick up (when due); "sending" ones too once their claim lease has expired.
+WAITING = (Status.QUEUED, Status.DEFERRED)
+FINAL = (Status.SENT, Status.FAILED, Status.CANCELLED)
+
+
+class OutgoingMessage(models.Model):
+    server = models.ForeignKey(
+        MailServer, on_delete=models.PROTECT, related_name="outgoing_messages"
+    )
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
+    source = models.CharField(max_length=20, default="python")
+
+    from_address = models.CharField(max_length=320)
+    to = models.JSONField(default=list)
+    cc = models.JSONField(default=list)
+    bcc = models.JSONField(default=list)
+    reply_to = models.CharField(max_length=998, blank=True)
+    subject = models.CharField(max_length=998, blank=True)
+    message_id = models.CharField(max_length=998, db_index=True)
+    raw = models.BinaryField(help_text="The RFC 5322 message as built at enqueue time (no Bcc).")
+    size = models.PositiveIntegerField(default=0)
+    recipients_count = models.PositiveIntegerField(default=0)
+
+    attempts = models.PositiveIntegerField(default=0)
+    retries = models.PositiveIntegerField(
+        default=0, help_text="Deferrals so far: the exponent of the back-off."
+    )
+    next_attempt_at = models.DateTimeField(default=timezone.now)
+    claimed_by = models.CharField(max_length=200, blank=True)
+    claimed_at = models.DateTimeField(null=True, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+
+    last_error = models.TextField(blank=True)
+    last_reply = models.TextField(blank=True)
+    diagnosis = models.TextField(blank=True)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    queue_id = models.CharField(max_length=255, blank=True)
+
+    idempotency_key = models.CharField(max_length=400, null=True, blank=True, unique=True)
+    created_at = models.DateTimeField(default=timezone.now, db_index=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        indexes = [
+            models.Index(fields=["status", "next_attempt_at"], name="outbox_due_idx"),
+            models.Index(fields=["server", "status"], name="outbox_server_status_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.message_id}"
+
+    @property
+    def envelope_recipients(self) -> list[str]:
+        return [*self.to, *self.cc, *self.bcc]
+
+    @property
+    def raw_bytes(self) -> bytes:
+        return bytes(self.raw)
+
+    @property
+    def can_retry(self) -> bool:
+        return self.status in (Status.FAILED, Status.CANCELLED, Status.DEFERRED)
+
+    @property
+    def can_cancel(self) -> bool:
+        return self.status in (Status.QUEUED, Status.DEFERRED, Status.HELD)
+
+
+class Outcome(models.TextChoices):
+    SENT = "sent", "Sent"
+    DEFERRED = "deferred", "Deferred"
+    THROTTLED = "throttled", "Throttled"
+    HELD = "held", "Held"
+    FAILED = "failed", "Failed"
+
+
+class DeliveryAttempt(models.Model):
+    message = models.ForeignKey(
+        OutgoingMessage, on_delete=models.CASCADE, related_name="attempt_log"
+    )
+    server = models.ForeignKey(MailServer, on_delete=models.CASCADE, related_name="+")
+    started_at = models.DateTimeField(default=timezone.now)
+    duration_ms = models.PositiveIntegerField(default=0)
+    outcome = models.CharField(max_length=10, choices=Outcome.choices)
+    step = models.CharField(max_length=20, blank=True)
+    reply_code = models.PositiveIntegerField(null=True, blank=True)
+    reply = models.TextField(blank=True)
+    error = models.TextField(blank=True)
+    recipients = models.PositiveIntegerField(default=0)
+    worker = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["started_at", "id"]
+        indexes = [models.Index(fields=["server", "started_at"], name="attempt_server_time_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.started_at:%Y-%m-%d %H:%M:%S} {self.outcome} {self.reply}"
+
+
+class ServerState(models.Model):
+    """Per-server send state shared by every worker; its row is the lock that serializes claims."""
+
+    server = models.OneToOneField(
+        MailServer, on_delete=models.CASCADE, primary_key=True, related_name="outbox_state"
+    )
+    next_allowed_at = models.DateTimeField(null=True, blank=True)
+    throttle_reason = models.TextField(blank=True)
+    last_probe_at = models.DateTimeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return f"state of server #{self.server_id}"
+
+
+class ConnectionLease(models.Model):
+    """One open SMTP connection of one worker to one server; counts against limit_connections."""
+
+    server = models.ForeignKey(MailServer, on_delete=models.CASCADE, related_name="+")
+    holder = models.CharField(max_length=200)
+    expires_at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["server", "expires_at"], name="lease_server_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.holder} on server #{self.server_id} until {self.expires_at}"

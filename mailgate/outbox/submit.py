@@ -1,0 +1,118 @@
+"""`enqueue()`: the one way into the outbox; a row insert inside the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from mailgate.outbox.compose import Attachment, Composed, InvalidMessage, build, parse_raw
+from mailgate.outbox.models import OutgoingMessage, Status
+from mailgate.outbox.routing import resolve_server
+from mailgate.servers.models import MailServer
+
+
+def _human(size: int) -> str:
+    for unit in ("bytes", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size = size / 1024  # type: ignore[assignment]
+    return str(size)
+
+
+def enqueue(
+    *,
+    from_address: str | None = None,
+    to: str | Sequence[str] | None = None,
+    cc: str | Sequence[str] | None = None,
+    bcc: str | Sequence[str] | None = None,
+    reply_to: str | Sequence[str] | None = None,
+    subject: str = "",
+    text: str | None = None,
+    html: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    attachments: Sequence[Attachment] = (),
+    raw: bytes | str | None = None,
+    server: MailServer | str | int | None = None,
+    idempotency_key: str | None = None,
+    source: str = "python",
+) -> OutgoingMessage:
+    """Validate, route and queue one message; raise InvalidMessage naming the field on bad input.
+
+    With an idempotency key already used, the first message is returned and nothing is queued.
+    """
+    if idempotency_key is not None:
+        if not idempotency_key or len(idempotency_key) > 400:
+            raise InvalidMessage.one("idempotency_key", "must be 1 to 400 characters")
+        existing = OutgoingMessage.objects.filter(idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return existing
+    composed: Composed
+    if raw is not None:
+        if any(v is not None for v in (text, html)) or headers or attachments or subject:
+            raise InvalidMessage.one(
+                "raw",
+                "give either a raw message or the fields subject/text/html/headers/attachments",
+            )
+        composed = parse_raw(raw, sender=from_address, to=to, cc=cc, bcc=bcc)
+    else:
+        if not from_address:
+            raise InvalidMessage.one("from", "is required: the sender's address")
+        composed = build(
+            sender=from_address,
+            to=to,
+            cc=cc,
+            bcc=bcc,
+            reply_to=reply_to,
+            subject=subject,
+            text=text,
+            html=html,
+            headers=headers,
+            attachments=attachments,
+        )
+    chosen = resolve_server(server, composed.sender.address)
+    size = len(composed.raw)
+    if size > chosen.max_message_bytes:
+        field_name = "raw" if raw is not None else ("attachments" if attachments else "text")
+        raise InvalidMessage.one(
+            field_name,
+            f"the message is {_human(size)}, over the {_human(chosen.max_message_bytes)} limit of "
+            f"server {chosen.name!r}: make it smaller or send large files as links",
+        )
+    recipients = composed.recipients
+    if len(recipients) > chosen.limit_recipients_per_day:
+        raise InvalidMessage.one(
+            "to",
+            f"{len(recipients)} recipients exceed server {chosen.name!r}'s limit of "
+            f"{chosen.limit_recipients_per_day} recipients per day: split the message",
+        )
+    held = bool(chosen.hold_reason or chosen.held_at)
+    message = OutgoingMessage(
+        server=chosen,
+        status=Status.HELD if held else Status.QUEUED,
+        source=source,
+        from_address=composed.sender.address,
+        to=[m.address for m in composed.to],
+        cc=[m.address for m in composed.cc],
+        bcc=[m.address for m in composed.bcc],
+        reply_to=", ".join(m.address for m in composed.reply_to),
+        subject=composed.subject[:998],
+        message_id=composed.message_id,
+        raw=composed.raw,
+        size=size,
+        recipients_count=len(recipients),
+        next_attempt_at=timezone.now(),
+        idempotency_key=idempotency_key,
+        diagnosis=chosen.hold_reason if held else "",
+    )
+    if idempotency_key is None:
+        message.save()
+        return message
+    try:
+        with transaction.atomic():
+            message.save()
+    except IntegrityError:
+        # A concurrent request with the same key won the race: answer with its message.
+        return OutgoingMessage.objects.get(idempotency_key=idempotency_key)
+    return message

@@ -1,0 +1,463 @@
+"""The delivery worker step: claim due messages per server, send them over one connection, record outcomes.
+
+Claims are serialized per server by a row lock on its ServerState (and, on PostgreSQL, rows are taken
+with SKIP LOCKED); on SQLite the IMMEDIATE transactions give one writer at a time, and the claim is a
+compare-and-swap UPDATE. Limits (messages per minute, recipients per day, concurrent connections) are
+computed from the database inside that lock, so they hold across any number of workers.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from django.db import connection, transaction
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+from mailgate.outbox import conf, retry
+from mailgate.outbox.diagnosis import Action, Verdict, classify
+from mailgate.outbox.hold import hold_server, release_server
+from mailgate.outbox.models import (
+    WAITING,
+    ConnectionLease,
+    DeliveryAttempt,
+    Outcome,
+    OutgoingMessage,
+    ServerState,
+    Status,
+)
+from mailgate.servers.models import MailServer
+from mailgate.transports.base import Envelope, SendResult, TransportError
+from mailgate.transports.smtp import SMTPTransport
+
+log = logging.getLogger("mailgate.outbox")
+
+MINUTE = timedelta(minutes=1)
+DAY = timedelta(days=1)
+
+
+def due_filter(now: datetime) -> Q:
+    """Messages a worker may take: waiting and due, or "sending" with an expired claim (a dead worker)."""
+    return Q(status__in=WAITING, next_attempt_at__lte=now) | Q(
+        status=Status.SENDING, claimed_until__lt=now
+    )
+
+
+def servers_with_due_mail(now: datetime) -> list[int]:
+    return list(
+        OutgoingMessage.objects.filter(due_filter(now))
+        .filter(server__active=True, server__held_at__isnull=True, server__hold_reason="")
+        .order_by()
+        .values_list("server_id", flat=True)
+        .distinct()
+    )
+
+
+@dataclass
+class Connection:
+    transport: SMTPTransport
+    lease_id: int
+    renewed: float = field(default_factory=time.monotonic)
+
+
+class Deliverer:
+    """The per-process delivery state: its identity and its open connections, one per server."""
+
+    def __init__(self, holder: str | None = None) -> None:
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.connections: dict[int, Connection] = {}
+        self.token_requests = 0
+
+    # -- claiming ----------------------------------------------------------------------------
+
+    def claim(self, server_id: int) -> tuple[MailServer, list[OutgoingMessage]] | None:
+        """Take up to a batch of due messages of one server within its limits; None when nothing."""
+        config = conf.get()
+        now = timezone.now()
+        lease_until = now + timedelta(seconds=config.lease_seconds)
+        with transaction.atomic():
+            ServerState.objects.get_or_create(server_id=server_id)
+            state = ServerState.objects.select_for_update().get(pk=server_id)
+            if state.next_allowed_at and state.next_allowed_at > now:
+                return None
+            server = MailServer.objects.get(pk=server_id)
+            if not server.active or server.held_at or server.hold_reason:
+                return None
+            in_flight = OutgoingMessage.objects.filter(
+                server_id=server_id, status=Status.SENDING, claimed_until__gte=now
+            ).exclude(claimed_by=self.holder)
+            attempts_in_minute = DeliveryAttempt.objects.filter(
+                server_id=server_id, started_at__gt=now - MINUTE
+            )
+            per_minute_left = (
+                server.limit_per_minute - attempts_in_minute.count() - in_flight.count()
+            )
+            sent_today = (
+                DeliveryAttempt.objects.filter(
+                    server_id=server_id, started_at__gt=now - DAY, outcome=Outcome.SENT
+                ).aggregate(n=Sum("recipients"))["n"]
+                or 0
+            )
+            in_flight_recipients = in_flight.aggregate(n=Sum("recipients_count"))["n"] or 0
+            day_left = server.limit_recipients_per_day - sent_today - in_flight_recipients
+            if per_minute_left <= 0 or day_left <= 0:
+                oldest = attempts_in_minute.order_by("started_at").first()
+                wait_until = oldest.started_at + MINUTE if oldest and per_minute_left <= 0 else None
+                state.next_allowed_at = wait_until or now + MINUTE
+                state.throttle_reason = (
+                    f"limit of {server.limit_per_minute} messages per minute reached"
+                    if per_minute_left <= 0
+                    else f"limit of {server.limit_recipients_per_day} recipients per day reached"
+                )
+                state.save(update_fields=["next_allowed_at", "throttle_reason"])
+                return None
+            candidates = (
+                OutgoingMessage.objects.filter(server_id=server_id)
+                .filter(due_filter(now))
+                .order_by("next_attempt_at", "id")
+                .values_list("id", "recipients_count")
+            )
+            if connection.features.has_select_for_update_skip_locked:
+                candidates = candidates.select_for_update(skip_locked=True)
+            picked: list[int] = []
+            recipients = 0
+            for pk, count in candidates[: min(config.batch_size, per_minute_left)]:
+                if recipients + count > day_left:
+                    break
+                picked.append(pk)
+                recipients += count
+            if not picked:
+                return None
+            if not self._lease_connection(server, now, lease_until):
+                return None
+            # Compare-and-swap: only rows still due are taken (what makes SQLite safe as well).
+            OutgoingMessage.objects.filter(pk__in=picked).filter(due_filter(now)).update(
+                status=Status.SENDING,
+                claimed_by=self.holder,
+                claimed_at=now,
+                claimed_until=lease_until,
+                updated_at=now,
+            )
+        messages = list(
+            OutgoingMessage.objects.filter(
+                pk__in=picked, status=Status.SENDING, claimed_by=self.holder
+            ).order_by("next_attempt_at", "id")
+        )
+        return server, messages
+
+    def _lease_connection(self, server: MailServer, now: datetime, until: datetime) -> bool:
+        """Hold (or renew) this worker's connection slot for the server; False when all are taken."""
+        open_connection = self.connections.get(server.pk)
+        if open_connection is not None:
+            renewed = ConnectionLease.objects.filter(pk=open_connection.lease_id).update(
+                expires_at=until
+            )
+            if renewed:
+                open_connection.renewed = time.monotonic()
+                return True
+            self._drop(server.pk)
+        ConnectionLease.objects.filter(server=server, expires_at__lt=now).delete()
+        if ConnectionLease.objects.filter(server=server).count() >= server.limit_connections:
+            return False
+        lease = ConnectionLease.objects.create(server=server, holder=self.holder, expires_at=until)
+        self.connections[server.pk] = Connection(
+            SMTPTransport(server, timeout=conf.get().smtp_timeout), lease.pk
+        )
+        return True
+
+    def _renew(self, server_id: int, remaining: list[OutgoingMessage]) -> None:
+        """Extend the connection lease and the claims of a long batch before they expire."""
+        held = self.connections.get(server_id)
+        lease_seconds = conf.get().lease_seconds
+        if held is None or time.monotonic() - held.renewed < lease_seconds / 3:
+            return
+        until = timezone.now() + timedelta(seconds=lease_seconds)
+        ConnectionLease.objects.filter(pk=held.lease_id).update(expires_at=until)
+        OutgoingMessage.objects.filter(
+            pk__in=[m.pk for m in remaining], claimed_by=self.holder, status=Status.SENDING
+        ).update(claimed_until=until)
+        held.renewed = time.monotonic()
+
+    def _drop(self, server_id: int) -> None:
+        held = self.connections.pop(server_id, None)
+        if held is None:
+            return
+        self.token_requests += held.transport.token_requests
+        held.transport.close()
+        ConnectionLease.objects.filter(pk=held.lease_id).delete()
+
+    def close_all(self, keep: set[int] | frozenset[int] = frozenset()) -> None:
+        for server_id in list(self.connections):
+            if server_id not in keep:
+                self._drop(server_id)
+
+    def release(self, messages: list[OutgoingMessage]) -> None:
+        """Give claimed, unattempted messages back to the queue as they were."""
+        ids = [m.pk for m in messages]
+        if not ids:
+            return
+        mine = OutgoingMessage.objects.filter(
+            pk__in=ids, claimed_by=self.holder, status=Status.SENDING
+        )
+        now = timezone.now()
+        mine.filter(attempts=0).update(
+            status=Status.QUEUED, claimed_by="", claimed_until=None, updated_at=now
+        )
+        mine.update(status=Status.DEFERRED, claimed_by="", claimed_until=None, updated_at=now)
+
+    # -- sending -----------------------------------------------------------------------------
+
+    def deliver(
+        self, server: MailServer, messages: list[OutgoingMessage], stop: threading.Event
+    ) -> None:
+        """Send a claimed batch over the server's connection, recording each outcome as it happens."""
+        held = self.connections[server.pk]
+        transport = held.transport
+        transport.server = server
+        remaining = list(messages)
+        if not transport.is_open:
+            try:
+                transport.open()
+            except TransportError as exc:
+                self._drop(server.pk)
+                verdict = classify(exc)
+                for message in remaining:
+                    self.record_failure(server, message, exc, verdict, 0.0)
+                if verdict.action == Action.HOLD:
+                    hold_server(server, self._reason(exc, verdict))
+                return
+        while remaining:
+            if stop.is_set():
+                break
+            message = remaining.pop(0)
+            envelope = Envelope(
+                message.from_address, message.envelope_recipients, message.raw_bytes, message.pk
+            )
+            started = time.monotonic()
+            try:
+                result = transport.send_message(envelope)
+            except TransportError as exc:
+                # The connection died with this message in flight: it may have been delivered;
+                # it is retried with the same Message-ID.
+                self._drop(server.pk)
+                self.record_failure(server, message, exc, classify(exc), time.monotonic() - started)
+                break
+            if result.ok:
+                self.record_sent(server, message, result)
+            else:
+                assert result.error is not None
+                verdict = classify(result.error)
+                self.record_failure(server, message, result.error, verdict, result.duration)
+                if verdict.action == Action.HOLD:
+                    hold_server(server, self._reason(result.error, verdict))
+                    break
+                if verdict.action == Action.THROTTLE:
+                    break
+            self._renew(server.pk, remaining)
+        self.release(remaining)
+
+    @staticmethod
+    def _reason(error: TransportError, verdict: Verdict) -> str:
+        reply = str(error.reply) if error.reply.code is not None else str(error)
+        return f"{verdict.diagnosis} Server reply: {reply}"
+
+    def _attempt(
+        self,
+        server: MailServer,
+        message: OutgoingMessage,
+        outcome: str,
+        duration: float,
+        *,
+        reply: str = "",
+        code: int | None = None,
+        error: str = "",
+        step: str = "",
+    ) -> DeliveryAttempt:
+        return DeliveryAttempt(
+            message=message,
+            server=server,
+            started_at=timezone.now() - timedelta(seconds=duration),
+            duration_ms=int(duration * 1000),
+            outcome=outcome,
+            step=step,
+            reply_code=code,
+            reply=reply[:2000],
+            error=error[:2000],
+            recipients=message.recipients_count,
+            worker=self.holder,
+        )
+
+    def _mine(self, message: OutgoingMessage) -> Q:
+        return Q(pk=message.pk, claimed_by=self.holder, status=Status.SENDING)
+
+    def record_sent(self, server: MailServer, message: OutgoingMessage, result: SendResult) -> None:
+        now = timezone.now()
+        refused = "; ".join(f"{rcpt}: {reply}" for rcpt, reply in result.refused.items())
+        with transaction.atomic():
+            updated = OutgoingMessage.objects.filter(self._mine(message)).update(
+                status=Status.SENT,
+                sent_at=now,
+                attempts=message.attempts + 1,
+                last_reply=str(result.reply),
+                queue_id=result.queue_id,
+                last_error=f"refused recipients: {refused}" if refused else "",
+                diagnosis="",
+                claimed_by="",
+                claimed_until=None,
+                updated_at=now,
+            )
+            self._attempt(
+                server,
+                message,
+                Outcome.SENT,
+                result.duration,
+                reply=str(result.reply),
+                code=result.reply.code,
+                error=f"refused recipients: {refused}" if refused else "",
+                step="data",
+            ).save()
+        if not updated:
+            log.warning("message %s was sent but its claim had moved on", message.pk)
+
+    def record_failure(
+        self,
+        server: MailServer,
+        message: OutgoingMessage,
+        error: TransportError,
+        verdict: Verdict,
+        duration: float,
+    ) -> None:
+        now = timezone.now()
+        reply = str(error.reply) if error.reply.code is not None else ""
+        changes: dict[str, object] = {
+            "attempts": message.attempts + 1,
+            "last_error": str(error)[:4000],
+            "last_reply": reply,
+            "diagnosis": verdict.diagnosis,
+            "claimed_by": "",
+            "claimed_until": None,
+            "updated_at": now,
+        }
+        outcome: str
+        if verdict.action == Action.FAIL:
+            changes["status"] = Status.FAILED
+            outcome = Outcome.FAILED
+        elif verdict.action == Action.HOLD:
+            changes["status"] = Status.HELD
+            outcome = Outcome.HELD
+        else:
+            if verdict.action == Action.THROTTLE:
+                retries = message.retries
+                pause_until = now + timedelta(seconds=verdict.pause)
+                ServerState.objects.filter(pk=server.pk).update(
+                    next_allowed_at=pause_until, throttle_reason=verdict.diagnosis
+                )
+                limit = retry.deadline(message.created_at)
+                when: datetime | None = min(pause_until, limit) if now < limit else None
+                outcome = Outcome.THROTTLED
+            else:
+                retries = message.retries + 1
+                when = retry.next_attempt(message.created_at, now, retries)
+                outcome = Outcome.DEFERRED
+            if when is None:
+                changes["status"] = Status.FAILED
+                changes["diagnosis"] = (
+                    f"Given up after {message.attempts + 1} attempts over "
+                    f"{timedelta(seconds=conf.get().max_age)}: {verdict.diagnosis}"
+                )
+                outcome = Outcome.FAILED
+            else:
+                changes.update(status=Status.DEFERRED, retries=retries, next_attempt_at=when)
+        with transaction.atomic():
+            OutgoingMessage.objects.filter(self._mine(message)).update(**changes)
+            self._attempt(
+                server,
+                message,
+                outcome,
+                duration,
+                reply=reply,
+                code=error.reply.code,
+                error=str(error),
+                step=error.step,
+            ).save()
+
+    # -- held servers ------------------------------------------------------------------------
+
+    def probe_held_servers(self) -> bool:
+        """Try to authenticate with each held server now and then; release it when that works."""
+        config = conf.get()
+        now = timezone.now()
+        probe_before = now - timedelta(seconds=config.probe_seconds)
+        did = False
+        for server in MailServer.objects.filter(active=True, held_at__isnull=False).exclude(
+            smtp_host=""
+        ):
+            assert server.held_at is not None
+            if server.held_at > probe_before:
+                continue
+            ServerState.objects.get_or_create(server=server)
+            # Compare-and-swap on last_probe_at: one worker probes, the others skip.
+            taken = (
+                ServerState.objects.filter(pk=server.pk)
+                .filter(Q(last_probe_at__isnull=True) | Q(last_probe_at__lte=probe_before))
+                .update(last_probe_at=now)
+            )
+            if not taken:
+                continue
+            did = True
+            transport = SMTPTransport(server, timeout=config.smtp_timeout)
+            try:
+                transport.open()
+            except TransportError as exc:
+                log.info("held server %s still failing: %s", server.name, exc)
+                continue
+            finally:
+                self.token_requests += transport.token_requests
+                transport.close()
+            release_server(server)
+        return did
+
+    def step(self, stop: threading.Event) -> bool:
+        """One pass: probe held servers, then one batch per server with due mail."""
+        did = self.probe_held_servers()
+        worked: set[int] = set()
+        for server_id in servers_with_due_mail(timezone.now()):
+            if stop.is_set():
+                break
+            claimed = self.claim(server_id)
+            if claimed is None:
+                continue
+            server, messages = claimed
+            if not messages:
+                continue
+            did = True
+            worked.add(server_id)
+            self.deliver(server, messages, stop)
+        # Connections stay open only while their server keeps having due mail.
+        self.close_all(keep=set() if stop.is_set() else worked)
+        return did
+
+
+_deliverer: Deliverer | None = None
+_deliverer_pid = 0
+
+
+def get_deliverer() -> Deliverer:
+    global _deliverer, _deliverer_pid
+    if _deliverer is None or _deliverer_pid != os.getpid():
+        _deliverer, _deliverer_pid = Deliverer(), os.getpid()
+    return _deliverer
+
+
+def deliver_step() -> bool:
+    """The worker step (WORKER_STEPS): True when it sent, deferred or probed anything."""
+    from mailgate.worker import current_stop_event
+
+    return get_deliverer().step(current_stop_event())
