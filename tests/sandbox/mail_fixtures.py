@@ -1,0 +1,166 @@
+"""A small real MailPolicy over a SigningKey, token minting, SASL helpers and a recording delivery, for the mail-side tests."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mailgate.sandbox.interfaces import SubmissionLimits
+from mailgate.sandbox.tokens import InvalidToken, SigningKey
+
+OUTLOOK = "https://outlook.office.com"
+GOOGLE = "https://mail.google.com/"
+
+
+@dataclass
+class SmallPolicy:
+    """interfaces.MailPolicy for tests: users, toggles, grants and a clock that tests move by hand."""
+
+    key: SigningKey
+    users: set[str] = field(default_factory=set)
+    disabled: dict[str, str] = field(default_factory=dict)
+    send_as: set[tuple[str, str]] = field(default_factory=set)
+    limits: dict[str, SubmissionLimits] = field(default_factory=dict)
+    google_tokens: dict[str, tuple[str, float]] = field(default_factory=dict)
+    offset: float = 0.0
+
+    def now(self) -> float:
+        return time.time() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        self.offset += seconds
+
+    def verify_access_token(self, token: str) -> dict[str, Any]:
+        if token in self.google_tokens:
+            address, exp = self.google_tokens[token]
+            if exp <= self.now():
+                raise InvalidToken("the token has expired")
+            return {"aud": GOOGLE, "scp": GOOGLE, "email": address, "exp": exp}
+        return self.key.verify_access_token(token, now=self.now())
+
+    def mailbox_exists(self, address: str) -> bool:
+        return address.lower() in self.users
+
+    def smtp_auth_disabled(self, address: str) -> str | None:
+        return self.disabled.get(address.lower())
+
+    def may_send_as(self, authenticated: str, from_address: str) -> bool:
+        a, f = authenticated.lower(), from_address.lower()
+        return a == f or (a, f) in self.send_as
+
+    def submission_limits(self, address: str) -> SubmissionLimits:
+        return self.limits.get(address.lower(), SubmissionLimits())
+
+    def token_service(self, claims: dict[str, Any]) -> str:
+        return str(claims.get("upn") or claims.get("preferred_username") or "").lower()
+
+    # -- minting ---------------------------------------------------------------------------
+
+    def mint(
+        self,
+        user: str,
+        scp: str = "SMTP.Send",
+        *,
+        aud: str = OUTLOOK,
+        lifetime: float = 3600,
+        roles: list[str] | None = None,
+    ) -> str:
+        now = int(self.now())
+        claims: dict[str, Any] = {
+            "aud": aud,
+            "iss": "https://sts.windows.net/tid/",
+            "tid": "00000000-0000-0000-0000-000000000001",
+            "iat": now,
+            "nbf": now,
+            "exp": int(now + lifetime),
+        }
+        if roles is not None:
+            claims["roles"] = roles
+            claims["oid"] = "app"
+        else:
+            claims.update(scp=scp, upn=user, preferred_username=user)
+        return self.key.sign(claims)
+
+    def mint_google(self, address: str, lifetime: float = 3600) -> str:
+        token = "ya29." + secrets.token_urlsafe(40)
+        self.google_tokens[token] = (address.lower(), self.now() + lifetime)
+        return token
+
+
+def make_policy(state: Path, *users: str) -> SmallPolicy:
+    return SmallPolicy(key=SigningKey(state), users={u.lower() for u in users})
+
+
+class RecordingDelivery:
+    """interfaces.MailboxDelivery that keeps what it was handed."""
+
+    def __init__(self) -> None:
+        self.delivered: list[tuple[str, bytes]] = []
+        self._lock = threading.Lock()
+
+    def deliver(self, address: str, raw: bytes) -> None:
+        with self._lock:
+            self.delivered.append((address, raw))
+
+    def to(self, address: str) -> list[bytes]:
+        with self._lock:
+            return [raw for a, raw in self.delivered if a == address]
+
+
+def xoauth2(user: str, token: str) -> str:
+    return f"user={user}\x01auth=Bearer {token}\x01\x01"
+
+
+def oauthbearer(user: str, token: str, host: str | None = None, port: int | None = None) -> str:
+    kv = "".join(f"{k}={v}\x01" for k, v in (("host", host), ("port", port)) if v is not None)
+    return f"n,a={user},\x01{kv}auth=Bearer {token}\x01\x01"
+
+
+class Sasl:
+    """authobject for smtplib.auth (str) and imaplib.authenticate (bytes): the response first, then the
+    empty (XOAUTH2) or ^A (OAUTHBEARER) reply to an error challenge, recording the challenges."""
+
+    def __init__(
+        self, response: str, mechanism: str = "XOAUTH2", *, as_bytes: bool = False
+    ) -> None:
+        self.response = response
+        self.mechanism = mechanism
+        self.as_bytes = as_bytes
+        self.calls = 0
+        self.challenges: list[bytes] = []
+
+    def __call__(self, challenge: bytes | None = None) -> Any:
+        self.calls += 1
+        if self.calls == 1 and not challenge:
+            out = self.response
+        else:
+            self.challenges.append(challenge or b"")
+            out = "\x01" if self.mechanism == "OAUTHBEARER" else ""
+        return out.encode() if self.as_bytes else out
+
+
+def b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+def wait_for(condition: Callable[[], Any], *, timeout: float = 10.0, interval: float = 0.02) -> Any:
+    """Poll `condition` until truthy (bounded in time); return its value or raise AssertionError."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(interval)
+
+
+def client_context(ca_file: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(ca_file))
