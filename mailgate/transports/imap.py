@@ -1,0 +1,231 @@
+"""IMAP (IMAPClient): implicit TLS / STARTTLS / plain, XOAUTH2 for OAuth mailboxes, PLAIN/LOGIN, client certificates.
+
+The steps (connect, starttls, authenticate, select_folder) are methods so the connection test can
+run them one by one. Certificate verification is always on (system store + SSL_CERT_FILE).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from typing import Any
+
+import imapclient
+from imapclient import exceptions as imap_errors
+
+from mailgate.conf import is_loopback_host
+from mailgate.transports.base import Reply, Transport, TransportError
+from mailgate.transports.smtp import tls_context, xoauth2_string
+
+
+def _text(exc: BaseException) -> str:
+    """An imaplib/IMAPClient error as the server's reply text (without the bytes repr)."""
+    text = str(exc)
+    if text.startswith(("b'", 'b"')) and text[-1:] in ("'", '"'):
+        text = text[2:-1]
+    return text
+
+
+def token_error(exc: Exception, user: str) -> TransportError:
+    """A TokenError from the token lifecycle as a TransportError of the `token` step."""
+    return TransportError(
+        f"no access token for {user}: {exc}",
+        permanent=bool(getattr(exc, "permanent", False)),
+        step="token",
+        diagnosis=str(getattr(exc, "diagnosis", "")),
+    )
+
+
+class IMAPTransport(Transport):
+    """One IMAP connection to a server's incoming mailbox."""
+
+    name = "imap"
+
+    def __init__(self, server: Any, *, timeout: float = 30.0) -> None:
+        self.server = server
+        self.timeout = timeout
+        self.client: imapclient.IMAPClient | None = None
+        self._ready = False
+
+    @property
+    def address(self) -> str:
+        return f"{self.server.incoming_host}:{self.server.incoming_port or self.default_port}"
+
+    @property
+    def default_port(self) -> int:
+        return 993 if self.server.incoming_security == "ssl" else 143
+
+    @property
+    def is_open(self) -> bool:
+        return self._ready and self.client is not None
+
+    def open(self) -> bool:
+        if self.is_open:
+            return False
+        try:
+            self.connect()
+            if self.server.incoming_security == "starttls":
+                self.starttls()
+            self.authenticate()
+        except BaseException:
+            self.close()
+            raise
+        self._ready = True
+        return True
+
+    def close(self) -> None:
+        client, self.client = self.client, None
+        self._ready = False
+        if client is None:
+            return
+        try:
+            client.logout()
+        except (imap_errors.IMAPClientError, OSError, ssl.SSLError):
+            with contextlib.suppress(OSError, imap_errors.IMAPClientError):
+                client.shutdown()
+
+    def _require(self) -> imapclient.IMAPClient:
+        if self.client is None:
+            raise TransportError("not connected", step="connect")
+        return self.client
+
+    def connect(self) -> Reply:
+        """Open the connection (TLS first for implicit TLS) and read the greeting."""
+        server = self.server
+        if not server.incoming_host:
+            raise TransportError(
+                "the server has no Incoming Server host name", permanent=True, step="connect"
+            )
+        if server.incoming_security not in ("ssl", "starttls", "none"):
+            raise TransportError(
+                f"unknown Incoming Encryption {server.incoming_security!r}",
+                permanent=True,
+                step="connect",
+            )
+        implicit = server.incoming_security == "ssl"
+        try:
+            client = imapclient.IMAPClient(
+                server.incoming_host,
+                port=server.incoming_port or self.default_port,
+                ssl=implicit,
+                ssl_context=tls_context(server) if implicit else None,
+                timeout=self.timeout,
+            )
+        except ssl.SSLCertVerificationError as exc:
+            raise TransportError(
+                f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
+                step="tls",
+            ) from None
+        except ssl.SSLError as exc:
+            raise TransportError(f"TLS with {self.address} failed: {exc}", step="tls") from None
+        except (TimeoutError, OSError, imap_errors.IMAPClientError) as exc:
+            raise TransportError(
+                f"cannot connect to {self.address}: {_text(exc)}", step="connect"
+            ) from None
+        self.client = client
+        return Reply.parse(None, client.welcome or b"")
+
+    def starttls(self) -> Reply:
+        """Upgrade with STARTTLS, verifying the certificate and host name."""
+        client = self._require()
+        try:
+            if b"STARTTLS" not in client.capabilities():
+                raise TransportError(
+                    f"{self.address} does not offer STARTTLS: choose another Incoming Encryption",
+                    permanent=True,
+                    step="tls",
+                )
+            text = client.starttls(tls_context(self.server))
+        except ssl.SSLCertVerificationError as exc:
+            raise TransportError(
+                f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
+                step="tls",
+            ) from None
+        except (ssl.SSLError, OSError, imap_errors.IMAPClientError) as exc:
+            raise TransportError(
+                f"STARTTLS with {self.address} failed: {_text(exc)}", step="tls"
+            ) from None
+        return Reply.parse(None, text or b"")
+
+    @property
+    def is_encrypted(self) -> bool:
+        return self.server.incoming_security in ("ssl", "starttls") and self.client is not None
+
+    def authenticate(self) -> Reply:
+        """XOAUTH2 for OAuth servers, LOGIN (or PLAIN) with the password; certificates need no login."""
+        server = self.server
+        if server.is_oauth:
+            return self._auth_xoauth2()
+        if server.auth_method == "certificate" and not server.password:
+            return Reply()
+        return self._auth_password()
+
+    def _auth_xoauth2(self) -> Reply:
+        from mailgate.oauth.errors import TokenError
+        from mailgate.oauth.tokens import get_fresh_access_token
+
+        client = self._require()
+        try:
+            token = get_fresh_access_token(self.server)
+        except TokenError as exc:
+            raise token_error(exc, self.server.username) from None
+        response = xoauth2_string(self.server.username, token)
+        answered: list[bool] = []
+
+        def answer(challenge: bytes) -> str:
+            # A failure comes as a challenge carrying base64 JSON; it must be answered with an
+            # empty response to receive the final NO.
+            # Reference: https://developers.google.com/gmail/imap/xoauth2-protocol#error_response
+            if answered:
+                return ""
+            answered.append(True)
+            return response
+
+        return self._login(lambda: client.sasl_login("XOAUTH2", answer))
+
+    def _auth_password(self) -> Reply:
+        client = self._require()
+        server = self.server
+        if not self.is_encrypted and not is_loopback_host(server.incoming_host):
+            raise TransportError(
+                "refusing to send the password over an unencrypted connection: "
+                "set Incoming Encryption to SSL/TLS or TLS (STARTTLS)",
+                permanent=True,
+                step="auth",
+            )
+        password = server.password.reveal() if server.password else ""
+        if b"LOGINDISABLED" in client.capabilities():
+            return self._login(lambda: client.plain_login(server.username, password))
+        return self._login(lambda: client.login(server.username, password))
+
+    def _login(self, call: Any) -> Reply:
+        try:
+            text = call()
+        except imap_errors.LoginError as exc:
+            reply = Reply.parse(None, _text(exc))
+            raise TransportError(
+                f"authentication failed: {reply}", permanent=True, step="auth", reply=reply
+            ) from None
+        except (OSError, ssl.SSLError, imap_errors.IMAPClientError) as exc:
+            raise TransportError(
+                f"authentication with {self.address} failed: {_text(exc)}", step="auth"
+            ) from None
+        if isinstance(text, list | tuple):
+            text = b" ".join(t if isinstance(t, bytes) else str(t).encode() for t in text)
+        return Reply.parse(None, text or b"OK")
+
+    def select_folder(self, folder: str | None = None, *, readonly: bool = True) -> Reply:
+        """SELECT (read-only by default) the configured folder; the reply names its message count."""
+        client = self._require()
+        name = folder or self.server.incoming_folder or "INBOX"
+        try:
+            info = client.select_folder(name, readonly=readonly)
+        except (imap_errors.IMAPClientError, OSError, ssl.SSLError) as exc:
+            reply = Reply.parse(None, _text(exc))
+            raise TransportError(
+                f"cannot select folder {name!r}: {reply}",
+                permanent=True,
+                step="folder",
+                reply=reply,
+            ) from None
+        return Reply.parse(None, f"{name}: {info.get(b'EXISTS', 0)} messages")
