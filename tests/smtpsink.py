@@ -1,0 +1,169 @@
+"""A scriptable aiosmtpd SMTP server on a loopback port, for outbox and transport tests.
+
+Replies can be scripted per command (`mail_reply`, `rcpt_reply`, `data_reply`: a string or a callable
+returning a reply or None for the default); AUTH PLAIN/LOGIN against `users`; STARTTLS with a context.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+Reply = str | Callable[[Envelope], str | None] | None
+
+
+@dataclass
+class Received:
+    mail_from: str
+    rcpt_tos: list[str]
+    data: bytes
+    login: str | None
+
+
+@dataclass
+class _Handler:
+    sink: SMTPSink
+
+    def _scripted(self, reply: Reply, envelope: Envelope) -> str | None:
+        if reply is None:
+            return None
+        if callable(reply):
+            return reply(envelope)
+        return reply
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return self._scripted(self.sink.mail_reply, envelope) or "250 2.1.0 OK"
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        reply = self.sink.rcpt_reply
+        if callable(reply):
+            answer = reply(address)  # type: ignore[arg-type]
+        else:
+            answer = reply
+        if answer:
+            return answer
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        answer = self._scripted(self.sink.data_reply, envelope)
+        if answer:
+            return answer
+        login = (
+            session.auth_data.login.decode()
+            if isinstance(session.auth_data, LoginPassword)
+            else None
+        )
+        with self.sink.lock:
+            self.sink.received.append(
+                Received(
+                    envelope.mail_from,
+                    list(envelope.rcpt_tos),
+                    bytes(envelope.original_content or b""),
+                    login,
+                )
+            )
+            number = len(self.sink.received)
+        return f"250 2.0.0 Ok: queued as Q{number:06d}"
+
+
+@dataclass
+class SMTPSink:
+    users: dict[str, str] | None = None
+    tls_context: ssl.SSLContext | None = None
+    host: str = "127.0.0.1"
+    mail_reply: Reply = None
+    rcpt_reply: Any = None
+    data_reply: Reply = None
+    received: list[Received] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    port: int = 0
+    connections: int = 0
+    auth_attempts: int = 0
+
+    def __post_init__(self) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+
+    def _authenticate(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, auth_data: Any
+    ) -> AuthResult:
+        self.auth_attempts += 1
+        if isinstance(auth_data, LoginPassword) and self.users is not None:
+            user, password = auth_data.login.decode(), auth_data.password.decode()
+            if self.users.get(user) == password:
+                return AuthResult(success=True, auth_data=auth_data)
+        return AuthResult(success=False, handled=False)
+
+    def _factory(self) -> SMTP:
+        self.connections += 1
+        kwargs: dict[str, Any] = {}
+        if self.users is not None:
+            kwargs.update(
+                authenticator=self._authenticate,
+                auth_require_tls=self.tls_context is not None,
+                auth_required=True,
+            )
+        if self.tls_context is not None:
+            kwargs.update(tls_context=self.tls_context, require_starttls=True)
+        return SMTP(_Handler(self), hostname="sink.localhost", ident="sink", **kwargs)
+
+    def start(self) -> SMTPSink:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((self.host, self.port))
+        sock.listen(64)
+        self.port = sock.getsockname()[1]
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self._thread.start()
+
+        async def serve() -> asyncio.AbstractServer:
+            return await asyncio.get_running_loop().create_server(self._factory, sock=sock)
+
+        self._server = asyncio.run_coroutine_threadsafe(serve(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        """Close the listener and every connection; `start()` again listens on the same port."""
+        if self._loop is None:
+            return
+        loop = self._loop
+
+        async def shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self._server.wait_closed(), 2)
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        if self._thread is not None:
+            self._thread.join(10)
+        loop.close()
+        self._loop = None
+
+    def __enter__(self) -> SMTPSink:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
