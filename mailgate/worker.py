@@ -14,7 +14,9 @@ from django.db import close_old_connections
 log = logging.getLogger("mailgate.worker")
 
 # Dotted paths of the steps the worker runs each cycle, in order. A step is `() -> bool`.
-WORKER_STEPS: list[str] = []
+WORKER_STEPS: list[str] = [
+    "mailgate.outbox.worker.deliver_step",
+]
 
 IDLE_SLEEP_SECONDS = 1.0
 

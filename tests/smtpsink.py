@@ -50,10 +50,7 @@ class _Handler:
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         reply = self.sink.rcpt_reply
-        if callable(reply):
-            answer = reply(address)  # type: ignore[arg-type]
-        else:
-            answer = reply
+        answer = reply(address) if callable(reply) else reply
         if answer:
             return answer
         envelope.rcpt_tos.append(address)
