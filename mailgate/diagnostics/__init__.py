@@ -1,0 +1,1 @@
+"""Diagnostics: the connection test of a mail server (and later doctor, health checks)."""
