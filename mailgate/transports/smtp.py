@@ -15,13 +15,10 @@ import smtplib
 import ssl
 import tempfile
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from mailgate.conf import is_loopback_host
 from mailgate.transports.base import Envelope, Reply, SendResult, Transport, TransportError
-
-if TYPE_CHECKING:
-    from mailgate.crypto import Sealed
 
 
 class SMTPServerConfig(Protocol):
@@ -32,9 +29,9 @@ class SMTPServerConfig(Protocol):
     smtp_security: str
     auth_method: str
     username: str
-    password: Sealed | None
+    password: Any  # Sealed | None (EncryptedField)
     certificate: str
-    private_key: Sealed | None
+    private_key: Any  # Sealed | None (EncryptedField)
 
     @property
     def is_oauth(self) -> bool: ...
