@@ -2,9 +2,19 @@
 
 from ninja import NinjaAPI
 
+from mailgate.api.auth import APIKeyError, BearerKey, api_key_error_response
 from mailgate.outbox.api import router as messages_router
 from mailgate.servers.api import router as servers_router
 
-api = NinjaAPI(title="mailgate", version="1", urls_namespace="api", docs_url=None)
+api = NinjaAPI(
+    title="mailgate",
+    version="1",
+    description="Send and receive mail through OAuth 2.0 mailboxes. Every call needs "
+    "`Authorization: Bearer <API key>`.",
+    urls_namespace="api",
+    docs_url=None,
+    auth=BearerKey(),
+)
+api.add_exception_handler(APIKeyError, api_key_error_response)
 api.add_router("/servers", servers_router)
 api.add_router("/messages", messages_router)

@@ -1,5 +1,72 @@
+"""Settings > API Keys: administrators create (key shown once) and revoke; viewers read the list."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_http_methods, require_POST
+
+from mailgate.accounts.roles import admin_required
+from mailgate.api.models import APIKey
 
 
+class APIKeyForm(forms.Form):
+    name = forms.CharField(
+        label="Key Name",
+        max_length=100,
+        help_text="What uses this key, e.g. erp or helpdesk.",
+    )
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.label_suffix = ""
+
+    def clean_name(self) -> str:
+        name: str = self.cleaned_data["name"].strip()
+        if APIKey.objects.filter(name__iexact=name).exists():
+            raise forms.ValidationError(
+                f"A key named “{name}” exists already: choose another name, or revoke that key."
+            )
+        return name
+
+
+@require_http_methods(["GET", "POST"])
 def apikey_list(request: HttpRequest) -> HttpResponse:
-    return HttpResponse("not yet")
+    if request.method == "POST":
+        return _create(request)
+    context = {"keys": APIKey.objects.select_related("created_by"), "form": APIKeyForm()}
+    return render(request, "api/apikeys.html", context)
+
+
+@admin_required
+def _create(request: HttpRequest) -> HttpResponse:
+    form = APIKeyForm(request.POST)
+    new_key = ""
+    status = 400
+    if form.is_valid():
+        row, new_key = APIKey.issue(form.cleaned_data["name"], created_by=request.user)  # type: ignore[arg-type]
+        messages.success(
+            request, f"API key “{row.name}” created. Copy it now: it is not shown again."
+        )
+        form = APIKeyForm()
+        status = 201
+    context = {
+        "keys": APIKey.objects.select_related("created_by"),
+        "form": form,
+        "new_key": new_key,
+    }
+    response = render(request, "api/apikeys.html", context, status=status)
+    # The page holds a key that must not be kept by caches or the browser's history.
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@admin_required
+@require_POST
+def apikey_revoke(request: HttpRequest, pk: int) -> HttpResponse:
+    key = get_object_or_404(APIKey, pk=pk)
+    key.revoke()
+    messages.success(request, f"API key “{key.name}” revoked.")
+    return redirect("apikeys")
