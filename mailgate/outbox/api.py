@@ -1,5 +1,221 @@
-"""REST API: /api/v1/messages."""
+"""REST API: /api/v1/messages (DESIGN.md §4.4)."""
 
-from ninja import Router
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Any
+
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from ninja import Field, Query, Router, Schema
+
+from mailgate.outbox.compose import Attachment, InvalidMessage
+from mailgate.outbox.models import OutgoingMessage, Status
+from mailgate.outbox.submit import enqueue
 
 router = Router(tags=["messages"])
+
+
+class AttachmentIn(Schema):
+    filename: str
+    content_type: str = "application/octet-stream"
+    content_base64: str
+
+
+class MessageIn(Schema):
+    """Either the fields of a message or a complete RFC 5322 message in `raw`."""
+
+    sender: str | None = Field(None, alias="from")
+    to: list[str] | str = Field(default_factory=list)
+    cc: list[str] | str = Field(default_factory=list)
+    bcc: list[str] | str = Field(default_factory=list)
+    reply_to: str | None = None
+    subject: str = ""
+    text: str | None = None
+    html: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    attachments: list[AttachmentIn] = Field(default_factory=list)
+    raw: str | None = None
+    server: str | None = Field(None, description="a server name; default: chosen by From Filter")
+
+    model_config = {"populate_by_name": True}
+
+
+class AttemptOut(Schema):
+    started_at: datetime
+    duration_ms: int
+    outcome: str
+    step: str
+    reply: str
+    error: str
+
+
+class MessageOut(Schema):
+    id: int
+    status: str
+    message_id: str
+    server: str
+    sender: str = Field(alias="from")
+    to: list[str]
+    cc: list[str]
+    subject: str
+    size: int
+    attempts: int
+    last_error: str
+    last_reply: str
+    diagnosis: str
+    queue_id: str
+    created_at: datetime
+    next_attempt_at: datetime | None
+    sent_at: datetime | None
+
+    model_config = {"populate_by_name": True}
+
+
+class MessageDetailOut(MessageOut):
+    attempt_log: list[AttemptOut]
+
+
+class ErrorOut(Schema):
+    detail: str
+    errors: dict[str, str] = Field(default_factory=dict)
+
+
+def _out(message: OutgoingMessage) -> dict[str, Any]:
+    waiting = message.status in (Status.QUEUED, Status.DEFERRED)
+    return {
+        "id": message.pk,
+        "status": message.status,
+        "message_id": message.message_id,
+        "server": message.server.name,
+        "from": message.from_address,
+        "to": message.to,
+        "cc": message.cc,
+        "subject": message.subject,
+        "size": message.size,
+        "attempts": message.attempts,
+        "last_error": message.last_error,
+        "last_reply": message.last_reply,
+        "diagnosis": message.diagnosis,
+        "queue_id": message.queue_id,
+        "created_at": message.created_at,
+        "next_attempt_at": message.next_attempt_at if waiting else None,
+        "sent_at": message.sent_at,
+    }
+
+
+def _attachments(items: list[AttachmentIn]) -> list[Attachment]:
+    result = []
+    for i, item in enumerate(items):
+        try:
+            content = base64.b64decode(item.content_base64, validate=True)
+        except (binascii.Error, ValueError):
+            raise InvalidMessage.one(
+                f"attachments[{i}].content_base64", "is not valid base64"
+            ) from None
+        result.append(Attachment(item.filename, content, item.content_type))
+    return result
+
+
+def _idempotency_scope(request: HttpRequest) -> str:
+    key = getattr(request, "auth", None)
+    return f"apikey:{getattr(key, 'pk', '-')}:"
+
+
+@router.post(
+    "",
+    response={200: MessageOut, 201: MessageOut, 400: ErrorOut},
+    by_alias=True,
+    summary="Queue a message",
+)
+def create_message(request: HttpRequest, payload: MessageIn) -> tuple[int, dict[str, Any]]:
+    """Queue a message; with `Idempotency-Key`, a retried request returns the first message (200)."""
+    header = request.headers.get("Idempotency-Key")
+    idempotency_key = None
+    if header is not None:
+        header = header.strip()
+        if not header or len(header) > 255 or not header.isprintable():
+            return 400, {
+                "detail": "Idempotency-Key: must be 1 to 255 printable characters",
+                "errors": {"Idempotency-Key": "must be 1 to 255 printable characters"},
+            }
+        idempotency_key = _idempotency_scope(request) + header
+        existing = OutgoingMessage.objects.filter(idempotency_key=idempotency_key).first()
+        if existing is not None:
+            return 200, _out(existing)
+    try:
+        if payload.raw is not None:
+            message = enqueue(
+                raw=payload.raw,
+                from_address=payload.sender,
+                to=payload.to or None,
+                cc=payload.cc or None,
+                bcc=payload.bcc or None,
+                subject=payload.subject,
+                text=payload.text,
+                html=payload.html,
+                headers=payload.headers,
+                attachments=_attachments(payload.attachments),
+                server=payload.server,
+                idempotency_key=idempotency_key,
+                source="api",
+            )
+        else:
+            message = enqueue(
+                from_address=payload.sender,
+                to=payload.to,
+                cc=payload.cc,
+                bcc=payload.bcc,
+                reply_to=payload.reply_to,
+                subject=payload.subject,
+                text=payload.text,
+                html=payload.html,
+                headers=payload.headers,
+                attachments=_attachments(payload.attachments),
+                server=payload.server,
+                idempotency_key=idempotency_key,
+                source="api",
+            )
+    except InvalidMessage as exc:
+        return 400, {"detail": str(exc), "errors": exc.errors}
+    return 201, _out(message)
+
+
+@router.get("", response=list[MessageOut], by_alias=True, summary="List messages")
+def list_messages(
+    request: HttpRequest,
+    status: Status | None = Query(None),  # noqa: B008 - django-ninja declares parameters this way
+    limit: int = Query(100, ge=1, le=1000),
+) -> list[dict[str, Any]]:
+    """The newest messages first, optionally only those with one status."""
+    messages: QuerySet[OutgoingMessage] = OutgoingMessage.objects.select_related("server")
+    if status is not None:
+        messages = messages.filter(status=status)
+    return [_out(m) for m in messages.order_by("-created_at", "-id")[:limit]]
+
+
+@router.get(
+    "/{message_id}",
+    response={200: MessageDetailOut, 404: ErrorOut},
+    by_alias=True,
+    summary="One message with its delivery attempts",
+)
+def get_message(request: HttpRequest, message_id: int) -> tuple[int, dict[str, Any]]:
+    message = OutgoingMessage.objects.select_related("server").filter(pk=message_id).first()
+    if message is None:
+        return 404, {"detail": f"no message with id {message_id}"}
+    data = _out(message)
+    data["attempt_log"] = [
+        {
+            "started_at": a.started_at,
+            "duration_ms": a.duration_ms,
+            "outcome": a.outcome,
+            "step": a.step,
+            "reply": a.reply,
+            "error": a.error,
+        }
+        for a in message.attempt_log.all()
+    ]
+    return 200, data
