@@ -23,7 +23,7 @@ class EmailBackend(BaseEmailBackend):
                 continue
             try:
                 enqueue(
-                    raw=message.message().as_bytes(linesep="\r\n"),
+                    raw=message.message().as_bytes(),
                     from_address=message.from_email,
                     to=list(message.to),
                     cc=list(message.cc),
