@@ -101,8 +101,11 @@ class MailServerForm(forms.ModelForm):
             "incoming_folder": "IMAP folder to fetch from.",
         }
 
-    def __init__(self, *args: Any, read_only: bool = False, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, read_only: bool = False, require_secrets: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
+        self.require_secrets = require_secrets
         self.label_suffix = ""
         self.use_required_attribute = False
         self.warnings: list[str] = []
@@ -147,7 +150,11 @@ class MailServerForm(forms.ModelForm):
 
     def clean(self) -> dict[str, Any]:
         cleaned = super().clean() or {}
-        verdict = validate_server(cleaned, existing=None if self.is_new else self.instance)
+        verdict = validate_server(
+            cleaned,
+            existing=None if self.is_new else self.instance,
+            require_secrets=self.require_secrets,
+        )
         for name, messages in verdict.errors.items():
             for message in messages:
                 self.add_error(name if name in self.fields else None, message)
