@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import ssl
 import threading
@@ -164,3 +165,66 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 10.0, interval: f
 
 def client_context(ca_file: Path) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=str(ca_file))
+
+
+SERVICE_SCOPES = {"imap": "IMAP.AccessAsUser.All", "pop3": "POP.AccessAsUser.All"}
+
+
+class IntrospectionServer:
+    """A tiny RFC 7662 endpoint over SmallPolicy, shaped like the sandbox's
+    `POST /sandbox/introspect/{imap|pop3}` (form field `token`), on a free loopback port."""
+
+    def __init__(self, policy: SmallPolicy) -> None:
+        import http.server
+        from urllib.parse import parse_qs
+
+        self.policy = policy
+        self.calls: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                form = parse_qs(self.rfile.read(length).decode())
+                service = self.path.rstrip("/").rsplit("/", 1)[-1]
+                outer.calls.append(service)
+                body = json.dumps(outer.introspect((form.get("token") or [""])[0], service))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body.encode())
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/sandbox/introspect"
+
+    def introspect(self, token: str, service: str) -> dict[str, Any]:
+        try:
+            claims = self.policy.verify_access_token(token)
+        except InvalidToken:
+            return {"active": False}
+        if claims.get("aud") == GOOGLE:
+            user = str(claims.get("email", ""))
+        else:
+            scopes = {s.rsplit("/", 1)[-1] for s in str(claims.get("scp", "")).split()}
+            if SERVICE_SCOPES.get(service) not in scopes:
+                return {"active": False}
+            user = self.policy.token_service(claims)
+        if not self.policy.mailbox_exists(user):
+            return {"active": False}
+        return {"active": True, "username": user, "exp": int(claims["exp"])}
+
+    def start(self) -> IntrospectionServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,387 @@
+"""A real Dovecot 2.3 (Debian's dovecot-imapd / dovecot-pop3d) serving IMAP and POP3 for the sandbox.
+
+Dovecot runs in the foreground (`dovecot -F`) from a configuration written under `<state>/dovecot`
+(nothing from /etc/dovecot), on loopback with implicit TLS only, and accepts only XOAUTH2 and
+OAUTHBEARER: its oauth2 passdb asks the sandbox's RFC 7662 introspection endpoint,
+`<introspection_url_base>/imap` or `/pop3`, whether a token is good for that protocol.
+Recipe and pitfalls: /work/shared/reference/test-peers.md (Dovecot 2.3 oauth2 passdb).
+Reference: https://doc.dovecot.org/2.3/configuration_manual/authentication/oauth2/
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+INSTALL_HINT = (
+    "Dovecot is not installed, so the sandbox has no IMAP/POP3 server. Install it with "
+    "`apt-get install dovecot-imapd dovecot-pop3d` (Debian/Ubuntu; as root or with sudo) and "
+    "restart the sandbox."
+)
+SERVICES = ("imap", "pop3")
+_ADDRESS = re.compile(r"^[^/\\\x00-\x20]+@[^/\\\x00-\x20@]+$")
+_counter = itertools.count()
+
+
+class DovecotError(RuntimeError):
+    """Dovecot is missing, or could not be configured or started; the message says what to do."""
+
+
+def dovecot_binary() -> str | None:
+    """Path of the `dovecot` executable (it lives in /usr/sbin, often not on a user's PATH)."""
+    return shutil.which("dovecot") or shutil.which("dovecot", path="/usr/sbin:/usr/local/sbin")
+
+
+def dovecot_available() -> bool:
+    """True when Dovecot 2.3 with IMAP and POP3 is installed."""
+    binary = dovecot_binary()
+    if binary is None:
+        return False
+    libexec = Path("/usr/lib/dovecot")
+    return (libexec / "imap").exists() and (libexec / "pop3").exists()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _port_open(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def mailbox_dir(mail_root: Path, address: str) -> Path:
+    """The Maildir of `address` under `mail_root` (Dovecot's userdb home is `<mail_root>/%Lu`)."""
+    address = address.strip().lower()
+    if not _ADDRESS.match(address) or address.startswith("."):
+        raise ValueError(f"address: {address!r} is not a mailbox address (local@domain)")
+    return mail_root / address / "Maildir"
+
+
+class DovecotServer:
+    """Dovecot for the sandbox: start() / stop(), `imap_port` / `pop3_port`, and deliver() into a Maildir."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        host: str = "127.0.0.1",
+        imap_port: int = 0,
+        pop3_port: int = 0,
+        *,
+        cert_file: Path,
+        key_file: Path,
+        introspection_url_base: str,
+        hostname: str = "sandbox.outlook.localhost",
+    ) -> None:
+        self.state_dir = Path(state_dir).resolve()
+        self.host = host
+        self.requested_ports = (imap_port, pop3_port)
+        self.cert_file = Path(cert_file).resolve()
+        self.key_file = Path(key_file).resolve()
+        self.introspection_url_base = introspection_url_base.rstrip("/")
+        self.hostname = hostname
+        self.dir = self.state_dir / "dovecot"
+        self.mail_root = self.state_dir / "mail"
+        self.log_path = self.dir / "dovecot.log"
+        self.config_path = self.dir / "dovecot.conf"
+        self._process: subprocess.Popen[bytes] | None = None
+        self._ports: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+        self._is_root = os.geteuid() == 0
+        if self._is_root:
+            # Dovecot refuses uid 0 for mail processes (first_valid_uid): mail belongs to "nobody".
+            nobody = pwd.getpwnam("nobody")
+            self.mail_uid, self.mail_gid = nobody.pw_uid, nobody.pw_gid
+        else:
+            self.mail_uid, self.mail_gid = os.getuid(), os.getgid()
+
+    @property
+    def imap_port(self) -> int:
+        if self._ports is None:
+            raise RuntimeError("Dovecot is not started")
+        return self._ports[0]
+
+    @property
+    def pop3_port(self) -> int:
+        if self._ports is None:
+            raise RuntimeError("Dovecot is not started")
+        return self._ports[1]
+
+    # -- configuration ----------------------------------------------------------------------
+
+    def _users(self) -> dict[str, str]:
+        if not self._is_root:
+            me = pwd.getpwuid(os.getuid()).pw_name
+            return {"internal": me, "login": me}
+        for name in ("dovecot", "dovenull"):
+            try:
+                pwd.getpwnam(name)
+            except KeyError as exc:
+                raise DovecotError(
+                    f"the system user {name!r} that Dovecot's Debian package creates is missing; "
+                    "reinstall it with `apt-get install --reinstall dovecot-core`"
+                ) from exc
+        return {"internal": "dovecot", "login": "dovenull"}
+
+    def _check_traversable(self) -> None:
+        """As root, Dovecot's mail processes run as nobody and must reach `<state>/mail`."""
+        if not self._is_root:
+            return
+        for parent in [self.state_dir, *self.state_dir.parents]:
+            if not os.stat(parent).st_mode & 0o001:
+                if parent == self.state_dir:
+                    os.chmod(parent, os.stat(parent).st_mode | 0o001)
+                    continue
+                raise DovecotError(
+                    f"Dovecot's mail processes run as 'nobody' and cannot enter {parent} "
+                    f"(on the way to {self.mail_root}); choose a state directory whose parents "
+                    f"others may traverse, or run `chmod o+x {parent}`"
+                )
+
+    def _passdb_args(self, service: str) -> str:
+        # Introspection (RFC 7662) by POST; Dovecot 2.3 does not look at exp on this path, so
+        # the endpoint decides expiry (test-peers.md pitfall 3).
+        return "\n".join(
+            [
+                "introspection_mode = post",
+                f"introspection_url = {self.introspection_url_base}/{service}",
+                "username_attribute = username",
+                "active_attribute = active",
+                "active_value = true",
+                "force_introspection = yes",
+                "timeout_msecs = 5000",
+                "",
+            ]
+        )
+
+    def _config(self, imap_port: int, pop3_port: int) -> str:
+        users = self._users()
+        chroot = "" if self._is_root else "  chroot =\n"
+        lines = [
+            "# Written by mailgate's sandbox (mailgate/sandbox/dovecot.py); regenerated at every start.",
+            f"base_dir = {self.dir}/run",
+            f"state_dir = {self.dir}/state",
+            f"instance_name = mailgate-sandbox-{imap_port}",
+            f"log_path = {self.log_path}",
+            f"info_log_path = {self.log_path}",
+            f"debug_log_path = {self.log_path}",
+            'log_timestamp = "%Y-%m-%d %H:%M:%S "',
+            "protocols = imap pop3",
+            f"listen = {self.host}",
+            f"hostname = {self.hostname}",
+            f"default_internal_user = {users['internal']}",
+            f"default_internal_group = {users['internal']}",
+            f"default_login_user = {users['login']}",
+            f"first_valid_uid = {self.mail_uid}",
+            f"first_valid_gid = {self.mail_gid}",
+            # Implicit TLS only, like outlook.office365.com:993/995 (protocol.md §3.1).
+            "ssl = required",
+            f"ssl_cert = <{self.cert_file}",
+            f"ssl_key = <{self.key_file}",
+            "ssl_min_protocol = TLSv1.2",
+            "disable_plaintext_auth = yes",
+            "auth_mechanisms = xoauth2 oauthbearer",
+            # Failed logins must not slow the next ones (test-peers.md pitfall 1), and no cache
+            # may keep a revoked token working (pitfall 3).
+            "auth_failure_delay = 0",
+            "auth_cache_size = 0",
+            "auth_verbose = yes",
+            "auth_username_format = %Lu",
+            "mail_max_userip_connections = 1000",
+            # Entra ID tokens are long (1.5-3 KB, test-peers.md pitfall 9).
+            "imap_max_line_length = 65536",
+            f"mail_location = maildir:{self.mail_root}/%Lu/Maildir",
+            "userdb {",
+            "  driver = static",
+            f"  args = uid={self.mail_uid} gid={self.mail_gid} home={self.mail_root}/%Lu allow_all_users=yes",
+            "}",
+        ]
+        for service, port, greeting in (
+            ("imap", imap_port, "The Microsoft Exchange IMAP4 service is ready."),
+            ("pop3", pop3_port, "The Microsoft Exchange POP3 service is ready."),
+        ):
+            lines += [
+                f"protocol {service} {{",
+                f"  login_greeting = {greeting}",
+                "  passdb {",
+                "    driver = oauth2",
+                "    mechanisms = xoauth2 oauthbearer",
+                f"    args = {self.dir}/oauth2-{service}.conf.ext",
+                "  }",
+                "}",
+                f"service {service}-login {{",
+                # One long-lived login process instead of fork+exec per connection.
+                "  service_count = 0",
+                "  process_min_avail = 1",
+                f"  inet_listener {service} {{",
+                "    port = 0",
+                "  }",
+                f"  inet_listener {service}s {{",
+                f"    address = {self.host}",
+                f"    port = {port}",
+                "    ssl = yes",
+                "  }",
+                chroot,
+                "}",
+            ]
+        # anvil's per-IP auth penalty (2, 4, 8, 15 s after failures) is not covered by
+        # auth_failure_delay; without its listener there is no penalty (test-peers.md pitfall 1).
+        lines += ["service anvil {", "  unix_listener anvil-auth-penalty {", "    mode = 0", "  }"]
+        lines += [chroot, "}"]
+        if not self._is_root:
+            for service in ("ipc", "old-stats", "aggregator", "director", "imap-urlauth-login"):
+                lines += [f"service {service} {{", chroot, "}"]
+        return "\n".join(line for line in lines if line) + "\n"
+
+    def write_config(self, imap_port: int, pop3_port: int) -> Path:
+        """Write dovecot.conf and the passdb files for these ports; return the config path."""
+        for path in (self.dir, self.dir / "run", self.dir / "state", self.mail_root):
+            path.mkdir(parents=True, exist_ok=True)
+        # Dovecot's unprivileged users (dovecot, dovenull, nobody) must pass through, not list.
+        os.chmod(self.dir, 0o711)  # noqa: S103
+        os.chmod(self.mail_root, 0o711)  # noqa: S103
+        for service in SERVICES:
+            (self.dir / f"oauth2-{service}.conf.ext").write_text(self._passdb_args(service))
+        self.config_path.write_text(self._config(imap_port, pop3_port))
+        return self.config_path
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self, *, timeout: float = 15.0) -> None:
+        """Start Dovecot; return once both ports accept connections, else raise DovecotError."""
+        binary = dovecot_binary()
+        if binary is None or not dovecot_available():
+            raise DovecotError(INSTALL_HINT)
+        if self._process is not None:
+            raise RuntimeError("Dovecot is already started")
+        self._check_traversable()
+        imap_port = self.requested_ports[0] or _free_port(self.host)
+        pop3_port = self.requested_ports[1] or _free_port(self.host)
+        self.write_config(imap_port, pop3_port)
+        self.log_path.touch()
+        start_log = self.dir / "dovecot-start.log"
+        with start_log.open("wb") as out:
+            self._process = subprocess.Popen(
+                [binary, "-F", "-c", str(self.config_path)],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._process.poll() is not None:
+                detail = self._tail(start_log) or self._tail(self.log_path)
+                self._process = None
+                raise DovecotError(f"Dovecot exited at start (see {self.log_path}): {detail}")
+            if _port_open(self.host, imap_port) and _port_open(self.host, pop3_port):
+                break
+            if time.monotonic() >= deadline:
+                self.stop()
+                raise DovecotError(
+                    f"Dovecot did not listen on {self.host}:{imap_port}/{pop3_port} within "
+                    f"{timeout:.0f} s (see {self.log_path})"
+                )
+            time.sleep(0.02)
+        self._ports = (imap_port, pop3_port)
+
+    @staticmethod
+    def _tail(path: Path, lines: int = 5) -> str:
+        try:
+            return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def _group_alive(self, pgid: int) -> bool:
+        """True while a process of the group is still running (zombies do not count)."""
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                return True
+        return False
+
+    def stop(self, *, timeout: float = 10.0) -> None:
+        """Stop Dovecot and every process it started (its whole process group)."""
+        process, self._process = self._process, None
+        self._ports = None
+        if process is None:
+            return
+        pgid = process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+            process.wait(timeout=timeout)
+        deadline = time.monotonic() + timeout
+        while self._group_alive(pgid):
+            if time.monotonic() >= deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pgid, signal.SIGKILL)
+                break
+            time.sleep(0.02)
+
+    @property
+    def running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def __enter__(self) -> DovecotServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    def _make_maildir(self, maildir: Path) -> None:
+        created = []
+        for path in (maildir.parent, maildir, maildir / "tmp", maildir / "new", maildir / "cur"):
+            if not path.exists():
+                path.mkdir(mode=0o700)
+                created.append(path)
+        if self._is_root:
+            for path in created:
+                os.chown(path, self.mail_uid, self.mail_gid)
+
+    def deliver(self, address: str, raw: bytes) -> None:
+        """Put `raw` into the INBOX of `address` (Maildir: write to tmp/, then rename into new/)."""
+        maildir = mailbox_dir(self.mail_root, address)
+        with self._lock:
+            self.mail_root.mkdir(parents=True, exist_ok=True)
+            self._make_maildir(maildir)
+        now = time.time()
+        name = (
+            f"{int(now)}.M{int(now % 1 * 1_000_000)}P{os.getpid()}Q{next(_counter)}"
+            f".{self.hostname},S={len(raw)}"
+        )
+        tmp = maildir / "tmp" / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if self._is_root:
+            os.chown(tmp, self.mail_uid, self.mail_gid)
+        os.rename(tmp, maildir / "new" / name)
