@@ -1,0 +1,152 @@
+"""Routing by From Filter, send-as, and validation of each bad input at the door."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+from django.core import mail
+from django.db import transaction
+
+from mailgate.outbox import enqueue
+from mailgate.outbox.compose import Attachment, InvalidMessage
+from mailgate.outbox.models import OutgoingMessage, Status
+
+
+def _send(**fields):
+    fields.setdefault("from_address", "app@example.com")
+    fields.setdefault("to", ["a@example.org"])
+    fields.setdefault("text", "hello")
+    return enqueue(**fields)
+
+
+def test_routing_prefers_exact_address_then_domain_then_no_filter_by_priority(make_server):
+    catch_all_low = make_server(name="catch-all 20", priority=20)
+    catch_all = make_server(name="catch-all 5", priority=5)
+    domain = make_server(name="domain", from_filter="example.com", priority=50)
+    exact = make_server(
+        name="exact", from_filter="billing@example.com; other@x.example", priority=90
+    )
+    make_server(name="inactive exact", from_filter="billing@example.com", priority=1, active=False)
+    assert _send(from_address="billing@example.com").server == exact
+    assert _send(from_address="Sales <SALES@Example.com>").server == domain
+    assert _send(from_address="someone@elsewhere.example").server == catch_all
+    assert catch_all_low.pk
+
+
+def test_no_matching_server_is_an_error_at_enqueue_time(make_server):
+    make_server(from_filter="example.com")
+    with pytest.raises(InvalidMessage) as caught:
+        _send(from_address="x@other.example")
+    assert "from" in caught.value.errors and "From Filter" in caught.value.errors["from"]
+    assert OutgoingMessage.objects.count() == 0
+
+
+def test_an_oauth_mailbox_refuses_a_foreign_from_unless_send_as_allows_it(make_server):
+    make_server(auth_method="outlook", username="app@example.com", send_as="sales@example.com")
+    assert _send(from_address="app@example.com").status == Status.QUEUED
+    assert _send(from_address="sales@example.com").status == Status.QUEUED
+    with pytest.raises(InvalidMessage, match="may not send as ceo@example.com"):
+        _send(from_address="ceo@example.com")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"from_address": "not-an-address"}, "from"),
+        ({"from_address": ""}, "from"),
+        ({"to": ["a@example.org", "b@@example.org"]}, "to[1]"),
+        ({"to": ["a@example.org, b@example.org"]}, "to[0]"),
+        ({"to": [], "cc": None}, "to"),
+        ({"cc": ["bad\r\nBcc: x@example.org"]}, "cc[0]"),
+        ({"subject": "hi\r\nBcc: victim@example.org"}, "subject"),
+        ({"subject": "hi\nX-Injected: 1"}, "subject"),
+        ({"headers": {"X-Ok": "fine", "X-Bad": "a\r\nb"}}, "headers['X-Bad']"),
+        ({"headers": {"Bad Name": "x"}}, "headers['Bad Name']"),
+        ({"headers": {"Bcc": "x@example.org"}}, "headers['Bcc']"),
+        ({"attachments": [Attachment("", b"x")]}, "attachments[0].filename"),
+        ({"attachments": [Attachment("a\r\n.txt", b"x")]}, "attachments[0].filename"),
+        ({"attachments": [Attachment("../etc/passwd", b"x")]}, "attachments[0].filename"),
+        ({"attachments": [Attachment("a.txt", b"x", "not a type")]}, "attachments[0].content_type"),
+        ({"to": ["josé@example.org"]}, "to[0]"),
+        ({"raw": "no headers at all"}, "raw"),
+        ({"raw": "From: a@example.com\r\nSubject: x\r\n\r\nbody", "text": None, "to": None}, "to"),
+        ({"raw": "To: b@example.org\r\n\r\nbody", "text": None}, "raw"),
+        ({"idempotency_key": ""}, "idempotency_key"),
+    ],
+)
+def test_each_bad_input_is_refused_with_its_field_named(make_server, fields, field):
+    make_server()
+    with pytest.raises(InvalidMessage) as caught:
+        _send(**fields)
+    assert field in caught.value.errors, caught.value.errors
+    assert OutgoingMessage.objects.count() == 0
+
+
+def test_a_message_over_the_server_size_limit_is_refused(make_server):
+    make_server(max_message_bytes=10_000)
+    with pytest.raises(InvalidMessage) as caught:
+        _send(attachments=[Attachment("big.bin", b"x" * 20_000)])
+    assert "over the 9.8 KB limit" in caught.value.errors["attachments"]
+
+
+def test_an_international_domain_is_sent_in_its_ascii_form(make_server):
+    make_server()
+    message = _send(to=["Jörg <joerg@bücher.example>"])
+    assert message.to == ["joerg@xn--bcher-kva.example"]
+    parsed = email.message_from_bytes(message.raw_bytes, policy=email.policy.default)
+    assert "xn--bcher-kva.example" in str(parsed["To"])
+    assert "Jörg" in str(parsed["To"])
+
+
+def test_the_message_id_is_assigned_once_at_enqueue_time(make_server):
+    make_server()
+    message = _send()
+    parsed = email.message_from_bytes(message.raw_bytes, policy=email.policy.default)
+    assert parsed["Message-ID"] == message.message_id
+    assert message.message_id.endswith("@example.com>")
+
+
+def test_a_raw_message_keeps_its_message_id_and_loses_its_bcc_header(make_server):
+    make_server()
+    raw = (
+        "From: App <app@example.com>\r\nTo: a@example.org\r\nBcc: hidden@example.org\r\n"
+        "Message-ID: <keep-me@example.com>\r\nSubject: raw\r\n\r\nbody\r\n"
+    )
+    message = enqueue(raw=raw)
+    assert message.message_id == "<keep-me@example.com>"
+    assert message.bcc == ["hidden@example.org"]
+    assert b"hidden@example.org" not in message.raw_bytes
+
+
+def test_enqueue_joins_the_callers_transaction(make_server):
+    make_server()
+    with pytest.raises(RuntimeError), transaction.atomic():
+        _send()
+        raise RuntimeError("the invoice could not be confirmed")
+    assert OutgoingMessage.objects.count() == 0
+
+
+def test_the_same_idempotency_key_returns_the_first_message(make_server):
+    make_server()
+    first = _send(idempotency_key="k1")
+    again = _send(idempotency_key="k1", subject="different")
+    assert first.pk == again.pk and OutgoingMessage.objects.count() == 1
+
+
+def test_the_django_email_backend_queues_send_mail(make_server, settings):
+    make_server()
+    settings.EMAIL_BACKEND = "mailgate.outbox.backends.EmailBackend"
+    sent = mail.send_mail("Hi", "Body", "App <app@example.com>", ["a@example.org"])
+    message = OutgoingMessage.objects.get()
+    assert sent == 1
+    assert message.source == "django" and message.subject == "Hi"
+    email_message = mail.EmailMessage(
+        "S", "B", "app@example.com", ["a@example.org"], bcc=["z@example.org"]
+    )
+    assert email_message.send() == 1
+    second = OutgoingMessage.objects.order_by("-id").first()
+    assert second.bcc == ["z@example.org"] and b"z@example.org" not in second.raw_bytes
+    with pytest.raises(InvalidMessage):
+        mail.send_mail("Hi", "Body", "app@example.com", ["broken@@example.org"])
