@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import re
 import ssl
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,7 @@ def mg_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 
 @pytest.fixture
-def idp(
-    mg_sandbox: Sandbox, settings: Any, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Sandbox]:
+def idp(mg_sandbox: Sandbox, settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Sandbox]:
     """The module's sandbox, with mailgate's settings pointing at it and no faults left over."""
     for key, value in mg_sandbox.env().items():
         if key.startswith("MAILGATE_") and not key.startswith("MAILGATE_SANDBOX_"):
@@ -82,9 +81,18 @@ def gmail_server(idp: Sandbox, db: None) -> MailServer:
     )
 
 
+class ProviderPage(Exception):
+    """The provider showed a page of its own (an error) instead of redirecting back."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text[:300])
+        self.text = text
+
+
 def _form(page: str) -> tuple[str, dict[str, str]]:
     match = FORM.search(page)
-    assert match, f"no form on the page: {page[:500]}"
+    if not match:
+        raise ProviderPage(page)
     fields = {html.unescape(k): html.unescape(v) for k, v in HIDDEN.findall(match.group(2))}
     return html.unescape(match.group(1)), fields
 
@@ -113,11 +121,14 @@ class Browser:
         for _ in range(6):
             if response.status_code in (301, 302, 303):
                 location = urljoin(str(response.url), response.headers["location"])
-                if not location.startswith(f"{urlsplit(authorize_url).scheme}://{urlsplit(authorize_url).netloc}"):
+                if not location.startswith(
+                    f"{urlsplit(authorize_url).scheme}://{urlsplit(authorize_url).netloc}"
+                ):
                     return location
                 response = self.http.get(location)
                 continue
-            assert response.status_code == 200, response.text[:800]
+            if response.status_code != 200:
+                raise ProviderPage(response.text)
             action, fields = _form(response.text)
             target = urljoin(str(response.url), action)
             if "name='password'" in response.text:
@@ -150,3 +161,31 @@ def connect(client: Client, browser: Browser, server: MailServer, password: str)
     """The whole connect flow; returns mailgate's response to the callback."""
     location = browser.sign_in(start_connect(client, server), server.username, password)
     return client.get(callback_path(location))
+
+
+REDIRECT = "http://127.0.0.1:8000/oauth/microsoft/callback"
+
+
+@pytest.fixture
+def own_app(idp: Sandbox) -> dict[str, str]:
+    """A fresh app registration in the demo tenant, for tests that change or break it."""
+    app = idp.control.call(
+        "create_app",
+        name=f"test app {uuid.uuid4().hex[:6]}",
+        tenant=idp.demo["tenant_id"],
+        audience="AzureADMultipleOrgs",
+        redirect_uris=[REDIRECT],
+    )
+    return {
+        "client_id": app["client_id"],
+        "secret": app["secret"]["value"],
+        "secret_id": app["secret"]["id"],
+    }
+
+
+@pytest.fixture
+def own_server(outlook_server: MailServer, own_app: dict[str, str]) -> MailServer:
+    outlook_server.client_id = own_app["client_id"]
+    outlook_server.client_secret = own_app["secret"]  # type: ignore[assignment]
+    outlook_server.save()
+    return outlook_server

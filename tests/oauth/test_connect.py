@@ -30,7 +30,9 @@ def test_connecting_outlook_stores_encrypted_tokens_and_shows_token_valid(
     assert outlook_server.status == ServerStatus.TOKEN_VALID
     # The tokens are stored encrypted: the raw column is Fernet ciphertext.
     with connection.cursor() as cursor:
-        cursor.execute("SELECT refresh_token, access_token FROM oauth_grant WHERE id = %s", [grant.pk])
+        cursor.execute(
+            "SELECT refresh_token, access_token FROM oauth_grant WHERE id = %s", [grant.pk]
+        )
         raw_refresh, raw_access = cursor.fetchone()
     assert raw_refresh.startswith("gAAAA") and grant.refresh_token.reveal() not in raw_refresh
     assert raw_access.startswith("gAAAA") and grant.access_token.reveal() not in raw_access
@@ -101,7 +103,11 @@ def test_connect_requires_csrf(admin: object, outlook_server: MailServer) -> Non
 
 @pytest.mark.parametrize(
     ("field", "value", "needle"),
-    [("client_id", "", "Client ID"), ("client_secret", "", "Client Secret"), ("tenant", "not a tenant", "Tenant")],
+    [
+        ("client_id", "", "Client ID"),
+        ("client_secret", "", "Client Secret"),
+        ("tenant", "not a tenant", "Tenant"),
+    ],
 )
 def test_connect_names_the_missing_setup_field(
     admin_client: Client, outlook_server: MailServer, field: str, value: str, needle: str
