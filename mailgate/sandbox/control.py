@@ -22,12 +22,14 @@ class ControlClient:
 
     def __init__(self, base_url: str, *, timeout: float = 10.0) -> None:
         self.base_url = base_url.rstrip("/")
-        self.timeout = timeout
+        # One client for the life of this object: building an httpx client loads a CA bundle.
+        self._http = httpx.Client(timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
 
     def call(self, action: str, **params: Any) -> Any:
-        response = httpx.post(
-            f"{self.base_url}/sandbox/control/{action}", json=params, timeout=self.timeout
-        )
+        response = self._http.post(f"{self.base_url}/sandbox/control/{action}", json=params)
         body = response.json()
         if response.status_code >= 400:
             raise ControlAPIError(response.status_code, body)

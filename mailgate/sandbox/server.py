@@ -89,6 +89,7 @@ class Sandbox:
         self.dovecot_problem = ""
         self._servers: list[BaseWSGIServer] = []
         self._threads: list[threading.Thread] = []
+        self._control: ControlClient | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -109,7 +110,7 @@ class Sandbox:
                 self.ports[name] = server.server_port
                 thread = threading.Thread(
                     target=server.serve_forever,
-                    kwargs={"poll_interval": 0.1},
+                    kwargs={"poll_interval": 0.05},
                     name=f"sandbox-{name}",
                     daemon=True,
                 )
@@ -174,6 +175,9 @@ class Sandbox:
 
     def stop(self) -> None:
         """Stop every server this sandbox started; safe to call twice."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
         if self.app is not None:
             self.app.stopping.set()
         for server in self._servers:
@@ -234,7 +238,9 @@ class Sandbox:
 
     @property
     def control(self) -> ControlClient:
-        return ControlClient(self.http_url)
+        if self._control is None:
+            self._control = ControlClient(self.http_url)
+        return self._control
 
     @property
     def demo(self) -> dict[str, Any]:
