@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import os
 import pwd
 import re
@@ -19,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -31,6 +33,7 @@ INSTALL_HINT = (
 SERVICES = ("imap", "pop3")
 _ADDRESS = re.compile(r"^[^/\\\x00-\x20]+@[^/\\\x00-\x20@]+$")
 _counter = itertools.count()
+log = logging.getLogger("mailgate.sandbox.dovecot")
 
 
 class DovecotError(RuntimeError):
@@ -52,7 +55,8 @@ def dovecot_available() -> bool:
 
 
 def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
@@ -90,19 +94,28 @@ class DovecotServer:
         hostname: str = "sandbox.outlook.localhost",
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
-        self.host = host
+        # Dovecot wants addresses, and resolves names through its own DNS service
+        # (test-peers.md pitfall 17): "localhost" becomes 127.0.0.1.
+        self.host = "127.0.0.1" if host == "localhost" else host
         self.requested_ports = (imap_port, pop3_port)
         self.cert_file = Path(cert_file).resolve()
         self.key_file = Path(key_file).resolve()
-        self.introspection_url_base = introspection_url_base.rstrip("/")
+        self.introspection_url_base = re.sub(
+            r"^(https?://)localhost([:/]|$)",
+            r"\g<1>127.0.0.1\2",
+            introspection_url_base.rstrip("/"),
+        )
         self.hostname = hostname
         self.dir = self.state_dir / "dovecot"
-        self.mail_root = self.state_dir / "mail"
         self.log_path = self.dir / "dovecot.log"
         self.config_path = self.dir / "dovecot.conf"
+        # base_dir and the Maildirs: under the state dir, unless Dovecot's unprivileged users
+        # cannot reach it (see _runtime_root).
+        self.runtime_root: Path | None = None
+        self._runtime_is_temporary = False
         self._process: subprocess.Popen[bytes] | None = None
         self._ports: tuple[int, int] | None = None
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._is_root = os.geteuid() == 0
         if self._is_root:
             # Dovecot refuses uid 0 for mail processes (first_valid_uid): mail belongs to "nobody".
@@ -139,20 +152,49 @@ class DovecotServer:
                 ) from exc
         return {"internal": "dovecot", "login": "dovenull"}
 
-    def _check_traversable(self) -> None:
-        """As root, Dovecot's mail processes run as nobody and must reach `<state>/mail`."""
+    def _unreachable_parent(self) -> Path | None:
+        """As root, the first directory on the way to the state dir that "nobody" cannot enter."""
         if not self._is_root:
-            return
-        for parent in [self.state_dir, *self.state_dir.parents]:
+            return None
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        mode = os.stat(self.state_dir).st_mode
+        if not mode & 0o001:
+            # Traverse only: Dovecot's users may pass through the sandbox's state dir, not list it.
+            os.chmod(self.state_dir, (mode & 0o7777) | 0o001)
+        for parent in self.state_dir.parents:
             if not os.stat(parent).st_mode & 0o001:
-                if parent == self.state_dir:
-                    os.chmod(parent, os.stat(parent).st_mode | 0o001)
-                    continue
-                raise DovecotError(
-                    f"Dovecot's mail processes run as 'nobody' and cannot enter {parent} "
-                    f"(on the way to {self.mail_root}); choose a state directory whose parents "
-                    f"others may traverse, or run `chmod o+x {parent}`"
-                )
+                return parent
+        return None
+
+    def _runtime_root(self) -> Path:
+        """Where base_dir and the Maildirs live: the state dir, or (as root, when a parent of the
+        state dir is closed to others, e.g. pytest's 0700 /tmp/pytest-of-root) a private temporary
+        directory that stop() removes, since Dovecot's mail processes run as "nobody"."""
+        with self._lock:
+            if self.runtime_root is None:
+                blocked = self._unreachable_parent()
+                if blocked is None:
+                    self.runtime_root = self.state_dir
+                else:
+                    self.runtime_root = Path(tempfile.mkdtemp(prefix="mailgate-dovecot-"))
+                    os.chmod(self.runtime_root, 0o711)  # noqa: S103
+                    self._runtime_is_temporary = True
+                    log.warning(
+                        "Dovecot's users cannot enter %s, so its mail lives in %s until the "
+                        "sandbox stops; choose a state directory others may traverse to keep it",
+                        blocked,
+                        self.runtime_root,
+                    )
+            return self.runtime_root
+
+    @property
+    def mail_root(self) -> Path:
+        """The directory holding one `<address>/Maildir` per mailbox."""
+        return self._runtime_root() / "mail"
+
+    @property
+    def base_dir(self) -> Path:
+        return self._runtime_root() / "dovecot-run"
 
     def _passdb_args(self, service: str) -> str:
         # Introspection (RFC 7662) by POST; Dovecot 2.3 does not look at exp on this path, so
@@ -175,8 +217,8 @@ class DovecotServer:
         chroot = "" if self._is_root else "  chroot =\n"
         lines = [
             "# Written by mailgate's sandbox (mailgate/sandbox/dovecot.py); regenerated at every start.",
-            f"base_dir = {self.dir}/run",
-            f"state_dir = {self.dir}/state",
+            f"base_dir = {self.base_dir}",
+            f"state_dir = {self._runtime_root() / 'dovecot-state'}",
             f"instance_name = mailgate-sandbox-{imap_port}",
             f"log_path = {self.log_path}",
             f"info_log_path = {self.log_path}",
@@ -251,10 +293,14 @@ class DovecotServer:
 
     def write_config(self, imap_port: int, pop3_port: int) -> Path:
         """Write dovecot.conf and the passdb files for these ports; return the config path."""
-        for path in (self.dir, self.dir / "run", self.dir / "state", self.mail_root):
+        for path in (
+            self.dir,
+            self._runtime_root() / "dovecot-state",
+            self.base_dir,
+            self.mail_root,
+        ):
             path.mkdir(parents=True, exist_ok=True)
         # Dovecot's unprivileged users (dovecot, dovenull, nobody) must pass through, not list.
-        os.chmod(self.dir, 0o711)  # noqa: S103
         os.chmod(self.mail_root, 0o711)  # noqa: S103
         for service in SERVICES:
             (self.dir / f"oauth2-{service}.conf.ext").write_text(self._passdb_args(service))
@@ -270,7 +316,6 @@ class DovecotServer:
             raise DovecotError(INSTALL_HINT)
         if self._process is not None:
             raise RuntimeError("Dovecot is already started")
-        self._check_traversable()
         imap_port = self.requested_ports[0] or _free_port(self.host)
         pop3_port = self.requested_ports[1] or _free_port(self.host)
         self.write_config(imap_port, pop3_port)
@@ -324,6 +369,7 @@ class DovecotServer:
         process, self._process = self._process, None
         self._ports = None
         if process is None:
+            self._drop_temporary_runtime()
             return
         pgid = process.pid
         with contextlib.suppress(ProcessLookupError):
@@ -341,6 +387,14 @@ class DovecotServer:
                     os.killpg(pgid, signal.SIGKILL)
                 break
             time.sleep(0.02)
+        self._drop_temporary_runtime()
+
+    def _drop_temporary_runtime(self) -> None:
+        with self._lock:
+            if self._runtime_is_temporary and self.runtime_root is not None:
+                shutil.rmtree(self.runtime_root, ignore_errors=True)
+                self.runtime_root = None
+                self._runtime_is_temporary = False
 
     @property
     def running(self) -> bool:

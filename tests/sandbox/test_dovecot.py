@@ -332,3 +332,36 @@ def test_a_missing_dovecot_is_explained_with_the_install_command(
     with pytest.raises(DovecotError) as info:
         server.start()
     assert "apt-get install dovecot-imapd dovecot-pop3d" in str(info.value)
+
+
+def test_a_state_dir_behind_a_closed_parent_still_works_as_root() -> None:
+    outer = state_dir()
+    closed = outer / "closed"
+    closed.mkdir(mode=0o700)
+    state = closed / "state"
+    try:
+        ca = SandboxCA(state)
+        server = DovecotServer(
+            state,
+            cert_file=ca.cert_file,
+            key_file=ca.key_file,
+            introspection_url_base="http://localhost:9/sandbox/introspect",
+        )
+        server.start()
+        root = server.runtime_root
+        assert root is not None
+        server.deliver(ALEX, b"Subject: kept\r\n\r\nx\r\n")
+        assert list((mailbox_dir(server.mail_root, ALEX) / "new").iterdir())
+        assert (
+            "introspection_url = http://127.0.0.1:9/sandbox/introspect/imap"
+            in (server.dir / "oauth2-imap.conf.ext").read_text()
+        )
+        server.stop()
+        if os.geteuid() == 0:
+            # "nobody" cannot enter `closed`: mail lived in a private temporary dir, gone at stop.
+            assert not str(root).startswith(str(state))
+            assert not root.exists()
+        else:
+            assert root == state.resolve()
+    finally:
+        shutil.rmtree(outer, ignore_errors=True)
