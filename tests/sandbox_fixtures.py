@@ -65,7 +65,8 @@ _CTX = re.compile(r"name='ctx' value='([^']*)'")
 _ACTION = re.compile(r"<form method='post' action='([^']*)'")
 
 
-def _form(page: str) -> tuple[str, str]:
+def page_form(page: str) -> tuple[str, str]:
+    """The form action and hidden `ctx` of a sandbox sign-in or consent page."""
     action, ctx = _ACTION.search(page), _CTX.search(page)
     if not action or not ctx:
         raise AssertionError(f"not a sandbox sign-in/consent page: {page[:300]!r}")
@@ -87,7 +88,7 @@ def complete_sign_in(
     for _ in range(3):
         if response.status_code != 200 or "name='ctx'" not in response.text:
             return response
-        action, ctx = _form(response.text)
+        action, ctx = page_form(response.text)
         target = urljoin(str(response.url), action)
         if "name='password'" in response.text:
             response = client.post(

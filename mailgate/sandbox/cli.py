@@ -48,15 +48,29 @@ def build_parser() -> argparse.ArgumentParser:
             "identity HTTPS on N+4."
         ),
     )
-    parser.add_argument("--host", type=_host, default="127.0.0.1", help="loopback address (default 127.0.0.1)")
     parser.add_argument(
-        "--port-base", type=_port_base, default=DEFAULT_PORT_BASE, metavar="N", help="first port (default 8400)"
+        "--host", type=_host, default="127.0.0.1", help="loopback address (default 127.0.0.1)"
     )
     parser.add_argument(
-        "--state", type=Path, default=DEFAULT_STATE, metavar="DIR", help="state directory (default ./var/sandbox)"
+        "--port-base",
+        type=_port_base,
+        default=DEFAULT_PORT_BASE,
+        metavar="N",
+        help="first port (default 8400)",
     )
-    parser.add_argument("--config", type=Path, metavar="FILE", help="JSON or TOML with tenants, apps, users, ...")
-    parser.add_argument("--no-dovecot", action="store_true", help="do not start IMAP/POP3 (Dovecot)")
+    parser.add_argument(
+        "--state",
+        type=Path,
+        default=DEFAULT_STATE,
+        metavar="DIR",
+        help="state directory (default ./var/sandbox)",
+    )
+    parser.add_argument(
+        "--config", type=Path, metavar="FILE", help="JSON or TOML with tenants, apps, users, ..."
+    )
+    parser.add_argument(
+        "--no-dovecot", action="store_true", help="do not start IMAP/POP3 (Dovecot)"
+    )
     sub = parser.add_subparsers(dest="command")
     ctl = sub.add_parser(
         "ctl",
@@ -81,7 +95,9 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
     for item in items:
         key, sep, value = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"parameter {item!r} must look like KEY=VALUE, e.g. user=alex@contoso.example")
+            raise ValueError(
+                f"parameter {item!r} must look like KEY=VALUE, e.g. user=alex@contoso.example"
+            )
         try:
             params[key] = json.loads(value)
         except ValueError:
@@ -92,7 +108,10 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 def run_ctl(args: argparse.Namespace) -> int:
     from mailgate.sandbox.control import ControlAPIError, ControlClient
 
-    url = args.url or f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port_base}"
+    url = (
+        args.url
+        or f"http://{'[' + args.host + ']' if ':' in args.host else args.host}:{args.port_base}"
+    )
     try:
         params = _parse_params(args.params)
     except ValueError as exc:
@@ -111,7 +130,10 @@ def run_ctl(args: argparse.Namespace) -> int:
         print(f"mailgate sandbox ctl {args.action}: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"mailgate sandbox ctl: cannot reach the sandbox at {url} ({exc}); is it running?", file=sys.stderr)
+        print(
+            f"mailgate sandbox ctl: cannot reach the sandbox at {url} ({exc}); is it running?",
+            file=sys.stderr,
+        )
         return 1
     finally:
         client.close()
@@ -127,7 +149,7 @@ def describe(sandbox: Any) -> str:
     lines += [
         "",
         f"Demo tenant: Contoso, tenant ID {demo['tenant_id']}, verified domain {demo['tenant_domain']}",
-        f"App registration: \"mailgate demo\", client ID {demo['client_id']}",
+        f'App registration: "mailgate demo", client ID {demo["client_id"]}',
         f"  client secret value {demo['client_secret']} (secret ID {demo['client_secret_id']}, expires {expires})",
         f"  redirect URI http://127.0.0.1:8000/oauth/microsoft/callback (add more with: mailgate sandbox ctl add_redirect_uri client_id={demo['client_id']} uri=...)",
         f"User: {demo['user']}, password {demo['password']}",
@@ -150,7 +172,9 @@ def run_foreground(args: argparse.Namespace) -> int:
     from mailgate.sandbox.server import Sandbox
 
     # One line per request (method, path, status; never the query string) on stderr.
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(name)s %(message)s", stream=sys.stderr
+    )
 
     base = args.port_base
     sandbox = Sandbox(
