@@ -145,3 +145,54 @@ def test_the_control_api_switches_reach_the_mail_servers(
         imap_session(full_sandbox).authenticate(
             "XOAUTH2", Sasl(xoauth2(user, token), as_bytes=True)
         )
+
+
+def google_token(sandbox: Sandbox) -> str:
+    """A Google access token for the demo Gmail user, through the sandbox's Google consent flow."""
+    demo = sandbox.demo
+    redirect = "http://127.0.0.1:8000/oauth/google/callback"
+    query = httpx.QueryParams(
+        client_id=demo["google_client_id"],
+        redirect_uri=redirect,
+        response_type="code",
+        scope="https://mail.google.com/",
+        access_type="offline",
+        state="s",
+    )
+    with httpx.Client(verify=str(sandbox.ca_file)) as browser:
+        final = complete_sign_in(
+            browser,
+            f"{sandbox.google_auth_url}?{query}",
+            demo["google_user"],
+            demo["google_password"],
+        )
+        code = redirect_params(final)["code"]
+        response = browser.post(
+            sandbox.google_token_url,
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect,
+                "client_id": demo["google_client_id"],
+                "client_secret": demo["google_client_secret"],
+            },
+        )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
+
+
+def test_a_google_token_submits_and_reads_mail_like_gmail(full_sandbox: Sandbox) -> None:
+    user = full_sandbox.demo["google_user"]
+    token = google_token(full_sandbox)
+    client = smtp_session(full_sandbox)
+    assert client.auth("XOAUTH2", Sasl(xoauth2(user, token))) == (235, b"2.7.0 Accepted")
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = user, user, "From Gmail"
+    msg.set_content("Hello.\n")
+    assert client.send_message(msg) == {}
+    client.quit()
+    imap = imap_session(full_sandbox)
+    assert imap.authenticate("XOAUTH2", Sasl(xoauth2(user, token), as_bytes=True))[0] == "OK"
+    assert imap.select("INBOX") == ("OK", [b"1"])
+    imap.logout()
