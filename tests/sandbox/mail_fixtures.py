@@ -13,8 +13,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
+import msal
+import pytest
+
 from mailgate.sandbox.interfaces import SubmissionLimits
+from mailgate.sandbox.server import Sandbox
 from mailgate.sandbox.tokens import InvalidToken, SigningKey
+from tests.sandbox_fixtures import complete_sign_in, redirect_params
 
 OUTLOOK = "https://outlook.office.com"
 GOOGLE = "https://mail.google.com/"
@@ -228,3 +234,66 @@ class IntrospectionServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+# -- real tokens from a running Sandbox (identity side) ---------------------------------------
+
+MS_REDIRECT = "http://127.0.0.1:8000/oauth/microsoft/callback"
+RESOURCE = "https://outlook.office.com/"
+
+
+def outlook_token(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, *scopes: str) -> str:
+    """An access token for the demo user, through MSAL's auth-code flow and the sign-in pages."""
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(sandbox.ca_file))
+    demo = sandbox.demo
+    app = msal.ConfidentialClientApplication(
+        demo["client_id"],
+        client_credential=demo["client_secret"],
+        authority=f"{sandbox.https_url}/{demo['tenant_id']}",
+        verify=str(sandbox.ca_file),
+        instance_discovery=False,
+    )
+    flow = app.initiate_auth_code_flow(
+        [RESOURCE + s for s in scopes], redirect_uri=MS_REDIRECT, login_hint=demo["user"]
+    )
+    with httpx.Client(verify=str(sandbox.ca_file)) as browser:
+        final = complete_sign_in(browser, flow["auth_uri"], demo["user"], demo["password"])
+    result = app.acquire_token_by_auth_code_flow(flow, redirect_params(final))
+    assert "access_token" in result, result
+    token: str = result["access_token"]
+    return token
+
+
+def google_token(sandbox: Sandbox) -> str:
+    """A Google access token for the demo Gmail user, through the sandbox's Google consent flow."""
+    demo = sandbox.demo
+    redirect = "http://127.0.0.1:8000/oauth/google/callback"
+    query = httpx.QueryParams(
+        client_id=demo["google_client_id"],
+        redirect_uri=redirect,
+        response_type="code",
+        scope="https://mail.google.com/",
+        access_type="offline",
+        state="s",
+    )
+    with httpx.Client(verify=str(sandbox.ca_file)) as browser:
+        final = complete_sign_in(
+            browser,
+            f"{sandbox.google_auth_url}?{query}",
+            demo["google_user"],
+            demo["google_password"],
+        )
+        code = redirect_params(final)["code"]
+        response = browser.post(
+            sandbox.google_token_url,
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": redirect,
+                "client_id": demo["google_client_id"],
+                "client_secret": demo["google_client_secret"],
+            },
+        )
+    assert response.status_code == 200, response.text
+    token: str = response.json()["access_token"]
+    return token
