@@ -11,6 +11,6 @@ def create_cache_table(apps: StateApps, schema_editor: BaseDatabaseSchemaEditor)
 
 
 class Migration(migrations.Migration):
-    dependencies: list[tuple[str, str]] = []
+    dependencies = []
 
     operations = [migrations.RunPython(create_cache_table, migrations.RunPython.noop)]
