@@ -44,20 +44,18 @@ def apikey_list(request: HttpRequest) -> HttpResponse:
 def _create(request: HttpRequest) -> HttpResponse:
     form = APIKeyForm(request.POST)
     new_key = ""
-    status = 400
     if form.is_valid():
         row, new_key = APIKey.issue(form.cleaned_data["name"], created_by=request.user)  # type: ignore[arg-type]
         messages.success(
             request, f"API key “{row.name}” created. Copy it now: it is not shown again."
         )
         form = APIKeyForm()
-        status = 201
     context = {
         "keys": APIKey.objects.select_related("created_by"),
         "form": form,
         "new_key": new_key,
     }
-    response = render(request, "api/apikeys.html", context, status=status)
+    response = render(request, "api/apikeys.html", context)
     # The page holds a key that must not be kept by caches or the browser's history.
     response["Cache-Control"] = "no-store"
     return response

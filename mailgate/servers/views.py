@@ -13,7 +13,7 @@ from django.views.decorators.http import require_http_methods
 
 from mailgate.accounts.roles import admin_required, is_administrator
 from mailgate.servers.forms import MailServerForm, form_defaults, public_url_warning
-from mailgate.servers.models import MailServer
+from mailgate.servers.models import AUTH_METHODS, MailServer
 
 
 @require_http_methods(["GET"])
@@ -22,7 +22,7 @@ def server_list(request: HttpRequest) -> HttpResponse:
 
 
 def _form_page(
-    request: HttpRequest, form: MailServerForm, server: MailServer | None, status: int = 200
+    request: HttpRequest, form: MailServerForm, server: MailServer | None
 ) -> HttpResponse:
     method = form["auth_method"].value() or "password"
     defaults = form_defaults()
@@ -36,7 +36,7 @@ def _form_page(
         "retyped_secrets": form.retyped_secrets(),
         "read_only": not is_administrator(request.user),
     }
-    return render(request, "servers/form.html", context, status=status)
+    return render(request, "servers/form.html", context)
 
 
 def _report_warnings(request: HttpRequest, form: MailServerForm) -> None:
@@ -54,8 +54,9 @@ def server_add(request: HttpRequest) -> HttpResponse:
             messages.success(request, f"Mail server “{server.name}” created.")
             _report_warnings(request, form)
             return redirect("servers:edit", pk=server.pk)
-        return _form_page(request, form, None, status=400)
-    initial = {"auth_method": request.GET.get("auth", "password")}
+        return _form_page(request, form, None)
+    method = request.GET.get("auth", "password")
+    initial = {"auth_method": method if method in AUTH_METHODS else "password"}
     return _form_page(request, MailServerForm(initial=initial), None)
 
 
@@ -73,7 +74,7 @@ def server_edit(request: HttpRequest, pk: int) -> HttpResponse:
             return redirect("servers:edit", pk=server.pk)
         # The failed form must not leak into the saved instance shown by the connection panel.
         server.refresh_from_db()
-        return _form_page(request, form, server, status=400)
+        return _form_page(request, form, server)
     read_only = not is_administrator(request.user)
     return _form_page(request, MailServerForm(instance=server, read_only=read_only), server)
 

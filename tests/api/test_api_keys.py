@@ -114,7 +114,7 @@ def test_the_openapi_document_describes_servers_and_bearer_auth(db: None) -> Non
 
 def test_an_admin_creates_a_key_in_the_console_shown_once(admin_client: Client) -> None:
     response = admin_client.post("/settings/api-keys/", {"name": "helpdesk"})
-    assert response.status_code == 201
+    assert response.status_code == 200
     assert response["Cache-Control"] == "no-store"
     html = response.content.decode()
     key = re.search(r'id="id_new_key" class="secret-once" value="([^"]+)"', html).group(1)  # type: ignore[union-attr]
@@ -125,7 +125,7 @@ def test_an_admin_creates_a_key_in_the_console_shown_once(admin_client: Client) 
 
 def test_a_duplicate_name_is_refused_naming_the_field(admin_client: Client, key: str) -> None:
     response = admin_client.post("/settings/api-keys/", {"name": "ERP"})
-    assert response.status_code == 400
+    assert response.status_code == 200
     assert "exists already" in response.content.decode()
     assert APIKey.objects.count() == 1
 
