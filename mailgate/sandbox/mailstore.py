@@ -52,22 +52,24 @@ class FileMailStore:
     def _load(self) -> None:
         if not self._index.exists():
             return
-        with self._index.open(encoding="utf-8") as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    # A line cut short by a crash mid-append: everything before it is intact.
-                    continue
-                if entry.get("cleared"):
-                    self._summaries.clear()
-                elif (
-                    isinstance(entry.get("id"), str) and (self.dir / f"{entry['id']}.eml").exists()
-                ):
-                    self._summaries[entry["id"]] = entry
+        text = self._index.read_text(encoding="utf-8", errors="replace")
+        if text and not text.endswith("\n"):
+            # End a line torn by a crash mid-append, so that the next append starts a fresh line.
+            with self._index.open("a", encoding="utf-8") as fh:
+                fh.write("\n")
+        for line in text.splitlines():
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                # A line cut short by a crash mid-append: everything before it is intact.
+                continue
+            if entry.get("cleared"):
+                self._summaries.clear()
+            elif isinstance(entry.get("id"), str) and (self.dir / f"{entry['id']}.eml").exists():
+                self._summaries[entry["id"]] = entry
 
     def add(
         self, *, mail_from: str, rcpt_tos: list[str], data: bytes, authenticated_as: str
