@@ -57,6 +57,8 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if self.sink.data_delay:
+            await asyncio.sleep(self.sink.data_delay)
         answer = self._scripted(self.sink.data_reply, envelope)
         if answer:
             return answer
@@ -78,6 +80,25 @@ class _Handler:
         return f"250 2.0.0 Ok: queued as Q{number:06d}"
 
 
+class _CountingSMTP(SMTP):
+    """Counts open connections, so tests can check the concurrent-connection limit."""
+
+    def __init__(self, sink: SMTPSink, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sink = sink
+
+    def connection_made(self, transport: Any) -> None:
+        with self.sink.lock:
+            self.sink.active += 1
+            self.sink.max_active = max(self.sink.max_active, self.sink.active)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        with self.sink.lock:
+            self.sink.active -= 1
+        super().connection_lost(error)
+
+
 @dataclass
 class SMTPSink:
     users: dict[str, str] | None = None
@@ -89,7 +110,10 @@ class SMTPSink:
     received: list[Received] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     port: int = 0
+    data_delay: float = 0.0
     connections: int = 0
+    active: int = 0
+    max_active: int = 0
     auth_attempts: int = 0
 
     def __post_init__(self) -> None:
@@ -118,7 +142,7 @@ class SMTPSink:
             )
         if self.tls_context is not None:
             kwargs.update(tls_context=self.tls_context, require_starttls=True)
-        return SMTP(_Handler(self), hostname="sink.localhost", ident="sink", **kwargs)
+        return _CountingSMTP(self, _Handler(self), hostname="sink.localhost", ident="sink", **kwargs)
 
     def start(self) -> SMTPSink:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)

@@ -47,7 +47,7 @@ def test_an_oauth_mailbox_refuses_a_foreign_from_unless_send_as_allows_it(make_s
     make_server(auth_method="outlook", username="app@example.com", send_as="sales@example.com")
     assert _send(from_address="app@example.com").status == Status.QUEUED
     assert _send(from_address="sales@example.com").status == Status.QUEUED
-    with pytest.raises(InvalidMessage, match="may not send as ceo@example.com"):
+    with pytest.raises(InvalidMessage, match=r"may not send as ceo@example\.com"):
         _send(from_address="ceo@example.com")
 
 

@@ -1,0 +1,186 @@
+"""Real worker processes against real databases (a SQLite file and a PostgreSQL database of their own)."""
+
+from __future__ import annotations
+
+import collections
+import email
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from tests.smtpsink import SMTPSink
+
+pytestmark = pytest.mark.nodb
+
+PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Deployment:
+    """A database plus worker processes pointed at it."""
+
+    def __init__(self, url: str, home: Path) -> None:
+        self.env = {
+            **os.environ,
+            "MAILGATE_DATABASE_URL": url,
+            "MAILGATE_HOME": str(home),
+            "MAILGATE_OUTBOX_LEASE_SECONDS": "3",
+            "PYTHONPATH": str(ROOT),
+        }
+        self.workers: list[subprocess.Popen[bytes]] = []
+
+    def harness(self, command: str, argument: dict | None = None) -> dict:
+        done = subprocess.run(
+            [sys.executable, "-m", "tests.outbox.harness", command, json.dumps(argument or {})],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, done.stderr.decode()
+        return json.loads(done.stdout) if done.stdout.strip() else {}
+
+    def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "mailgate.cli", "worker"],
+            env={**self.env, **env},
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.workers.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in self.workers:
+            if process.poll() is None:
+                process.kill()
+            process.wait(timeout=30)
+        self.workers.clear()
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
+    home = tmp_path_factory.mktemp(f"workers-{request.param}")
+    name = ""
+    if request.param == "sqlite":
+        url = f"sqlite:///{home}/mailgate.sqlite3"
+    else:
+        name = f"mg_outbox_procs_{uuid.uuid4().hex[:10]}"
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'CREATE DATABASE "{name}"')
+        url = f"postgresql://postgres@127.0.0.1:5432/{name}"
+    deployed = Deployment(url, home)
+    deployed.harness("migrate")
+    yield deployed
+    deployed.stop_all()
+    if name:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture
+def fresh(deployment: Deployment) -> Iterator[Deployment]:
+    deployment.harness("reset")
+    yield deployment
+    deployment.stop_all()
+
+
+def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def server_fields(sink: SMTPSink, **extra: object) -> dict:
+    return {
+        "name": "sink",
+        "auth_method": "password",
+        "smtp_host": "127.0.0.1",
+        "smtp_port": sink.port,
+        "smtp_security": "none",
+        "limit_per_minute": 100_000,
+        **extra,
+    }
+
+
+def received_ids(sink: SMTPSink) -> collections.Counter[str]:
+    with sink.lock:
+        return collections.Counter(
+            str(email.message_from_bytes(r.data)["Message-ID"]) for r in sink.received
+        )
+
+
+def test_four_workers_drain_a_thousand_messages_with_no_duplicate_and_no_loss(fresh):
+    with SMTPSink() as sink:
+        fresh.harness("setup", {"server": server_fields(sink, limit_connections=4), "messages": 1000})
+        for _ in range(4):
+            fresh.start_worker()
+        wait_for(lambda: len(sink.received) >= 1000, 180, "1000 deliveries")
+        status = fresh.harness("status")
+        wait_for(lambda: fresh.harness("status")["counts"] == {"sent": 1000}, 30, "all rows sent")
+        ids = received_ids(sink)
+        assert set(ids) == set(status["message_ids"])
+        assert max(ids.values()) == 1, [m for m, n in ids.items() if n > 1]
+        assert sink.max_active <= 4
+
+
+def test_limits_hold_across_two_worker_processes(fresh):
+    with SMTPSink() as sink:
+        fresh.harness(
+            "setup",
+            {"server": server_fields(sink, limit_per_minute=12, limit_connections=1), "messages": 40},
+        )
+        fresh.start_worker()
+        fresh.start_worker()
+        wait_for(lambda: len(sink.received) >= 12, 60, "the first minute's 12 messages")
+        wait_for(lambda: fresh.harness("status")["throttled"] == 1, 30, "the server to be paused")
+        settle = time.monotonic() + 2
+        wait_for(lambda: time.monotonic() > settle, 5, "both workers to pass the limit again")
+        assert len(sink.received) == 12
+        assert sink.max_active == 1
+        assert fresh.harness("status")["counts"]["queued"] == 28
+
+
+def test_a_worker_killed_mid_batch_loses_nothing_and_resends_at_most_the_one_in_flight(fresh):
+    with SMTPSink(data_delay=0.01) as sink:
+        fresh.harness("setup", {"server": server_fields(sink), "messages": 300})
+        victim = fresh.start_worker()
+        wait_for(lambda: len(sink.received) >= 40, 60, "some deliveries")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        before = fresh.harness("status")
+        assert before["claimed"] > 0  # the dead worker's claims are still there
+        fresh.start_worker()
+        wait_for(lambda: fresh.harness("status")["counts"] == {"sent": 300}, 120, "all 300 sent")
+        ids = received_ids(sink)
+        assert set(ids) == set(before["message_ids"])
+        assert sum(n - 1 for n in ids.values()) <= 1
+
+
+def test_sigterm_finishes_the_current_message_and_releases_the_claims(fresh):
+    with SMTPSink(data_delay=0.01) as sink:
+        fresh.harness("setup", {"server": server_fields(sink), "messages": 300})
+        worker = fresh.start_worker()
+        wait_for(lambda: len(sink.received) >= 20, 60, "some deliveries")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=20) == 0
+        after = fresh.harness("status")
+        assert after["claimed"] == 0
+        assert "sending" not in after["counts"]
+        assert after["counts"]["sent"] == len(sink.received)
+        fresh.start_worker()
+        wait_for(lambda: fresh.harness("status")["counts"] == {"sent": 300}, 120, "all 300 sent")
+        assert max(received_ids(sink).values()) == 1
