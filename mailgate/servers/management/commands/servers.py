@@ -7,6 +7,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from mailgate.diagnostics.cli import TestServer
 from mailgate.servers.cli import AddServer, ExportServers, ImportServers, ListServers, Subcommand
 
 # One entry per subcommand. Other packages add theirs here, e.g. the connection test:
@@ -16,6 +17,7 @@ SUBCOMMANDS: dict[str, Subcommand] = {
     "add": AddServer(),
     "export": ExportServers(),
     "import": ImportServers(),
+    "test": TestServer(),
 }
 
 
