@@ -16,6 +16,7 @@ log = logging.getLogger("mailgate.worker")
 # Dotted paths of the steps the worker runs each cycle, in order. A step is `() -> bool`.
 WORKER_STEPS: list[str] = [
     "mailgate.outbox.worker.deliver_step",
+    "mailgate.oauth.tokens.refresh_idle_grants",
 ]
 
 IDLE_SLEEP_SECONDS = 1.0
