@@ -15,6 +15,38 @@ from tests.conftest import PASSWORD
 pytestmark = pytest.mark.browser
 
 REDIRECT_URL = "http://127.0.0.1:8000/oauth/microsoft/callback"  # MAILGATE_PUBLIC_URL of tests
+CONTRACT_LABELS = [
+    "Mail Server Description",
+    "Authenticate Using",
+    "Username",
+    "Password",
+    "OAuth2 Redirect URL",
+    "Client ID",
+    "Client Secret Expires On",
+    "Tenant",
+    "SMTP Server",
+    "SMTP Port",
+    "Connection Security",
+    "From Filter",
+    "Priority",
+    "Active",
+    "Incoming Mail",
+    "Incoming Server",
+    "Incoming Port",
+    "Incoming Encryption",
+    "After Fetching",
+    "Move To Folder",
+]
+# Contained in another contract label, so found with exact=True.
+EXACT_LABELS = ["Client Secret", "Folder"]
+
+
+def assert_each_label_finds_one_field(page: Page) -> None:
+    """get_by_label is strict and counts hidden fields too: every contract label must match once."""
+    for text in CONTRACT_LABELS:
+        assert page.get_by_label(text).count() == 1, text
+    for text in EXACT_LABELS:
+        assert page.get_by_label(text, exact=True).count() == 1, text
 
 
 @pytest.fixture
@@ -37,6 +69,7 @@ def test_an_admin_adds_an_outlook_server_from_settings(
     page.get_by_role("link", name="Mail Servers").click()
     expect(page.get_by_role("heading", name="Mail Servers")).to_be_visible()
     page.get_by_role("link", name="Add").click()
+    assert_each_label_finds_one_field(page)
 
     page.get_by_label("Mail Server Description").fill("Sales")
     page.get_by_label("Authenticate Using").select_option(label="Outlook OAuth Authentication")
@@ -67,6 +100,7 @@ def test_an_admin_adds_an_outlook_server_from_settings(
     page.get_by_role("button", name="Create").click()
     expect(page.get_by_text("Mail server “Sales” created.")).to_be_visible()
     expect(page.get_by_role("button", name="Save")).to_be_visible()
+    assert_each_label_finds_one_field(page)
     page.get_by_role("link", name="Mail Servers").click()
     row = page.get_by_role("row", name="Sales")
     expect(row).to_contain_text("sales@contoso.com")
