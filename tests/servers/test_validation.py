@@ -7,6 +7,8 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from mailgate.servers.forms import MailServerForm
 from mailgate.servers.models import MailServer
@@ -270,3 +272,33 @@ def test_a_new_certificate_is_checked_against_the_stored_key(
 def test_an_unknown_method_is_refused(db: None) -> None:
     assert "auth_method" in errors_of(outlook_data(auth_method="kerberos"))
     assert "auth_method" in validate_server({"auth_method": "kerberos"}).errors
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    username=st.text(max_size=40),
+    client_id=st.text(max_size=40),
+    tenant=st.text(max_size=30),
+    from_filter=st.text(max_size=60),
+    port=st.text(max_size=8),
+    expires=st.text(max_size=12),
+)
+def test_any_typed_text_gets_a_verdict_never_a_crash(
+    db: None, username: str, client_id: str, tenant: str, from_filter: str, port: str, expires: str
+) -> None:
+    data = outlook_data(
+        username=username,
+        client_id=client_id,
+        tenant=tenant,
+        from_filter=from_filter,
+        smtp_port=port,
+        client_secret_expires_on=expires,
+    )
+    form = MailServerForm(data)
+    if form.is_valid():
+        assert form.cleaned_data["smtp_port"] is not None
+        assert 1 <= form.cleaned_data["smtp_port"] <= 65535
+    else:
+        assert all(messages for messages in form.errors.values())
