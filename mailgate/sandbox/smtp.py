@@ -277,6 +277,9 @@ class ExchangeSMTP(SMTP):
         self.command_size_limits = collections.defaultdict(
             lambda: SMTP.command_size_limit, {"AUTH": self.line_length_limit}
         )
+        # Before EHLO (e.g. right after STARTTLS) too, so that a long AUTH line gets "Send hello
+        # first" rather than "line too long".
+        self.command_size_limit = self.line_length_limit
         self._login: _Login | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

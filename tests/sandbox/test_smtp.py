@@ -121,6 +121,17 @@ def test_the_banner_names_the_host_as_exchange_does(rig: Rig) -> None:
     assert banner.startswith(f"220 {HOST} Microsoft ESMTP MAIL Service ready at ")
 
 
+def test_auth_right_after_starttls_asks_for_ehlo_first(rig: Rig) -> None:
+    client = smtplib.SMTP("127.0.0.1", rig.server.port, timeout=10)
+    client.starttls(context=rig.ca.client_context())
+    # smtplib returns a 503 instead of raising (it reads 503 as "already authenticated").
+    reply = client.auth("XOAUTH2", Sasl(xoauth2(ALEX, rig.policy.mint(ALEX))))
+    assert reply == (503, b"5.5.2 Send hello first")
+    client.ehlo()
+    assert client.auth("XOAUTH2", Sasl(xoauth2(ALEX, rig.policy.mint(ALEX))))[0] == 235
+    client.quit()
+
+
 def test_mail_without_auth_is_refused_with_5_7_57(rig: Rig) -> None:
     client = rig.connect()
     assert client.mail(ALEX) == (
