@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 import threading
+import warnings
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -106,6 +107,8 @@ def _parse_params(items: list[str]) -> dict[str, Any]:
 
 
 def run_ctl(args: argparse.Namespace) -> int:
+    import httpx
+
     from mailgate.sandbox.control import ControlAPIError, ControlClient
 
     url = (
@@ -129,7 +132,7 @@ def run_ctl(args: argparse.Namespace) -> int:
             return 0
         print(f"mailgate sandbox ctl {args.action}: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
+    except (OSError, httpx.TransportError) as exc:
         print(
             f"mailgate sandbox ctl: cannot reach the sandbox at {url} ({exc}); is it running?",
             file=sys.stderr,
@@ -224,6 +227,8 @@ def run_foreground(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     """Entry point for `mailgate sandbox ...` (called before Django is set up)."""
+    # Authlib announces a future API change on import; it is noise for someone running the sandbox.
+    warnings.filterwarnings("ignore", message="authlib.jose module is deprecated")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "ctl":

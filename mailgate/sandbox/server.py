@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import socket
 import threading
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,20 @@ def is_loopback(host: str) -> bool:
 
 def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket; werkzeug would print and exit on a busy port, this raises OSError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    return sock
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -99,15 +114,21 @@ class Sandbox:
         self.app = SandboxApp(self.state)
         try:
             for name, context in (("http", None), ("https", self.ca.server_context())):
-                server = make_server(
-                    self.host,
-                    self.ports[name],
-                    self.app,
-                    threaded=True,
-                    request_handler=_QuietHandler,
-                    ssl_context=context,
-                )
-                self.ports[name] = server.server_port
+                listener = _listen(self.host, self.ports[name])
+                try:
+                    server = make_server(
+                        self.host,
+                        self.ports[name],
+                        self.app,
+                        threaded=True,
+                        request_handler=_QuietHandler,
+                        ssl_context=context,
+                        fd=listener.fileno(),
+                    )
+                finally:
+                    # werkzeug works on its own duplicate of the descriptor.
+                    listener.close()
+                self.ports[name] = server.socket.getsockname()[1]
                 thread = threading.Thread(
                     target=server.serve_forever,
                     kwargs={"poll_interval": 0.05},
