@@ -478,6 +478,8 @@ class ExchangeSMTPServer:
         """Listen and serve in a background thread; returns once the port accepts connections."""
         if self._thread is not None:
             raise RuntimeError("the SMTP server is already started")
+        if self._loop.is_closed():
+            self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="sandbox-smtp", daemon=True
         )
@@ -497,8 +499,10 @@ class ExchangeSMTPServer:
         self._ticker = self._loop.create_task(self._release_due())
 
     def stop(self) -> None:
-        """Close the listener and every connection, and stop the thread."""
+        """Close the listener and every connection, and stop the thread; the server may start again."""
         if self._thread is None:
+            if not self._loop.is_closed():
+                self._loop.close()
             return
         if self._loop.is_running():
             future = asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop)
