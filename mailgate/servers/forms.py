@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 from django import forms
 from django.conf import settings
@@ -189,8 +190,6 @@ def redirect_urls() -> dict[str, str]:
 
 def public_url_warning() -> str:
     """A warning when the redirect URLs would be plain http on a non-loopback host."""
-    from urllib.parse import urlsplit
-
     parts = urlsplit(settings.MAILGATE_PUBLIC_URL)
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
         return (
@@ -203,8 +202,6 @@ def public_url_warning() -> str:
 
 def form_defaults() -> dict[str, Any]:
     """What the form's script needs: fields, redirect URL, host defaults and limits per method."""
-    from mailgate.servers.models import GENERIC_LIMITS
-
     urls = redirect_urls()
     methods: dict[str, Any] = {}
     for key, info in AUTH_METHODS.items():
@@ -223,7 +220,7 @@ def form_defaults() -> dict[str, Any]:
                     "pop3_port": d.pop3_port,
                     "incoming_security": d.incoming_security,
                 }
-        limits = default_limits(key) if info.provider else GENERIC_LIMITS
+        limits = default_limits(key)
         methods[key] = {
             "fields": list(METHOD_FIELDS[key]),
             "redirect_url": urls[key],
