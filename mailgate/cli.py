@@ -16,6 +16,11 @@ def main(argv: list[str] | None = None) -> None:
         from mailgate.sandbox.cli import main as sandbox_main
 
         sys.exit(sandbox_main(args[1:]))
+    if args and args[0] == "demo":
+        # The demo runs the sandbox here and `mailgate run` as a child with its own settings.
+        from mailgate.sandbox.demo import main as demo_main
+
+        sys.exit(demo_main(args[1:]))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailgate.settings")
     from mailgate.conf import SettingsError
 
