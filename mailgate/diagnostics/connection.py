@@ -14,6 +14,7 @@ import smtplib
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from django.utils import timezone
 
@@ -99,6 +100,11 @@ class _Runner:
                 Step(name, False, str(exc), exc.diagnosis or self._diagnose(str(exc)))
             )
             raise _Stop from None
+        except Exception as exc:  # an unexpected failure still ends as a named, failed step
+            log.exception("connection test step %r of %s crashed", name, self.server.name)
+            text = f"{type(exc).__name__}: {exc}"
+            self.result.steps.append(Step(name, False, text, self._diagnose(text)))
+            raise _Stop from None
         self.result.steps.append(Step(name, True, detail))
         return detail
 
@@ -126,6 +132,11 @@ def _smtp_steps(run: _Runner, server: MailServer) -> None:
     try:
         run.step(f"SMTP connect {transport.address}", lambda: str(transport.connect()))
         if server.smtp_security == "starttls":
+            smtp: Any = transport.connection
+            if smtp is not None and not smtp._host:
+                # smtplib verifies the host name against `_host`, which only its constructor
+                # sets; mailgate.transports.smtp connects after constructing.
+                smtp._host = server.smtp_host
             run.step("SMTP STARTTLS", lambda: str(transport.starttls()) or "ok")
         run.step(
             "SMTP TLS",
@@ -217,6 +228,7 @@ def _token_step(server: MailServer) -> str:
 
 def run_connection_test(server: MailServer) -> TestResult:
     """Run every applicable step, record the outcome on the server, and return it."""
+    server.refresh_from_db()
     result = TestResult(server.name)
     run = _Runner(server, result)
     try:

@@ -114,3 +114,11 @@ def diagnose_reply(provider_key: str | None, text: str) -> Diagnosis | None:
         if rule.matches(text):
             return rule.diagnosis
     return None
+
+
+def transient_diagnosis(message: str) -> str:
+    """The diagnosis of a failure to reach an identity provider (TLS trust, DNS, refused, timeout)."""
+    found = diagnose_reply(None, message)
+    if found is not None:
+        return found.as_text()
+    return "A transient failure; the refresh is retried with back-off."

@@ -189,3 +189,19 @@ def own_server(outlook_server: MailServer, own_app: dict[str, str]) -> MailServe
     outlook_server.client_secret = own_app["secret"]  # type: ignore[assignment]
     outlook_server.save()
     return outlook_server
+
+
+@pytest.fixture
+def fresh_user(idp: Sandbox) -> dict[str, str]:
+    """A new user of the demo tenant: revoking its grants cannot disturb other tests."""
+    email = f"user-{uuid.uuid4().hex[:8]}@contoso.example"
+    password = f"Pw-{uuid.uuid4().hex}"
+    idp.control.call("create_user", email=email, password=password, display_name="Test User")
+    return {"email": email, "password": password}
+
+
+@pytest.fixture
+def revocable_server(outlook_server: MailServer, fresh_user: dict[str, str]) -> MailServer:
+    outlook_server.username = fresh_user["email"]
+    outlook_server.save()
+    return outlook_server

@@ -10,7 +10,7 @@ from mailgate.oauth.errors import (
 )
 from mailgate.providers.base import Diagnosis
 from mailgate.providers.http import TokenEndpointError, TransientHTTPError
-from mailgate.providers.replies import ReplyRule
+from mailgate.providers.replies import ReplyRule, transient_diagnosis
 
 CONSOLE = "Google Cloud console > APIs & Services"
 RECONNECT_FIX = "Press Connect your Gmail account and sign in again as the mailbox's user."
@@ -97,7 +97,7 @@ def classify(exc: Exception) -> TokenError:
     if isinstance(exc, TransientHTTPError):
         return TokenUnavailable(
             f"Google's token endpoint is unavailable: {exc}",
-            diagnosis="A transient failure; the refresh is retried with back-off.",
+            diagnosis=transient_diagnosis(str(exc)),
             code=exc.error or str(exc.status or "network"),
         )
     if not isinstance(exc, TokenEndpointError):

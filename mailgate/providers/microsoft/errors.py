@@ -14,7 +14,7 @@ from mailgate.oauth.errors import (
 )
 from mailgate.providers.base import Diagnosis
 from mailgate.providers.http import TokenEndpointError, TransientHTTPError, aadsts_codes
-from mailgate.providers.replies import ReplyRule
+from mailgate.providers.replies import ReplyRule, transient_diagnosis
 
 APP = "Azure portal > Microsoft Entra ID > App registrations > (your app)"
 REDIRECT_FIX = (
@@ -262,7 +262,7 @@ def classify(exc: Exception) -> TokenError:
     if isinstance(exc, TransientHTTPError):
         return TokenUnavailable(
             f"Microsoft's token endpoint is unavailable: {exc}",
-            diagnosis="A transient failure; the refresh is retried with back-off.",
+            diagnosis=transient_diagnosis(str(exc)),
             code=exc.error or str(exc.status or "network"),
         )
     if not isinstance(exc, TokenEndpointError):
