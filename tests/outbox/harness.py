@@ -16,9 +16,13 @@ def main() -> None:
 
     django.setup()
     from django.core.management import call_command
-    from django.db.models import Count
 
-    from mailgate.outbox.models import ConnectionLease, DeliveryAttempt, OutgoingMessage, ServerState
+    from mailgate.outbox.models import (
+        ConnectionLease,
+        DeliveryAttempt,
+        OutgoingMessage,
+        ServerState,
+    )
     from mailgate.outbox.submit import enqueue
     from mailgate.servers.models import MailServer
 
@@ -41,21 +45,6 @@ def main() -> None:
                 text="x" * argument.get("body_bytes", 100),
                 server=server,
             )
-    elif command == "status":
-        counts = dict(
-            OutgoingMessage.objects.order_by().values_list("status").annotate(n=Count("id")).values_list("status", "n")
-        )
-        print(
-            json.dumps(
-                {
-                    "counts": counts,
-                    "message_ids": list(OutgoingMessage.objects.values_list("message_id", flat=True)),
-                    "claimed": OutgoingMessage.objects.exclude(claimed_by="").count(),
-                    "attempts": DeliveryAttempt.objects.count(),
-                    "throttled": ServerState.objects.exclude(next_allowed_at=None).count(),
-                }
-            )
-        )
     else:
         raise SystemExit(f"unknown command {command!r}")
 
