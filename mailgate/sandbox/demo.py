@@ -193,14 +193,16 @@ def main(argv: list[str]) -> int:
         }
         env.pop("MAILGATE_DATABASE_URL", None)
         print(describe(sandbox))
+        fresh = not (state_dir / "mailgate-home").exists()
         migrate = _mailgate(["migrate", "--noinput"], env)
         if migrate.returncode != 0:
             print(f"mailgate demo: migrations failed:\n{migrate.stderr}", file=sys.stderr)
             return 1
-        existing = _mailgate(["servers", "list", "--json"], env)
+        # On a later run the demo servers exist already (`servers add` would refuse the names).
+        existing = "" if fresh else _mailgate(["servers", "list", "--json"], env).stdout
         for server_args, secret in _demo_servers(sandbox, demo, base):
             name = server_args[3]
-            if existing.returncode == 0 and f'"{name}"' in existing.stdout:
+            if f'"{name}"' in existing:
                 continue
             added = _mailgate(server_args, env, stdin=secret + "\n")
             if added.returncode != 0:
