@@ -186,7 +186,7 @@ class SMTPTransport(Transport):
                 connection = smtplib.SMTP(timeout=self.timeout, local_hostname=self.local_hostname)
             # smtplib takes the TLS server name (certificate host check) from _host, which only
             # its constructor sets; connect() is called separately here to keep the steps apart.
-            connection._host = self.server.smtp_host
+            connection._host = self.server.smtp_host  # type: ignore[attr-defined]
             code, message = connection.connect(self.server.smtp_host, self.server.smtp_port)
         except ssl.SSLCertVerificationError as exc:
             raise TransportError(
