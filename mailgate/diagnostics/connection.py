@@ -18,6 +18,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from mailgate import providers
 from mailgate.oauth.errors import TokenError
 from mailgate.oauth.tokens import refresh_access_token, release_held_mail
 from mailgate.providers.replies import diagnose_reply
@@ -112,13 +113,48 @@ class _Runner:
         detail = str(reply) if reply.code or reply.text else str(exc)
         if reply.text and str(exc) not in detail:
             detail = f"{detail} ({exc})" if detail != str(exc) else detail
-        diagnosis = exc.diagnosis or self._diagnose(f"{reply} {exc}")
+        diagnosis = (
+            exc.diagnosis
+            or (self._missing_scopes() if exc.step == "auth" else "")
+            or self._diagnose(f"{reply} {exc}")
+        )
         self.result.steps.append(Step(name, False, detail, diagnosis))
         raise _Stop from None
+
+    def _missing_scopes(self) -> str:
+        """When the stored grant lacks a scope this server now needs (e.g. Incoming Mail was enabled
+        after connecting), say so: the provider refuses such tokens."""
+        if not self.server.is_oauth:
+            return ""
+        from mailgate.oauth.models import Grant
+        from mailgate.oauth.tokens import flow_for
+
+        grant = Grant.objects.filter(server_id=self.server.pk).first()
+        if grant is None:
+            return ""
+        held = {scope_name(s) for s in grant.scope_list()}
+        missing = [
+            s
+            for s in flow_for(self.server).required_scopes(self.server)
+            if scope_name(s) not in held
+        ]
+        if not missing:
+            return ""
+        label = providers.get(self.server.provider_key or "").connect_label
+        return (
+            f"Permissions missing: the connected account granted no {', '.join(missing)} (the "
+            f"server's settings changed after it was connected). Fix: press {label} again and "
+            "accept the permissions."
+        )
 
     def _diagnose(self, text: str) -> str:
         found = diagnose_reply(self.server.provider_key, text)
         return found.as_text() if found else ""
+
+
+def scope_name(scope: str) -> str:
+    """A scope's comparable name: https://outlook.office.com/SMTP.Send -> smtp.send."""
+    return scope.rstrip("/").rsplit("/", 1)[-1].lower()
 
 
 def _tls_note(sock: object, host: str) -> str:
