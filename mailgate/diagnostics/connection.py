@@ -14,7 +14,6 @@ import smtplib
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from django.utils import timezone
 
@@ -168,11 +167,6 @@ def _smtp_steps(run: _Runner, server: MailServer) -> None:
     try:
         run.step(f"SMTP connect {transport.address}", lambda: str(transport.connect()))
         if server.smtp_security == "starttls":
-            smtp: Any = transport.connection
-            if smtp is not None and not smtp._host:
-                # smtplib verifies the host name against `_host`, which only its constructor
-                # sets; mailgate.transports.smtp connects after constructing.
-                smtp._host = server.smtp_host
             run.step("SMTP STARTTLS", lambda: str(transport.starttls()) or "ok")
         run.step(
             "SMTP TLS",
