@@ -1,0 +1,59 @@
+"""Benchmark helpers run in their own processes against a throw-away database."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import sys
+import time
+
+
+def main() -> None:
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailgate.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import transaction
+    from django.utils import timezone
+
+    from mailgate.oauth.models import Grant
+    from mailgate.outbox.submit import enqueue
+    from mailgate.servers.models import MailServer
+
+    command, argument = sys.argv[1], json.loads(sys.argv[2])
+    if command == "setup":
+        call_command("migrate", interactive=False, verbosity=0)
+        server = MailServer.objects.create(**argument["server"])
+        Grant.objects.create(
+            server=server,
+            provider="microsoft",
+            account=server.username,
+            client_id=server.client_id,
+            scopes="offline_access openid https://outlook.office.com/SMTP.Send",
+            refresh_token=argument["refresh_token"],
+            access_token=argument["access_token"],
+            access_expires_at=timezone.now() + dt.timedelta(seconds=argument["expires_in"]),
+            last_success_at=timezone.now(),
+        )
+    elif command == "enqueue":
+        body = "0123456789abcdef" * (argument["body_bytes"] // 16)
+        started = time.time()
+        # One transaction per 100 messages, as an application's request handlers would commit.
+        for start in range(0, argument["count"], 100):
+            with transaction.atomic():
+                for i in range(start, min(start + 100, argument["count"])):
+                    enqueue(
+                        from_address=argument["from"],
+                        to=[f"bench{i}@example.org"],
+                        subject=f"bench {i}",
+                        text=body,
+                    )
+        print(json.dumps({"started": started, "finished": time.time()}))
+    else:
+        raise SystemExit(f"unknown command {command!r}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,317 @@
+"""`make bench`: mailgate's outbox against a raw smtplib loop, through the sandbox's SMTP server with XOAUTH2.
+
+2,000 messages of 10 KB (BENCH_MESSAGES / BENCH_BODY_BYTES override), limits lifted. mailgate is timed
+end to end (enqueue -> all delivered) with 1 worker on SQLite and 1, 2 and 4 workers on PostgreSQL;
+the raw loop sends the same messages over one authenticated connection in the same run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import smtplib
+import sqlite3
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIRECT = "http://127.0.0.1:8000/oauth/microsoft/callback"
+SCOPE = "offline_access openid https://outlook.office.com/SMTP.Send"
+
+
+def wait_for(condition: Any, timeout: float, what: str, pause: float = 0.05) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(pause)
+    raise SystemExit(f"bench: timed out after {timeout} s waiting for {what}")
+
+
+def start_sandbox(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    facts_file = folder / "sandbox.json"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.bench.sandbox_proc",
+            str(folder / "sandbox"),
+            str(facts_file),
+        ],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    wait_for(lambda: facts_file.exists() or process.poll() is not None, 60, "the sandbox")
+    if process.poll() is not None:
+        raise SystemExit("bench: the sandbox did not start")
+    return process, json.loads(facts_file.read_text())
+
+
+def sign_in(facts: dict[str, Any]) -> Any:
+    import httpx
+
+    from mailgate.providers.microsoft import client
+    from tests.sandbox_fixtures import complete_sign_in, redirect_params
+
+    demo = facts["demo"]
+    verifier = uuid.uuid4().hex * 2
+    url = client.authorize_url(
+        facts["login_url"],
+        "organizations",
+        client_id=demo["client_id"],
+        redirect_uri=REDIRECT,
+        scope=SCOPE,
+        state="bench",
+        code_verifier=verifier,
+        login_hint=demo["user"],
+    )
+    with httpx.Client(verify=facts["ca_file"], timeout=10) as browser:
+        code = redirect_params(complete_sign_in(browser, url, demo["user"], demo["password"]))[
+            "code"
+        ]
+    return client.redeem_code(
+        facts["login_url"],
+        "organizations",
+        client_id=demo["client_id"],
+        client_secret=demo["client_secret"],
+        code=code,
+        code_verifier=verifier,
+        redirect_uri=REDIRECT,
+        scope=SCOPE,
+    )
+
+
+def build_messages(sender: str, count: int, body_bytes: int) -> list[tuple[str, bytes]]:
+    from mailgate.outbox.compose import build
+
+    body = "0123456789abcdef" * (body_bytes // 16)
+    return [
+        (
+            f"bench{i}@example.org",
+            build(sender=sender, to=[f"bench{i}@example.org"], subject=f"bench {i}", text=body).raw,
+        )
+        for i in range(count)
+    ]
+
+
+def raw_loop(facts: dict[str, Any], token: str, messages: list[tuple[str, bytes]]) -> float:
+    """The baseline: one smtplib connection, STARTTLS, AUTH XOAUTH2, then sendmail in a loop."""
+    host, _, port = facts["smtp"].rpartition(":")
+    user = facts["demo"]["user"]
+    started = time.perf_counter()
+    with smtplib.SMTP(host, int(port), timeout=30) as smtp:
+        smtp.starttls(context=ssl.create_default_context(cafile=facts["ca_file"]))
+        smtp.ehlo()
+        smtp.auth("XOAUTH2", lambda challenge=None: f"user={user}\x01auth=Bearer {token}\x01\x01")
+        for recipient, data in messages:
+            smtp.sendmail(user, [recipient], data)
+    return time.perf_counter() - started
+
+
+class Database:
+    def __init__(self, backend: str, folder: Path) -> None:
+        self.backend = backend
+        self.name = ""
+        if backend == "sqlite":
+            self.url = f"sqlite:///{folder}/bench-{uuid.uuid4().hex[:6]}.sqlite3"
+        else:
+            import psycopg
+
+            self.name = f"mg_bench_{uuid.uuid4().hex[:10]}"
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+                admin.execute(f'CREATE DATABASE "{self.name}"')
+            self.url = f"postgresql://postgres@127.0.0.1:5432/{self.name}"
+
+    def sent(self) -> int:
+        sql = "SELECT COUNT(*) FROM outbox_outgoingmessage WHERE status = 'sent'"
+        if self.backend == "sqlite":
+            db = sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30)
+            try:
+                return int(db.execute(sql).fetchone()[0])
+            finally:
+                db.close()
+        import psycopg
+
+        with psycopg.connect(self.url) as db:
+            return int(db.execute(sql).fetchone()[0])  # type: ignore[index]
+
+    def drop(self) -> None:
+        if self.name:
+            import psycopg
+
+            with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
+                admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+
+
+def peak_rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
+
+
+def mailgate_run(
+    facts: dict[str, Any],
+    tokens: Any,
+    backend: str,
+    workers: int,
+    count: int,
+    body_bytes: int,
+    folder: Path,
+) -> dict[str, Any]:
+    from mailgate.sandbox.control import ControlClient
+
+    database = Database(backend, folder)
+    home = folder / f"home-{uuid.uuid4().hex[:6]}"
+    env = {
+        **os.environ,
+        **{k: v for k, v in facts["env"].items() if not k.startswith("MAILGATE_SANDBOX_")},
+        "MAILGATE_DATABASE_URL": database.url,
+        "MAILGATE_HOME": str(home),
+        "SSL_CERT_FILE": facts["ca_file"],
+        "PYTHONPATH": str(ROOT),
+    }
+    demo = facts["demo"]
+    host, _, port = facts["smtp"].rpartition(":")
+    server = {
+        "name": "bench",
+        "auth_method": "outlook",
+        "username": demo["user"],
+        "client_id": demo["client_id"],
+        "client_secret": demo["client_secret"],
+        "smtp_host": host,
+        "smtp_port": int(port),
+        "smtp_security": "starttls",
+        "limit_per_minute": 1_000_000_000,
+        "limit_recipients_per_day": 1_000_000_000,
+        "limit_connections": workers,
+    }
+    setup = {
+        "server": server,
+        "refresh_token": tokens.refresh_token,
+        "access_token": tokens.access_token,
+        "expires_in": tokens.expires_in,
+    }
+    harness = [sys.executable, "-m", "tests.bench.harness"]
+    subprocess.run(
+        [*harness, "setup", json.dumps(setup)], env=env, cwd=ROOT, check=True, timeout=300
+    )
+    control = ControlClient(facts["control_url"])
+    control.reset_counters()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-m", "mailgate.cli", "worker"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for _ in range(workers)
+    ]
+    try:
+        time.sleep(2)  # let the workers finish starting: start-up is not what is measured
+        enqueued = subprocess.run(
+            [
+                *harness,
+                "enqueue",
+                json.dumps({"count": count, "body_bytes": body_bytes, "from": demo["user"]}),
+            ],
+            env=env,
+            cwd=ROOT,
+            check=True,
+            timeout=600,
+            capture_output=True,
+        )
+        timing = json.loads(enqueued.stdout)
+        started = timing["started"]
+        wait_for(lambda: database.sent() >= count, 900, f"{count} messages sent", pause=0.02)
+        finished = time.time()
+        rss = max(peak_rss_kb(p.pid) for p in processes)
+    finally:
+        for p in processes:
+            p.send_signal(signal.SIGTERM)
+        for p in processes:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        tokens_requested = control.token_requests()
+        control.close()
+        database.drop()
+    seconds = finished - started
+    return {
+        "backend": backend,
+        "workers": workers,
+        "seconds": seconds,
+        "per_second": count / seconds,
+        "token_requests": tokens_requested,
+        "peak_rss_mb": rss / 1024,
+        "enqueue_seconds": timing["finished"] - started,
+    }
+
+
+def main() -> None:
+    count = int(os.environ.get("BENCH_MESSAGES", "2000"))
+    body_bytes = int(os.environ.get("BENCH_BODY_BYTES", str(10 * 1024)))
+    folder = Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
+    os.environ.setdefault("MAILGATE_HOME", str(folder / "bench-home"))
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailgate.settings")
+    sandbox, facts = start_sandbox(folder)
+    try:
+        os.environ.update(
+            {
+                k: v
+                for k, v in facts["env"].items()
+                if k.startswith("MAILGATE_") and not k.startswith("MAILGATE_SANDBOX_")
+            }
+        )
+        os.environ["SSL_CERT_FILE"] = facts["ca_file"]
+        import django
+
+        django.setup()
+        tokens = sign_in(facts)
+        messages = build_messages(facts["demo"]["user"], count, body_bytes)
+        raw_seconds = raw_loop(facts, tokens.access_token, messages)
+        print(
+            f"raw smtplib loop, 1 connection: {count} in {raw_seconds:.2f} s = {count / raw_seconds:.0f} msg/s",
+            flush=True,
+        )
+        runs = []
+        plan = [("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 4)]
+        for backend, workers in plan:
+            result = mailgate_run(facts, tokens, backend, workers, count, body_bytes, folder)
+            result["ratio"] = raw_seconds / result["seconds"]
+            runs.append(result)
+            print(
+                f"mailgate {backend:10} {workers} worker(s): {count} in {result['seconds']:.2f} s = "
+                f"{result['per_second']:.0f} msg/s, {result['ratio']:.2f}x the raw loop, "
+                f"token requests {result['token_requests']}, worker peak RSS {result['peak_rss_mb']:.0f} MB "
+                f"(enqueue alone {result['enqueue_seconds']:.2f} s)",
+                flush=True,
+            )
+        print(
+            json.dumps(
+                {
+                    "messages": count,
+                    "body_bytes": body_bytes,
+                    "raw_seconds": raw_seconds,
+                    "runs": runs,
+                },
+                indent=2,
+            )
+        )
+    finally:
+        sandbox.send_signal(signal.SIGTERM)
+        sandbox.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
