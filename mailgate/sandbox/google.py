@@ -145,6 +145,9 @@ class GoogleOAuth:
             )
         ctx_id = secrets.token_urlsafe(24)
         with self.state.lock:
+            cutoff = time.monotonic() - 3600
+            for key in [k for k, v in self.state.interactions.items() if v["created"] < cutoff]:
+                del self.state.interactions[key]
             self.state.interactions[ctx_id] = ctx
         email = self.sessions.get(request.cookies.get(self.SESSION_COOKIE, ""))
         if (

@@ -199,7 +199,9 @@ class SandboxState:
     def __init__(self, state_dir: Path, *, config: Path | None = None, demo: bool = True) -> None:
         self.dir = Path(state_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        # Others may pass through (Dovecot's unprivileged users reach <state>/mail) but not list it;
+        # the files that hold secrets are 0600 themselves.
+        os.chmod(self.dir, 0o711)  # noqa: S103
         self.path = self.dir / "state.json"
         self.lock = threading.RLock()
         self.signing_key = SigningKey(self.dir)
