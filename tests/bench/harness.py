@@ -38,7 +38,7 @@ def main() -> None:
             last_success_at=timezone.now(),
         )
     elif command == "enqueue":
-        body = "0123456789abcdef" * (argument["body_bytes"] // 16)
+        body = ("0123456789abcdef" * 4 + "\n") * (argument["body_bytes"] // 65)
         started = time.time()
         # One transaction per 100 messages, as an application's request handlers would commit.
         for start in range(0, argument["count"], 100):

@@ -92,7 +92,7 @@ def sign_in(facts: dict[str, Any]) -> Any:
 def build_messages(sender: str, count: int, body_bytes: int) -> list[tuple[str, bytes]]:
     from mailgate.outbox.compose import build
 
-    body = "0123456789abcdef" * (body_bytes // 16)
+    body = ("0123456789abcdef" * 4 + "\n") * (body_bytes // 65)
     return [
         (
             f"bench{i}@example.org",
