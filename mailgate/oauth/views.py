@@ -17,7 +17,6 @@ from mailgate.oauth import tokens
 from mailgate.oauth.models import OAuthState, digest
 from mailgate.providers.base import Diagnosis, revealed
 from mailgate.providers.http import TokenEndpointError, TransientHTTPError
-from mailgate.providers.microsoft.tenant import is_valid_tenant
 from mailgate.providers.oidc import IdTokenError
 from mailgate.servers.models import MailServer
 
@@ -37,12 +36,7 @@ def _setup_problems(server: MailServer) -> list[str]:
         problems.append("Client ID: copy it from the app registration / OAuth client, then Save.")
     if not revealed(server.client_secret):
         problems.append("Client Secret: paste the secret's value, then Save.")
-    if server.provider_key == "microsoft" and server.tenant and not is_valid_tenant(server.tenant):
-        problems.append(
-            "Tenant: use common, organizations, consumers, a tenant ID or a domain "
-            "(or leave it empty to use the Username's domain)."
-        )
-    return problems
+    return problems + tokens.flow_for(server).setup_problems(server)
 
 
 @require_POST

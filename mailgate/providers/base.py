@@ -65,6 +65,9 @@ class OAuthFlow(Protocol):
     def required_scopes(self, server: MailServer) -> list[str]:
         """Scopes a token must carry for the server to work (checked at the callback)."""
 
+    def setup_problems(self, server: MailServer) -> list[str]:
+        """Provider-specific fields that keep a sign-in from starting, each with its fix."""
+
     def authorization_url(
         self, server: MailServer, *, state: str, code_verifier: str, redirect_uri: str
     ) -> str:

@@ -32,6 +32,9 @@ class GoogleFlow:
     def required_scopes(self, server: MailServer) -> list[str]:
         return [MAIL_SCOPE]
 
+    def setup_problems(self, server: MailServer) -> list[str]:
+        return []
+
     def authorization_url(
         self, server: MailServer, *, state: str, code_verifier: str, redirect_uri: str
     ) -> str:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 from mailgate.oauth.errors import TokenError
 from mailgate.providers.base import Diagnosis, TokenSet, revealed
 from mailgate.providers.microsoft import client, errors
-from mailgate.providers.microsoft.tenant import cloud, login_url, resolve_tenant
+from mailgate.providers.microsoft.tenant import cloud, is_valid_tenant, login_url, resolve_tenant
 from mailgate.providers.oidc import account_claims, signed_in_account
 
 if TYPE_CHECKING:
@@ -42,6 +42,14 @@ class MicrosoftFlow:
 
     def required_scopes(self, server: MailServer) -> list[str]:
         return self.mail_scopes(server)
+
+    def setup_problems(self, server: MailServer) -> list[str]:
+        if server.tenant and not is_valid_tenant(server.tenant):
+            return [
+                "Tenant: use common, organizations, consumers, a tenant ID or a domain "
+                "(or leave it empty to use the Username's domain)."
+            ]
+        return []
 
     def tenant(self, server: MailServer) -> str:
         return resolve_tenant(server.tenant, server.username)
