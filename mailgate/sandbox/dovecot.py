@@ -11,6 +11,7 @@ Reference: https://doc.dovecot.org/2.3/configuration_manual/authentication/oauth
 from __future__ import annotations
 
 import contextlib
+import grp
 import itertools
 import logging
 import os
@@ -141,7 +142,7 @@ class DovecotServer:
     def _users(self) -> dict[str, str]:
         if not self._is_root:
             me = pwd.getpwuid(os.getuid()).pw_name
-            return {"internal": me, "login": me}
+            return {"internal": me, "group": grp.getgrgid(os.getgid()).gr_name, "login": me}
         for name in ("dovecot", "dovenull"):
             try:
                 pwd.getpwnam(name)
@@ -150,7 +151,7 @@ class DovecotServer:
                     f"the system user {name!r} that Dovecot's Debian package creates is missing; "
                     "reinstall it with `apt-get install --reinstall dovecot-core`"
                 ) from exc
-        return {"internal": "dovecot", "login": "dovenull"}
+        return {"internal": "dovecot", "group": "dovecot", "login": "dovenull"}
 
     def _unreachable_parent(self) -> Path | None:
         """As root, the first directory on the way to the state dir that "nobody" cannot enter."""
@@ -228,7 +229,7 @@ class DovecotServer:
             f"listen = {self.host}",
             f"hostname = {self.hostname}",
             f"default_internal_user = {users['internal']}",
-            f"default_internal_group = {users['internal']}",
+            f"default_internal_group = {users['group']}",
             f"default_login_user = {users['login']}",
             f"first_valid_uid = {self.mail_uid}",
             f"first_valid_gid = {self.mail_gid}",

@@ -6,8 +6,11 @@ import base64
 import imaplib
 import os
 import poplib
+import pwd
 import shutil
 import smtplib
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -365,3 +368,51 @@ def test_a_state_dir_behind_a_closed_parent_still_works_as_root() -> None:
             assert root == state.resolve()
     finally:
         shutil.rmtree(outer, ignore_errors=True)
+
+
+ROOTLESS_CHECK = """
+import imaplib, pathlib, ssl, sys
+sys.path.insert(0, ".")
+from sandbox_dovecot import DovecotServer, mailbox_dir
+
+state = pathlib.Path("state").resolve()
+server = DovecotServer(
+    state,
+    cert_file=state / "tls" / "server.pem",
+    key_file=state / "tls" / "server-key.pem",
+    introspection_url_base="http://127.0.0.1:9/sandbox/introspect",
+)
+server.start()
+try:
+    context = ssl.create_default_context(cafile=str(state / "tls" / "ca.pem"))
+    client = imaplib.IMAP4_SSL("127.0.0.1", server.imap_port, ssl_context=context, timeout=10)
+    print(client.welcome.decode())
+    client.logout()
+    server.deliver("alex@contoso.example", b"Subject: x\\r\\n\\r\\ny\\r\\n")
+    print(len(list((mailbox_dir(server.mail_root, "alex@contoso.example") / "new").iterdir())))
+finally:
+    server.stop()
+"""
+
+
+def test_dovecot_runs_as_an_ordinary_user() -> None:
+    # As root, run the check as "nobody" with Debian's Python; dovecot.py needs only the stdlib.
+    work = state_dir()
+    try:
+        SandboxCA(work / "state")
+        shutil.copy(dovecot_module.__file__, work / "sandbox_dovecot.py")
+        (work / "check.py").write_text(ROOTLESS_CHECK)
+        command = [sys.executable, "check.py"]
+        if os.geteuid() == 0:
+            nobody = pwd.getpwnam("nobody")
+            for path in [work, *work.rglob("*")]:
+                os.chown(path, nobody.pw_uid, nobody.pw_gid)
+            command = ["runuser", "-u", "nobody", "--", "/usr/bin/python3", "check.py"]
+        result = subprocess.run(command, cwd=work, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.splitlines()[-2].endswith(
+            "The Microsoft Exchange IMAP4 service is ready."
+        )
+        assert result.stdout.splitlines()[-1] == "1"
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
