@@ -535,6 +535,11 @@ class ExchangeSMTPServer:
         if self._server is not None:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self._server.wait_closed(), timeout=5)
+        # Mail held back by the per-minute rate was accepted: deliver it now rather than lose it.
+        with self._lock:
+            held, self._pending = self._pending, []
+        for item in sorted(held):
+            await self._deliver(item.rcpt, item.raw)
 
     def __enter__(self) -> ExchangeSMTPServer:
         self.start()

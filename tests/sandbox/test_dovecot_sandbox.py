@@ -16,7 +16,14 @@ import pytest
 from mailgate.sandbox import dovecot as dovecot_module
 from mailgate.sandbox.dovecot import INSTALL_HINT
 from mailgate.sandbox.server import Sandbox
-from tests.sandbox.mail_fixtures import Sasl, google_token, oauthbearer, outlook_token, xoauth2
+from tests.sandbox.mail_fixtures import (
+    Sasl,
+    google_token,
+    oauthbearer,
+    outlook_token,
+    wait_for,
+    xoauth2,
+)
 
 pytestmark = pytest.mark.nodb
 
@@ -132,4 +139,25 @@ def test_a_google_token_submits_and_reads_mail_like_gmail(full_sandbox: Sandbox)
     imap = imap_session(full_sandbox)
     assert imap.authenticate("XOAUTH2", Sasl(xoauth2(user, token), as_bytes=True))[0] == "OK"
     assert imap.select("INBOX") == ("OK", [b"1"])
+    imap.logout()
+
+
+def test_on_a_fast_clock_held_back_mail_arrives_a_sandbox_minute_later(
+    full_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    user = full_sandbox.demo["user"]
+    token = outlook_token(full_sandbox, monkeypatch, "SMTP.Send", "IMAP.AccessAsUser.All")
+    full_sandbox.control.call("set_limits", user=user, per_minute=2)
+    client = smtp_session(full_sandbox)
+    client.auth("XOAUTH2", Sasl(xoauth2(user, token)))
+    for i in range(3):
+        client.sendmail(user, [user], f"Subject: n{i}\r\n\r\nx\r\n".encode())
+    client.quit()
+    assert len(full_sandbox.smtp.pending_deliveries()) == 1
+    # 600 times as fast: the held message's sandbox minute passes in about 0.1 s.
+    full_sandbox.control.call("set_clock", scale=600)
+    wait_for(lambda: not full_sandbox.smtp.pending_deliveries(), timeout=10)
+    imap = imap_session(full_sandbox)
+    imap.authenticate("XOAUTH2", Sasl(xoauth2(user, token), as_bytes=True))
+    assert imap.select("INBOX") == ("OK", [b"3"])
     imap.logout()

@@ -455,6 +455,19 @@ def test_over_30_messages_a_minute_are_delayed_not_refused(rig: Rig) -> None:
     assert rig.server.pending_deliveries() == []
 
 
+def test_mail_held_back_by_the_rate_is_delivered_at_stop(tmp_path: Path) -> None:
+    rig = Rig(tmp_path)
+    rig.policy.limits[ALEX] = SubmissionLimits(per_minute=1)
+    rig.server.start()
+    client = rig.login()
+    client.send_message(message(subject="first"))
+    client.send_message(message(subject="second"))
+    client.quit()
+    assert len(rig.server.pending_deliveries()) == 1
+    rig.server.stop()
+    assert [b"second" in raw for raw in rig.delivery.to(SAM)] == [False, True]
+
+
 def test_the_rate_limit_comes_from_the_policy(rig: Rig) -> None:
     rig.policy.limits[ALEX] = SubmissionLimits(per_minute=2)
     client = rig.login()
