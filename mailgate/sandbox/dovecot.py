@@ -46,13 +46,45 @@ def dovecot_binary() -> str | None:
     return shutil.which("dovecot") or shutil.which("dovecot", path="/usr/sbin:/usr/local/sbin")
 
 
-def dovecot_available() -> bool:
-    """True when Dovecot 2.3 with IMAP and POP3 is installed."""
+def _libexec_dir() -> Path | None:
+    for candidate in ("/usr/lib/dovecot", "/usr/libexec/dovecot"):
+        path = Path(candidate)
+        if (path / "imap").exists() and (path / "pop3").exists():
+            return path
+    return None
+
+
+def dovecot_version() -> str | None:
+    """The installed Dovecot's version ("2.3.19.1"), or None when it is missing."""
     binary = dovecot_binary()
     if binary is None:
-        return False
-    libexec = Path("/usr/lib/dovecot")
-    return (libexec / "imap").exists() and (libexec / "pop3").exists()
+        return None
+    try:
+        out = subprocess.run(
+            [binary, "--version"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.split()[0] if out.split() else None
+
+
+def dovecot_problem() -> str | None:
+    """None when a usable Dovecot is installed, else what is wrong and how to fix it."""
+    version = dovecot_version()
+    if version is None or _libexec_dir() is None:
+        return INSTALL_HINT
+    if not version.startswith("2.3."):
+        # Dovecot 2.4 (Debian 13) configures OAuth2 differently (test-peers.md pitfall 21).
+        return (
+            f"Dovecot {version} is installed, but the sandbox configures Dovecot 2.3 "
+            "(Debian 12's dovecot-imapd / dovecot-pop3d); IMAP and POP3 stay off."
+        )
+    return None
+
+
+def dovecot_available() -> bool:
+    """True when Dovecot 2.3 with IMAP and POP3 is installed."""
+    return dovecot_problem() is None
 
 
 def _free_port(host: str) -> int:
@@ -312,9 +344,10 @@ class DovecotServer:
 
     def start(self, *, timeout: float = 15.0) -> None:
         """Start Dovecot; return once both ports accept connections, else raise DovecotError."""
+        problem = dovecot_problem()
         binary = dovecot_binary()
-        if binary is None or not dovecot_available():
-            raise DovecotError(INSTALL_HINT)
+        if problem is not None or binary is None:
+            raise DovecotError(problem or INSTALL_HINT)
         if self._process is not None:
             raise RuntimeError("Dovecot is already started")
         imap_port = self.requested_ports[0] or _free_port(self.host)

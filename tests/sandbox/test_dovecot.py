@@ -416,3 +416,15 @@ def test_dovecot_runs_as_an_ordinary_user() -> None:
         assert result.stdout.splitlines()[-1] == "1"
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def test_the_installed_dovecot_is_23_and_a_24_is_refused_with_a_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    assert (dovecot_module.dovecot_version() or "").startswith("2.3.")
+    assert dovecot_module.dovecot_problem() is None
+    # Debian 13's Dovecot 2.4 configures OAuth2 differently; show what the sandbox says there.
+    monkeypatch.setattr(dovecot_module, "dovecot_version", lambda: "2.4.1")
+    problem = dovecot_module.dovecot_problem() or ""
+    assert "Dovecot 2.4.1 is installed" in problem
+    assert not dovecot_module.dovecot_available()
