@@ -142,7 +142,9 @@ class SMTPSink:
             )
         if self.tls_context is not None:
             kwargs.update(tls_context=self.tls_context, require_starttls=True)
-        return _CountingSMTP(self, _Handler(self), hostname="sink.localhost", ident="sink", **kwargs)
+        return _CountingSMTP(
+            self, _Handler(self), hostname="sink.localhost", ident="sink", **kwargs
+        )
 
     def start(self) -> SMTPSink:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
