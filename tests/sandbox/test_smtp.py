@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import email.policy
 import json
+import logging
 import smtplib
 import socket
 from collections.abc import Iterator
@@ -306,6 +307,29 @@ def test_auth_login_with_a_password_is_refused_as_basic_auth(rig: Rig) -> None:
     assert info.value.smtp_error.decode() == (
         f"5.7.139 Authentication unsuccessful, basic authentication is disabled. [{HOST}]"
     )
+
+
+def test_no_token_reaches_the_logs(rig: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    tokens = [rig.policy.mint(ALEX) for _ in range(3)]
+    for token, command in zip(
+        tokens, ("AUTH XOAUTH2", "auth xoauth2", "AUTH XOAUTH2"), strict=True
+    ):
+        client = rig.connect()
+        response = base64.b64encode(xoauth2(ALEX, token).encode()).decode()
+        if token is tokens[2]:
+            assert client.docmd(command)[0] == 334
+            assert client.docmd(response)[0] == 235
+        else:
+            assert client.docmd(command, response)[0] == 235
+        client.quit()
+    bad = rig.connect()
+    auth_error(bad, Sasl(xoauth2(ALEX, tokens[0] + "x")))
+    wait_for(lambda: "connection lost" in caplog.text)
+    for token in tokens:
+        assert token not in caplog.text
+        assert base64.b64encode(xoauth2(ALEX, token).encode()).decode() not in caplog.text
+    assert "AUTH XOAUTH2 as alex@contoso.example" in caplog.text
 
 
 def test_after_a_failed_auth_the_session_may_try_again(rig: Rig) -> None:
