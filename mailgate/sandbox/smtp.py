@@ -26,17 +26,12 @@ from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from typing import Any
 
-from aiosmtpd import smtp as aiosmtpd_smtp
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailgate.sandbox.interfaces import MailboxDelivery, MailPolicy, MailStore
 from mailgate.sandbox.tokens import InvalidToken
 
 log = logging.getLogger("mailgate.sandbox.smtp")
-
-# aiosmtpd masks the response of "AUTH <mechanism> <response>" in its command log, but only when
-# the command is upper case; Microsoft's own transcript sends "auth xoauth2" (protocol.md §3.3).
-aiosmtpd_smtp.CLIENT_AUTH_B = re.compile(aiosmtpd_smtp.CLIENT_AUTH_B.pattern, re.IGNORECASE)
 
 # Exchange Online's advertised maximum message size (EHLO "250-SIZE 157286400", protocol.md §3.1).
 EXCHANGE_SIZE_LIMIT = 157_286_400
