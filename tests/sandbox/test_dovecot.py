@@ -167,8 +167,11 @@ def test_imap_accepts_a_google_token_for_its_own_address(peer: Peer) -> None:
 
 def test_imap_refuses_a_token_signed_by_another_key(peer: Peer) -> None:
     stranger = make_policy(peer.state / "other", ALEX)
-    error, sasl = imap_failure(peer, ALEX, stranger.mint(ALEX, IMAP))
+    token = stranger.mint(ALEX, IMAP)
+    error, sasl = imap_failure(peer, ALEX, token)
     assert "[AUTHENTICATIONFAILED] Authentication failed." in error
+    assert "oauth2 failed" in peer.dovecot.log_path.read_text()
+    assert token not in peer.dovecot.log_path.read_text()
     # Dovecot sends a Gmail-style error challenge first (Exchange answers NO directly).
     assert b'"status":"401"' in sasl.challenges[0]
 
