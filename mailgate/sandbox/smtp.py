@@ -3,6 +3,11 @@
 Behaviour and reply texts follow /work/shared/reference/protocol.md §3.3, §3.4, §3.8 and §7 (Exchange
 Online) and §4.8 (Gmail's XOAUTH2 failure path, used for Google tokens), and RFC 7628 for OAUTHBEARER.
 Reference: https://learn.microsoft.com/en-us/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth
+
+Deliberate differences from Exchange Online: OAUTHBEARER is offered too (Exchange offers only
+XOAUTH2); EHLO leaves out DSN, BINARYMIME and CHUNKING, which this server does not implement; no
+copy goes to Sent Items and no continuous-error throttling (550 5.2.25x) is applied; mail held back
+by the 30-a-minute rate is delivered to the sandbox mailboxes later, the SMTP reply is not delayed.
 """
 
 from __future__ import annotations
