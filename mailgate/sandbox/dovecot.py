@@ -6,6 +6,15 @@ OAUTHBEARER: its oauth2 passdb asks the sandbox's RFC 7662 introspection endpoin
 `<introspection_url_base>/imap` or `/pop3`, whether a token is good for that protocol.
 Recipe and pitfalls: /work/shared/reference/test-peers.md (Dovecot 2.3 oauth2 passdb).
 Reference: https://doc.dovecot.org/2.3/configuration_manual/authentication/oauth2/
+
+Differences from Exchange Online that Dovecot 2.3 cannot be configured away (protocol.md §3.3,
+§7): the greetings are Exchange's, but IMAP answers "OK Logged in" / "NO [AUTHENTICATIONFAILED]
+Authentication failed." (Exchange: "OK AUTHENTICATE completed." / "NO AUTHENTICATE failed."), POP3
+"+OK Logged in." / "-ERR [AUTH] Authentication failed." (Exchange: "+OK User successfully
+authenticated." / "-ERR Authentication failure: unknown user name or bad password."); a refused
+XOAUTH2 token first gets an error challenge (`+ <base64 {"status":"401",...}>`, which Exchange does
+not send, Gmail does), and the final failure comes up to 0.5 s later (Dovecot flushes failures on
+a 500 ms timer even with auth_failure_delay = 0).
 """
 
 from __future__ import annotations
