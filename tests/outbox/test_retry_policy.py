@@ -24,7 +24,7 @@ def test_the_back_off_doubles_from_one_minute_up_to_an_hour():
 def test_jitter_stays_within_twenty_percent(retries, r):
     exact = min(60 * 2 ** (retries - 1), 3600)
     delay = backoff_delay(retries, base=60, cap=3600, rand=lambda: r)
-    assert exact * 0.8 <= delay <= exact * 1.2
+    assert exact * 0.8 - 1e-9 <= delay <= exact * 1.2 + 1e-9
 
 
 def test_the_next_attempt_never_goes_past_the_maximum_age(settings):
