@@ -93,6 +93,10 @@ TIME_ZONE = "UTC"
 USE_I18N = True
 USE_TZ = True
 
+# API messages carry attachments base64-encoded in JSON: allow the largest provider limit (35 MB
+# for Exchange Online) plus the base64 growth; each server's own size limit is enforced at enqueue.
+DATA_UPLOAD_MAX_MEMORY_SIZE = 64 * 1024 * 1024
+
 STATIC_URL = "static/"
 STATIC_ROOT = CONFIG.home / "static"
 
