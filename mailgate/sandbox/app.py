@@ -180,9 +180,12 @@ class SandboxApp:
 
     def _introspect(self, request: Request, service: str) -> Response:
         """RFC 7662 token introspection for Dovecot's oauth2 passdb (`introspection_mode = post`)."""
-        if service not in ("imap", "pop3"):
+        if service not in ("imap", "pop3", "smtp"):
             return _json(
-                {"error": "invalid_request", "error_description": "service must be imap or pop3"},
+                {
+                    "error": "invalid_request",
+                    "error_description": "service must be imap, pop3 or smtp",
+                },
                 404,
             )
         token = request.form.get("token", "")

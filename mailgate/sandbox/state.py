@@ -886,7 +886,12 @@ class SandboxState:
         if claims.get("aud") == "https://mail.google.com/":
             needed = "https://mail.google.com/"
         else:
-            needed = {"imap": "IMAP.AccessAsUser.All", "pop3": "POP.AccessAsUser.All"}[service]
+            # "smtp" serves an independent SMTP submission server (Postfix + Dovecot SASL in the tests).
+            needed = {
+                "imap": "IMAP.AccessAsUser.All",
+                "pop3": "POP.AccessAsUser.All",
+                "smtp": "SMTP.Send",
+            }[service]
         username = self.token_service(claims)
         if needed not in scopes or not username or not self.mailbox_exists(username):
             return {"active": False}
