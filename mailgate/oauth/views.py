@@ -247,7 +247,15 @@ def callback(request: HttpRequest, provider_key: str) -> HttpResponse:
             server=server,
         )
     expected = server.username.strip().lower()
-    if expected not in accounts:
+    if not tokenset.id_token:
+        # Without an id_token the provider did not say who signed in; the mail server will refuse
+        # a token for another mailbox at the first Test Connection, so store and say so.
+        messages.warning(
+            request,
+            f"The provider did not say which account signed in; make sure it was {server.username} "
+            "and press Test Connection.",
+        )
+    elif expected not in accounts:
         signed_in = ", ".join(sorted(accounts)) or "an account the provider did not name"
         return _problem(
             request,
