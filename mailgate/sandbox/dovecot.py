@@ -344,6 +344,10 @@ class DovecotServer:
             path.mkdir(parents=True, exist_ok=True)
         # Dovecot's unprivileged users (dovecot, dovenull, nobody) must pass through, not list.
         os.chmod(self.mail_root, 0o711)  # noqa: S103
+        if self._is_root:
+            # The mail processes run as mail_uid and create a new user's home on first login
+            # (an empty INBOX must SELECT like Exchange's, not fail with [SERVERBUG]).
+            os.chown(self.mail_root, self.mail_uid, self.mail_gid)
         for service in SERVICES:
             (self.dir / f"oauth2-{service}.conf.ext").write_text(self._passdb_args(service))
         self.config_path.write_text(self._config(imap_port, pop3_port))

@@ -31,7 +31,6 @@ def incoming(server: MailServer, sandbox: Sandbox, protocol: str) -> MailServer:
     server.incoming_port = int(port)
     server.incoming_security = "ssl"
     server.save()
-    sandbox.control.call("deliver", to=server.username, subject="hello", body="first message")
     return server
 
 
