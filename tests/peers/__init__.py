@@ -1,0 +1,1 @@
+"""Independent real mail servers (Postfix, Dovecot) started from Python for tests, on loopback."""
