@@ -1,0 +1,334 @@
+"""The outbox against an independent real SMTP server: Postfix submission with Dovecot SASL (tests/peers).
+
+Bearer tokens come from the sandbox's identity server through the real sign-in and token flow, and
+Dovecot asks that server's introspection endpoint (`/sandbox/introspect/smtp`) about each one, so
+the path under test is mailgate's own: enqueue, `mailgate worker --once`, get_fresh_access_token,
+STARTTLS with the certificate trusted through SSL_CERT_FILE, AUTH XOAUTH2, delivery into a Maildir.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import time_machine
+from django.core.management import call_command
+
+from mailgate.oauth.models import Grant
+from mailgate.oauth.tokens import store_grant
+from mailgate.outbox import enqueue
+from mailgate.outbox.models import DeliveryAttempt, OutgoingMessage, Status
+from mailgate.outbox.worker import get_deliverer
+from mailgate.providers.microsoft import client
+from mailgate.sandbox.server import Sandbox
+from mailgate.servers.models import MailServer
+from tests.peers.postfix import PostfixDovecotPeer, trust_bundle
+from tests.sandbox_fixtures import complete_sign_in, redirect_params
+
+REDIRECT = "http://127.0.0.1:8000/oauth/microsoft/callback"
+SCOPE = "offline_access openid https://outlook.office.com/SMTP.Send"
+PASSWORD_USER = "relay@example.net"
+PASSWORD = "Tr0ub4dor&3-for-the-peer"
+
+
+@pytest.fixture(scope="module")
+def identity(tmp_path_factory: pytest.TempPathFactory, sandbox_template: Path) -> Iterator[Sandbox]:
+    """The sandbox's identity server only: the SMTP server under test is Postfix."""
+    state_dir = tmp_path_factory.mktemp("peer-identity")
+    shutil.copytree(sandbox_template, state_dir, dirs_exist_ok=True)
+    with Sandbox(state_dir, smtp=False, dovecot=False) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture(scope="module")
+def peer(identity: Sandbox) -> Iterator[PostfixDovecotPeer]:
+    with PostfixDovecotPeer(
+        introspection_url=f"{identity.http_url}/sandbox/introspect/smtp",
+        password_users={PASSWORD_USER: PASSWORD},
+    ) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def trust_file(
+    identity: Sandbox, peer: PostfixDovecotPeer, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """SSL_CERT_FILE for the module: the sandbox's CA (token endpoint) and the peer's (Postfix)."""
+    return trust_bundle(
+        tmp_path_factory.mktemp("peer-trust") / "ca-bundle.pem", identity.ca_file, peer.ca_file
+    )
+
+
+@pytest.fixture
+def env(
+    identity: Sandbox,
+    peer: PostfixDovecotPeer,
+    trust_file: Path,
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    transactional_db: None,
+) -> Iterator[PostfixDovecotPeer]:
+    """Point mailgate at the sandbox's identity server and trust both CAs; yield the peer.
+
+    transactional_db: the worker command closes connections found in a transaction between
+    steps (close_old_connections), which would end pytest-django's per-test transaction.
+    """
+    for key, value in identity.env().items():
+        if key.startswith("MAILGATE_") and not key.startswith("MAILGATE_SANDBOX_"):
+            setattr(settings, key, value)
+    monkeypatch.setenv("SSL_CERT_FILE", str(trust_file))
+    monkeypatch.setattr("mailgate.oauth.tokens.RETRY_PAUSES", (0.05,))
+    identity.control.clear_faults()
+    identity.control.reset_counters()
+    if not peer.postfix_running:
+        peer.start_postfix()
+    yield peer
+    # `mailgate worker --once` keeps its connections in a per-process Deliverer between runs.
+    get_deliverer().close_all()
+
+
+def connect(sandbox: Sandbox, server: MailServer) -> None:
+    """Sign in as the demo user on the sandbox's pages and store the grant, as the callback does."""
+    demo = sandbox.demo
+    verifier = "v" * 64
+    url = client.authorize_url(
+        sandbox.login_url,
+        "organizations",
+        client_id=demo["client_id"],
+        redirect_uri=REDIRECT,
+        scope=SCOPE,
+        state="postfix-peer",
+        code_verifier=verifier,
+        login_hint=demo["user"],
+    )
+    with httpx.Client(verify=str(sandbox.ca_file), timeout=10) as browser:
+        response = complete_sign_in(browser, url, demo["user"], demo["password"])
+    tokens = client.redeem_code(
+        sandbox.login_url,
+        "organizations",
+        client_id=demo["client_id"],
+        client_secret=demo["client_secret"],
+        code=redirect_params(response)["code"],
+        code_verifier=verifier,
+        redirect_uri=REDIRECT,
+        scope=SCOPE,
+    )
+    store_grant(server, tokens=tokens, account=demo["user"], scopes=SCOPE.split())
+
+
+@pytest.fixture
+def outlook(env: PostfixDovecotPeer, identity: Sandbox) -> MailServer:
+    """An Outlook OAuth server whose SMTP Server is the Postfix peer's submission port."""
+    demo = identity.demo
+    server = MailServer.objects.create(
+        name="Contoso via Postfix",
+        auth_method="outlook",
+        username=demo["user"],
+        client_id=demo["client_id"],
+        client_secret=demo["client_secret"],
+        smtp_host=env.host,
+        smtp_port=env.submission_port,
+        smtp_security="starttls",
+        limit_per_minute=1000,
+    )
+    connect(identity, server)
+    return server
+
+
+def address(name: str) -> str:
+    """A recipient no other test of the module uses (the peer and its Maildir live per module)."""
+    return f"{name}-{uuid.uuid4().hex[:8]}@example.org"
+
+
+def run_worker_once() -> None:
+    call_command("worker", "--once")
+
+
+def statuses() -> set[str]:
+    return set(OutgoingMessage.objects.values_list("status", flat=True))
+
+
+def test_an_outlook_server_sends_over_xoauth2_and_the_message_id_arrives_intact(
+    outlook: MailServer, identity: Sandbox, env: PostfixDovecotPeer
+) -> None:
+    sender = identity.demo["user"]
+    readers, copy = [address("reader"), address("reader")], address("copy")
+    messages = [
+        enqueue(
+            from_address=sender,
+            to=[readers[i]],
+            cc=[copy] if i == 0 else None,
+            subject=f"Invoice {i}",
+            text=f"Invoice number {i}.\n",
+        )
+        for i in range(2)
+    ]
+    run_worker_once()
+    assert statuses() == {Status.SENT}
+    for i, queued in enumerate(messages):
+        message = OutgoingMessage.objects.get(pk=queued.pk)
+        # Postfix answers "250 2.0.0 Ok: queued as <id>"; the id is the one its log delivers.
+        assert message.queue_id and message.last_reply.startswith("250 2.0.0 Ok: queued as")
+        delivered = env.wait_for_messages(readers[i], 1)
+        assert [m["Message-ID"] for m in delivered] == [message.message_id]
+        assert delivered[0]["Subject"] == f"Invoice {i}"
+        assert delivered[0].get_content() == f"Invoice number {i}.\n"
+        assert env.postfix_log_lines(
+            rf"{message.queue_id}: to=<{re.escape(readers[i])}>, .*status=sent"
+        )
+    copies = env.wait_for_messages(copy, 1)
+    assert copies[0]["Message-ID"] == messages[0].message_id
+    assert env.postfix_log_lines(rf"sasl_method=XOAUTH2, sasl_username={sender}")
+    assert identity.control.counters().get("introspect_smtp", 0) >= 1
+    # The token from the sign-in was still fresh: no refresh was needed for the batch.
+    assert identity.control.token_requests("refresh_token") == 0
+
+
+def _signed_token(identity: Sandbox, scope: str) -> str:
+    assert identity.state is not None
+    now = int(identity.state.now())
+    claims = {
+        "aud": "https://outlook.office.com",
+        "scp": scope,
+        "upn": identity.demo["user"],
+        "exp": now + 3600,
+        "iat": now,
+        "appid": identity.demo["client_id"],
+    }
+    return identity.state.signing_key.sign(claims)
+
+
+@pytest.mark.parametrize("token_kind", ["unknown-to-the-issuer", "lacks-SMTP.Send"])
+def test_a_refused_token_records_the_535_and_holds_the_queue(
+    outlook: MailServer,
+    identity: Sandbox,
+    env: PostfixDovecotPeer,
+    token_kind: str,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    bad = (
+        "eyJ0eXAiOiJKV1QifQ." + "x" * 1200 + ".sig"
+        if token_kind == "unknown-to-the-issuer"
+        else _signed_token(identity, "IMAP.AccessAsUser.All")
+    )
+    grant = Grant.objects.get(server=outlook)
+    grant.access_token = bad
+    grant.save()
+    sender = identity.demo["user"]
+    recipients = [address("held"), address("held")]
+    messages = [enqueue(from_address=sender, to=[rcpt], text="x") for rcpt in recipients]
+    dovecot_log_before = len(env.dovecot_log_text())
+    run_worker_once()
+
+    assert statuses() == {Status.HELD}
+    outlook.refresh_from_db()
+    assert outlook.held_at is not None and "535" in outlook.hold_reason
+    attempt = DeliveryAttempt.objects.get(message=messages[0])
+    assert (attempt.outcome, attempt.step, attempt.reply_code) == ("held", "auth", 535)
+    assert "5.7.8" in attempt.reply and "authentication failed" in attempt.reply
+    message = OutgoingMessage.objects.get(pk=messages[0].pk)
+    assert message.last_reply.startswith("535 5.7.8")
+    assert bad not in message.last_error and bad not in attempt.error
+    assert env.postfix_log_lines(rf"SASL XOAUTH2 authentication failed.*sasl_username={sender}")
+    # Dovecot's own reason for the refusal (Postfix only says "reason unavailable").
+    assert "oauth2 failed: Introspection failed" in env.dovecot_log_text()[dovecot_log_before:]
+    assert not env.messages(recipients[0])
+
+    # The administrator reconnects the account: the queue is released and goes out.
+    with django_capture_on_commit_callbacks(execute=True):
+        connect(identity, outlook)
+    run_worker_once()
+    assert statuses() == {Status.SENT}
+    for rcpt, queued in zip(recipients, messages, strict=True):
+        delivered = env.wait_for_messages(rcpt, 1)
+        assert delivered[0]["Message-ID"] == queued.message_id
+
+
+@pytest.mark.parametrize(
+    ("security", "port_name"), [("starttls", "submission_port"), ("ssl", "submissions_port")]
+)
+def test_a_password_server_sends_with_plain_through_the_same_postfix(
+    env: PostfixDovecotPeer, security: str, port_name: str
+) -> None:
+    server = MailServer.objects.create(
+        name=f"Relay ({security})",
+        auth_method="password",
+        username=PASSWORD_USER,
+        password=PASSWORD,
+        smtp_host=env.host,
+        smtp_port=getattr(env, port_name),
+        smtp_security=security,
+        limit_per_minute=1000,
+    )
+    rcpt = address(f"plain-{security}")
+    queued = enqueue(from_address=PASSWORD_USER, to=[rcpt], text="by password")
+    run_worker_once()
+    message = OutgoingMessage.objects.get(pk=queued.pk)
+    assert message.status == Status.SENT, message.last_error
+    assert message.server_id == server.pk
+    delivered = env.wait_for_messages(rcpt, 1)
+    assert delivered[0]["Message-ID"] == queued.message_id
+    assert env.postfix_log_lines(
+        rf"{message.queue_id}: client=.*sasl_method=PLAIN, sasl_username={PASSWORD_USER}"
+    )
+
+
+def test_a_wrong_password_holds_the_queue_with_the_servers_535(env: PostfixDovecotPeer) -> None:
+    server = MailServer.objects.create(
+        name="Relay with an old password",
+        auth_method="password",
+        username=PASSWORD_USER,
+        password="an-old-password",
+        smtp_host=env.host,
+        smtp_port=env.submission_port,
+        smtp_security="starttls",
+    )
+    queued = enqueue(from_address=PASSWORD_USER, to=[address("nobody-yet")], text="x")
+    run_worker_once()
+    message = OutgoingMessage.objects.get(pk=queued.pk)
+    assert message.status == Status.HELD
+    assert message.last_reply.startswith("535 5.7.8")
+    server.refresh_from_db()
+    assert server.held_at is not None
+    assert "an-old-password" not in message.last_error + message.diagnosis + server.hold_reason
+
+
+def test_mail_waits_while_postfix_is_down_and_goes_once_it_is_back(
+    outlook: MailServer, identity: Sandbox, env: PostfixDovecotPeer
+) -> None:
+    sender = identity.demo["user"]
+    env.stop_postfix()
+    try:
+        recipients = [address("later"), address("later")]
+        messages = [enqueue(from_address=sender, to=[rcpt], text="x") for rcpt in recipients]
+        run_worker_once()
+        assert statuses() == {Status.DEFERRED}
+        first = OutgoingMessage.objects.get(pk=messages[0].pk)
+        assert first.attempts == 1 and first.retries == 1
+        assert "cannot connect" in first.last_error
+        attempt = DeliveryAttempt.objects.get(message=first)
+        assert (attempt.outcome, attempt.step) == ("deferred", "connect")
+        retry_at = max(m.next_attempt_at for m in OutgoingMessage.objects.all())
+        assert retry_at > first.updated_at
+
+        run_worker_once()  # not due yet: nothing is tried while the back-off runs
+        assert DeliveryAttempt.objects.count() == 2
+    finally:
+        env.start_postfix()
+
+    # Jump past the back-off (about a minute); the sign-in's access token stays fresh.
+    with time_machine.travel(retry_at + dt.timedelta(seconds=1), tick=True):
+        run_worker_once()
+    assert statuses() == {Status.SENT}
+    for rcpt, queued in zip(recipients, messages, strict=True):
+        message = OutgoingMessage.objects.get(pk=queued.pk)
+        assert message.attempts == 2
+        delivered = env.wait_for_messages(rcpt, 1)
+        assert delivered[0]["Message-ID"] == queued.message_id
