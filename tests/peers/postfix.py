@@ -418,7 +418,6 @@ class PostfixDovecotPeer:
         _mkdir(spool / "public", 0o710, postfix.pw_uid, postdrop_gid)
         _mkdir(spool / "pid", 0o755, 0, root_gid)
         _mkdir(self._path("postfix", "data"), 0o700, postfix.pw_uid, root_gid)
-        (spool / "quick-start").touch()
 
     def _start_dovecot(self, timeout: float) -> None:
         binary = _binary("dovecot")
@@ -461,6 +460,9 @@ class PostfixDovecotPeer:
         """Start Postfix (again) on the same ports; return once submission accepts connections."""
         if self._postfix_pgid is not None:
             raise RuntimeError("Postfix is already running")
+        # postfix-script removes the marker at each start; without it a restart runs the slow
+        # integrity checks again (pitfall 8).
+        self._path("postfix", "spool", "quick-start").touch()
         command = ["postfix", "-c", str(self.postfix_config), "start"]
         started = subprocess.run(
             command, capture_output=True, text=True, timeout=timeout, check=False
