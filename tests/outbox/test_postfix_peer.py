@@ -332,3 +332,20 @@ def test_mail_waits_while_postfix_is_down_and_goes_once_it_is_back(
         assert message.attempts == 2
         delivered = env.wait_for_messages(rcpt, 1)
         assert delivered[0]["Message-ID"] == queued.message_id
+
+
+def test_without_the_peers_ca_in_ssl_cert_file_the_mail_waits_and_nothing_is_sent(
+    outlook: MailServer, identity: Sandbox, env: PostfixDovecotPeer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(identity.ca_file))  # trusts the token endpoint only
+    rcpt = address("untrusted")
+    queued = enqueue(from_address=identity.demo["user"], to=[rcpt], text="x")
+    run_worker_once()
+    message = OutgoingMessage.objects.get(pk=queued.pk)
+    assert message.status == Status.DEFERRED
+    assert "TLS certificate of 127.0.0.1" in message.last_error
+    assert "is not trusted" in message.last_error
+    assert "SSL_CERT_FILE" in message.diagnosis
+    assert DeliveryAttempt.objects.get(message=message).step == "tls"
+    assert identity.control.counters().get("introspect_smtp", 0) == 0  # no token was sent
+    assert not env.messages(rcpt)
