@@ -502,6 +502,9 @@ class PostfixDovecotPeer:
     def stop_postfix(self, *, timeout: float = 15.0) -> None:
         """Stop Postfix (master and every daemon); Dovecot keeps running. Safe to call twice."""
         pgid, self._postfix_pgid = self._postfix_pgid, None
+        if pgid is None and self.run_dir is not None:
+            # A start that failed half-way may have left a master behind.
+            pgid = self._read_master_pid()
         if pgid is None:
             return
         with contextlib.suppress(subprocess.TimeoutExpired):
