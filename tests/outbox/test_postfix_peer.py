@@ -21,6 +21,7 @@ import pytest
 import time_machine
 from django.core.management import call_command
 
+from mailgate.diagnostics.connection import run_connection_test
 from mailgate.oauth.models import Grant
 from mailgate.oauth.tokens import store_grant
 from mailgate.outbox import enqueue
@@ -280,7 +281,9 @@ def test_a_password_server_sends_with_plain_through_the_same_postfix(
     )
 
 
-def test_a_wrong_password_holds_the_queue_with_the_servers_535(env: PostfixDovecotPeer) -> None:
+def test_a_wrong_password_holds_the_queue_until_a_connection_test_passes(
+    env: PostfixDovecotPeer,
+) -> None:
     server = MailServer.objects.create(
         name="Relay with an old password",
         auth_method="password",
@@ -290,7 +293,8 @@ def test_a_wrong_password_holds_the_queue_with_the_servers_535(env: PostfixDovec
         smtp_port=env.submission_port,
         smtp_security="starttls",
     )
-    queued = enqueue(from_address=PASSWORD_USER, to=[address("nobody-yet")], text="x")
+    rcpt = address("after-the-fix")
+    queued = enqueue(from_address=PASSWORD_USER, to=[rcpt], text="x")
     run_worker_once()
     message = OutgoingMessage.objects.get(pk=queued.pk)
     assert message.status == Status.HELD
@@ -298,6 +302,15 @@ def test_a_wrong_password_holds_the_queue_with_the_servers_535(env: PostfixDovec
     server.refresh_from_db()
     assert server.held_at is not None
     assert "an-old-password" not in message.last_error + message.diagnosis + server.hold_reason
+
+    # The administrator saves the right password; a passing connection test releases the queue.
+    server.password = PASSWORD
+    server.save()
+    result = run_connection_test(server)
+    assert result.ok, result.summary()
+    run_worker_once()
+    assert OutgoingMessage.objects.get(pk=queued.pk).status == Status.SENT
+    assert env.wait_for_messages(rcpt, 1)[0]["Message-ID"] == queued.message_id
 
 
 def test_mail_waits_while_postfix_is_down_and_goes_once_it_is_back(
