@@ -8,6 +8,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from mailgate.outbox.models import WAITING, OutgoingMessage, ServerState, Status
+from mailgate.outbox.routing import forget_servers
 from mailgate.servers.models import MailServer
 
 log = logging.getLogger("mailgate.outbox")
@@ -22,6 +23,7 @@ def hold_server(server: MailServer, reason: str) -> int:
             status=Status.HELD, diagnosis=reason, updated_at=now
         )
     server.hold_reason, server.held_at = reason, now
+    forget_servers()
     log.warning("server %s held: %s (%d messages held)", server.name, reason, count)
     return count
 
@@ -42,6 +44,7 @@ def release_server(server: MailServer) -> int:
             status=Status.QUEUED, next_attempt_at=now, diagnosis="", updated_at=now
         )
     server.hold_reason, server.held_at = "", None
+    forget_servers()
     if count:
         log.info("server %s released: %d held messages queued again", server.name, count)
     return count
