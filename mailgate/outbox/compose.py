@@ -183,6 +183,22 @@ def _check_attachment(index: int, attachment: Attachment) -> tuple[str, str]:
     return maintype, subtype
 
 
+def _set_header(message: EmailMessage, name: str, value: str) -> None:
+    """Add a header: an ASCII value as it is, any other through the header registry (RFC 2047)."""
+    # The header registry parses every value into a structured object and refolds it when the
+    # message is written: ~0.2 ms a header, half of the building time. An ASCII value needs neither;
+    # the SMTP policy still refolds one longer than 78 characters through the registry on output.
+    limit = POLICY.header_max_count(name)
+    if limit is not None and len(message.get_all(name, [])) >= limit:
+        raise InvalidMessage.one(
+            f"headers[{name!r}]", f"may appear only {limit} time(s) in a message: give it once"
+        )
+    if value.isascii():
+        message.set_raw(name, value)
+    else:
+        message[name] = value
+
+
 def build(
     *,
     sender: str,
@@ -211,19 +227,19 @@ def build(
     kinds = [_check_attachment(i, a) for i, a in enumerate(attachments)]
 
     message = EmailMessage(policy=POLICY)
-    message["From"] = from_box.formatted()
+    _set_header(message, "From", from_box.formatted())
     if to_boxes:
-        message["To"] = ", ".join(m.formatted() for m in to_boxes)
+        _set_header(message, "To", ", ".join(m.formatted() for m in to_boxes))
     if cc_boxes:
-        message["Cc"] = ", ".join(m.formatted() for m in cc_boxes)
+        _set_header(message, "Cc", ", ".join(m.formatted() for m in cc_boxes))
     if reply_boxes:
-        message["Reply-To"] = ", ".join(m.formatted() for m in reply_boxes)
-    message["Subject"] = subject
-    message["Date"] = email.utils.formatdate(localtime=False, usegmt=True)
+        _set_header(message, "Reply-To", ", ".join(m.formatted() for m in reply_boxes))
+    _set_header(message, "Subject", subject)
+    _set_header(message, "Date", email.utils.formatdate(localtime=False, usegmt=True))
     message_id = new_message_id(from_box.address.rsplit("@", 1)[1])
-    message["Message-ID"] = message_id
+    _set_header(message, "Message-ID", message_id)
     for name, value in extra:
-        message[name] = value
+        _set_header(message, name, value)
     if html is not None and text is not None:
         message.set_content(text)
         message.add_alternative(html, subtype="html")

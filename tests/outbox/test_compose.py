@@ -1,0 +1,182 @@
+"""The bytes build() writes: RFC 5322 lines, RFC 2047 words for non-ASCII text, IDNA domains, folding."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import email.utils
+from email.message import EmailMessage
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailgate.outbox.compose import Attachment, InvalidMessage, build
+
+pytestmark = pytest.mark.nodb
+
+
+def _parse(raw: bytes) -> EmailMessage:
+    message = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(message, EmailMessage)
+    return message
+
+
+def _lines(raw: bytes) -> list[bytes]:
+    assert b"\n" not in raw.replace(b"\r\n", b""), "every line ends in CRLF"
+    return raw.split(b"\r\n")
+
+
+def _header_lines(raw: bytes) -> list[bytes]:
+    return _lines(raw.split(b"\r\n\r\n", 1)[0])
+
+
+def test_a_plain_ascii_message_has_exactly_the_expected_headers_and_body() -> None:
+    built = build(
+        sender="App <app@example.com>", to=["a@example.org"], subject="Invoice 42", text="hi\n"
+    )
+    head, _, body = built.raw.partition(b"\r\n\r\n")
+    names = [line.split(b":", 1)[0] for line in _lines(head)]
+    assert names == [
+        b"From",
+        b"To",
+        b"Subject",
+        b"Date",
+        b"Message-ID",
+        b"Content-Type",
+        b"Content-Transfer-Encoding",
+        b"MIME-Version",
+    ]
+    assert b"From: App <app@example.com>" in head and b"Subject: Invoice 42" in head
+    assert body == b"hi\r\n"
+    parsed = _parse(built.raw)
+    assert parsed["Message-ID"] == built.message_id
+    assert email.utils.parsedate_to_datetime(parsed["Date"]).tzinfo is not None
+    assert (
+        parsed.get_content_type() == "text/plain" and parsed["Content-Transfer-Encoding"] == "7bit"
+    )
+
+
+def test_non_ascii_subjects_and_names_are_rfc_2047_words_that_decode_back() -> None:
+    built = build(
+        sender="Zoë Müller <zoe@example.com>",
+        to=["Jürgen Groß <j@example.org>", "山田太郎 <taro@example.jp>"],
+        cc=["Ἀθηνᾶ <a@example.gr>"],
+        reply_to=['"Renée, Support" <help@example.com>'],
+        subject="Grüße — your order № 42 is ready ✓",
+        text="Grüße\n",
+        headers={"X-Note": "café"},
+    )
+    assert built.raw.isascii(), "7bit: every byte is ASCII"
+    assert all(len(line) <= 78 for line in _header_lines(built.raw))
+    parsed = _parse(built.raw)
+    assert parsed["Subject"] == "Grüße — your order № 42 is ready ✓"
+    assert parsed["From"].addresses[0].display_name == "Zoë Müller"
+    assert [(a.display_name, a.addr_spec) for a in parsed["To"].addresses] == [
+        ("Jürgen Groß", "j@example.org"),
+        ("山田太郎", "taro@example.jp"),
+    ]
+    assert parsed["Cc"].addresses[0].display_name == "Ἀθηνᾶ"
+    assert parsed["Reply-To"].addresses[0].display_name == "Renée, Support"
+    assert parsed["X-Note"] == "café"
+    assert parsed.get_content().replace("\r\n", "\n") == "Grüße\n"
+
+
+def test_an_international_domain_is_written_in_its_ascii_form_in_headers_and_envelope() -> None:
+    built = build(
+        sender="Büro <info@bücher.example>", to=["kunde@müller.example"], subject="x", text="x"
+    )
+    assert built.sender.address == "info@xn--bcher-kva.example"
+    assert built.recipients == ["kunde@xn--mller-kva.example"]
+    parsed = _parse(built.raw)
+    assert parsed["From"].addresses[0].addr_spec == "info@xn--bcher-kva.example"
+    assert parsed["To"].addresses[0].addr_spec == "kunde@xn--mller-kva.example"
+    assert built.message_id.endswith("@xn--bcher-kva.example>")
+
+
+def test_long_headers_are_folded_within_78_characters_and_unfold_to_the_same_text() -> None:
+    subject = " ".join(f"word{i}" for i in range(80))
+    recipients = [f"Recipient Number {i} <recipient.{i}@example.org>" for i in range(40)]
+    built = build(sender="app@example.com", to=recipients, subject=subject, text="x")
+    assert all(len(line) <= 78 for line in _header_lines(built.raw))
+    parsed = _parse(built.raw)
+    assert parsed["Subject"] == subject
+    assert [a.addr_spec for a in parsed["To"].addresses] == [
+        f"recipient.{i}@example.org" for i in range(40)
+    ]
+
+
+def test_a_subject_with_one_overlong_word_stays_within_the_998_limit() -> None:
+    subject = "x" * 2000
+    built = build(sender="app@example.com", to=["a@example.org"], subject=subject, text="x")
+    assert all(len(line) <= 998 for line in _lines(built.raw))
+    assert _parse(built.raw)["Subject"] == subject
+
+
+def test_text_that_looks_like_an_encoded_word_arrives_as_it_was_meant() -> None:
+    built = build(
+        sender="app@example.com", to=["a@example.org"], subject="=?utf-8?q?caf=C3=A9?=", text="x"
+    )
+    assert _parse(built.raw)["Subject"] == "café"
+
+
+def test_a_unique_header_given_twice_is_refused_with_its_name() -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        build(
+            sender="app@example.com",
+            to=["a@example.org"],
+            text="x",
+            headers={"Sender": "a@example.com", "sender": "b@example.com"},
+        )
+    assert list(caught.value.errors) == ["headers['sender']"]
+
+
+def test_html_alternative_and_an_attachment_with_a_non_ascii_name() -> None:
+    built = build(
+        sender="app@example.com",
+        to=["a@example.org"],
+        subject="Report",
+        text="plain ✓\n",
+        html="<p>html ✓</p>\n",
+        attachments=[Attachment("résumé.pdf", b"%PDF-1.4 \x00\xff", "application/pdf")],
+    )
+    assert built.raw.isascii()
+    assert all(len(line) <= 998 for line in _lines(built.raw))
+    parsed = _parse(built.raw)
+    body = parsed.get_body(preferencelist=("plain",))
+    html = parsed.get_body(preferencelist=("html",))
+    assert body is not None and html is not None
+    assert body.get_content().replace("\r\n", "\n") == "plain ✓\n"
+    assert html.get_content().replace("\r\n", "\n") == "<p>html ✓</p>\n"
+    (attachment,) = parsed.iter_attachments()
+    assert attachment.get_filename() == "résumé.pdf"
+    assert attachment.get_content() == b"%PDF-1.4 \x00\xff"
+
+
+# Printable text without line breaks, as a subject or a display name can hold it.
+_one_line = (
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cc", "Cs", "Zl", "Zp")),
+        min_size=1,
+        max_size=200,
+    )
+    .map(lambda s: " ".join(s.split()))
+    .filter(bool)
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(subject=_one_line, name=_one_line)
+def test_any_one_line_subject_and_display_name_decode_back_to_themselves(
+    subject: str, name: str
+) -> None:
+    built = build(
+        sender=email.utils.formataddr((name, "app@example.com")),
+        to=["a@example.org"],
+        subject=subject,
+        text="x",
+    )
+    assert all(len(line) <= 998 for line in _lines(built.raw))
+    parsed = _parse(built.raw)
+    assert parsed["Subject"] == subject
+    assert parsed["From"].addresses[0].addr_spec == "app@example.com"
