@@ -15,6 +15,7 @@ log = logging.getLogger("mailgate.worker")
 
 # Dotted paths of the steps the worker runs each cycle, in order. A step is `() -> bool`.
 WORKER_STEPS: list[str] = [
+    "mailgate.core.heartbeat.heartbeat_step",
     "mailgate.outbox.worker.deliver_step",
     "mailgate.oauth.tokens.refresh_idle_grants",
 ]
