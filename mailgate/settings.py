@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "mailgate.oauth",
     "mailgate.outbox",
     "mailgate.api",
+    "mailgate.diagnostics",
 ]
 
 MIDDLEWARE = [
