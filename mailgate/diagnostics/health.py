@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -568,21 +568,31 @@ def system_findings(*, now: dt.datetime | None = None) -> list[Finding]:
     if database.needs_action:
         return [database]  # every other check reads the database
     found = [database]
-    for check in (_migrations, lambda: _workers(now), _public_url, _encryption_keys):
-        try:
-            found.extend(check())
-        except Exception as exc:  # one broken check must not hide the others
-            found.append(
-                Finding(
-                    Level.ERROR,
-                    "A health check could not run",
-                    f"{type(exc).__name__}: {exc}",
-                    "Run `mailgate migrate`, then `mailgate doctor` again.",
-                    "check_failed",
-                )
-            )
+    migrations = _guarded(_migrations)
+    found.extend(migrations)
+    checks = [_public_url]
+    if not needs_action(migrations):  # the other checks read tables a migration may create
+        checks += [lambda: _workers(now), _encryption_keys]
+    for check in checks:
+        found.extend(_guarded(check))
     found.sort(key=lambda f: -SEVERITY[f.level])
     return found
+
+
+def _guarded(check: Callable[[], list[Finding]]) -> list[Finding]:
+    """The check's findings, or an error finding when the check itself broke."""
+    try:
+        return check()
+    except Exception as exc:  # one broken check must not hide the others
+        return [
+            Finding(
+                Level.ERROR,
+                "A health check could not run",
+                f"{type(exc).__name__}: {exc}",
+                "Run `mailgate migrate`, then `mailgate doctor` again.",
+                "check_failed",
+            )
+        ]
 
 
 def _database() -> Finding:
