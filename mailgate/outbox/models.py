@@ -64,7 +64,11 @@ class OutgoingMessage(models.Model):
         ordering = ["-created_at", "-id"]
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="outbox_due_idx"),
-            models.Index(fields=["server", "status"], name="outbox_server_status_idx"),
+            # A claim reads the oldest due messages of one server in order from this index alone,
+            # however many sent messages the table holds.
+            models.Index(
+                fields=["server", "status", "next_attempt_at"], name="outbox_server_due_idx"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -1,0 +1,112 @@
+"""What the worker writes per message, and how it picks the due ones: exact rows, no extra queries."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable
+
+import pytest
+import time_machine
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from mailgate.outbox import enqueue
+from mailgate.outbox.models import DeliveryAttempt, Outcome, OutgoingMessage, Status
+from mailgate.outbox.worker import Deliverer, due_candidates
+from mailgate.servers.models import MailServer
+from mailgate.transports.base import Envelope, Reply, SendResult
+
+NOW = dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)
+
+
+def _claimed(server: MailServer, holder: str, **fields: object) -> OutgoingMessage:
+    message = enqueue(
+        from_address="app@example.com", to=["a@example.org", "b@example.org"], text="x"
+    )
+    OutgoingMessage.objects.filter(pk=message.pk).update(
+        status=Status.SENDING,
+        claimed_by=holder,
+        claimed_until=NOW + dt.timedelta(minutes=5),
+        **fields,
+    )
+    return OutgoingMessage.objects.get(pk=message.pk)
+
+
+def _result(message: OutgoingMessage) -> SendResult:
+    return SendResult(
+        Envelope(message.from_address, message.envelope_recipients, message.raw_bytes, message.pk),
+        reply=Reply.parse(250, "2.0.0 OK <Q1D> [Hostname=mx.example]"),
+        queue_id="Q1D",
+        refused={"b@example.org": Reply.parse(550, "5.1.1 unknown user")},
+        duration=0.25,
+    )
+
+
+@time_machine.travel(NOW, tick=False)
+def test_a_sent_message_is_recorded_with_one_update_and_one_insert(
+    make_server: Callable[..., MailServer],
+) -> None:
+    server = make_server()
+    deliverer = Deliverer(holder="worker-1")
+    message = _claimed(server, "worker-1", attempts=2)
+    with CaptureQueriesContext(connection) as captured:
+        deliverer.record_sent(server, message, _result(message))
+    statements = [q["sql"].split()[0].upper() for q in captured.captured_queries]
+    assert "SELECT" not in statements
+    assert statements.count("UPDATE") + statements.count("WITH") == 1
+    message.refresh_from_db()
+    assert message.status == Status.SENT
+    assert (message.sent_at, message.updated_at, message.attempts) == (NOW, NOW, 3)
+    assert message.last_reply == "250 2.0.0 OK <Q1D> [Hostname=mx.example]"
+    assert message.queue_id == "Q1D"
+    assert message.last_error == "refused recipients: b@example.org: 550 5.1.1 unknown user"
+    assert (message.claimed_by, message.claimed_until, message.diagnosis) == ("", None, "")
+    (attempt,) = DeliveryAttempt.objects.filter(message=message)
+    assert (attempt.server_id, attempt.outcome, attempt.step) == (server.pk, Outcome.SENT, "data")
+    assert attempt.started_at == NOW - dt.timedelta(seconds=0.25)
+    assert (attempt.duration_ms, attempt.reply_code, attempt.recipients) == (250, 250, 2)
+    assert attempt.reply == message.last_reply and attempt.error == message.last_error
+    assert attempt.worker == "worker-1"
+
+
+@time_machine.travel(NOW, tick=False)
+def test_a_send_whose_claim_moved_on_is_logged_and_its_attempt_kept(
+    make_server: Callable[..., MailServer], caplog: pytest.LogCaptureFixture
+) -> None:
+    server = make_server()
+    message = _claimed(server, "worker-2")
+    with caplog.at_level(logging.WARNING, logger="mailgate.outbox"):
+        Deliverer(holder="worker-1").record_sent(server, message, _result(message))
+    message.refresh_from_db()
+    assert (message.status, message.claimed_by) == (Status.SENDING, "worker-2")
+    assert DeliveryAttempt.objects.filter(message=message, outcome=Outcome.SENT).count() == 1
+    assert f"message {message.pk} was sent but its claim had moved on" in caplog.text
+
+
+def test_due_candidates_are_the_longest_waiting_of_one_server_including_abandoned_claims(
+    make_server: Callable[..., MailServer],
+) -> None:
+    server = make_server(from_filter="example.com")
+    other = make_server(from_filter="other.example")
+    now = timezone.now()
+
+    def message(status: str, minutes_ago: float, **fields: object) -> int:
+        pk = enqueue(from_address="app@example.com", to=["a@example.org"], text="x").pk
+        OutgoingMessage.objects.filter(pk=pk).update(
+            status=status, next_attempt_at=now - dt.timedelta(minutes=minutes_ago), **fields
+        )
+        return pk
+
+    oldest_deferred = message(Status.DEFERRED, 30)
+    abandoned = message(Status.SENDING, 20, claimed_until=now - dt.timedelta(seconds=1))
+    queued = message(Status.QUEUED, 10)
+    message(Status.QUEUED, -5)  # not due yet
+    message(Status.SENDING, 40, claimed_until=now + dt.timedelta(minutes=1))  # claimed, alive
+    message(Status.SENT, 50)
+    message(Status.HELD, 50)
+    foreign = enqueue(from_address="x@other.example", to=["a@example.org"], text="x")
+    assert foreign.server == other
+    assert due_candidates(server.pk, now, 10) == [(oldest_deferred, 1), (abandoned, 1), (queued, 1)]
+    assert due_candidates(server.pk, now, 2) == [(oldest_deferred, 1), (abandoned, 1)]
