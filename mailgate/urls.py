@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from mailgate.accounts.views import LoginView
 from mailgate.core import views as core_views
+from mailgate.diagnostics.metrics import metrics_view
 
 urlpatterns = [
     path("", core_views.dashboard, name="dashboard"),
@@ -15,5 +16,6 @@ urlpatterns = [
     path("oauth/", include("mailgate.oauth.urls")),
     path("outbox/", include("mailgate.outbox.urls")),
     path("healthz", core_views.healthz, name="healthz"),
+    path("metrics", metrics_view, name="metrics"),
     path("api/v1/", include("mailgate.api.urls")),
 ]
