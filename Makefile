@@ -26,8 +26,8 @@ test-deps: sync
 	./scripts/install-test-deps.sh
 
 lint: sync
-	uv run ruff check .
-	uv run ruff format --check .
+	uv run ruff check mailgate tests
+	uv run ruff format --check mailgate tests
 	uv run mypy mailgate
 
 test-sqlite:

@@ -4,9 +4,10 @@ set -euo pipefail
 
 need=()
 have() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-for pkg in chromium dovecot-imapd dovecot-pop3d postfix postgresql-client; do
+for pkg in chromium dovecot-imapd dovecot-pop3d postfix; do
   have "$pkg" || need+=("$pkg")
 done
+command -v pg_dump >/dev/null 2>&1 || need+=(postgresql-client)
 if ! have postgresql && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   need+=(postgresql)
 fi
