@@ -3,12 +3,43 @@ from __future__ import annotations
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.utils import timezone
 
-from mailgate.servers.models import MailServer
+from mailgate.diagnostics.health import server_reports, system_findings
+
+# Ok findings the dashboard's columns already show (status badge, last test).
+SHOWN_IN_COLUMNS = {"token", "last_test", "server", "inactive"}
 
 
 def dashboard(request: HttpRequest) -> HttpResponse:
-    return render(request, "mailgate/dashboard.html", {"servers": MailServer.objects.all()})
+    """Server health at a glance, for administrators and viewers alike (read-only, no secrets)."""
+    now = timezone.now()
+    system = system_findings(now=now)
+    reports = []
+    if not any(f.needs_action and f.check in ("database", "migrations") for f in system):
+        reports = server_reports(now=now)
+    rows = [
+        {
+            "report": r,
+            "problems": r.problems,
+            "notes": [
+                f for f in r.findings if not f.needs_action and f.check not in SHOWN_IN_COLUMNS
+            ],
+        }
+        for r in reports
+    ]
+    problems = sum(len(r.problems) for r in reports) + sum(f.needs_action for f in system)
+    return render(
+        request,
+        "mailgate/dashboard.html",
+        {
+            "system_problems": [f for f in system if f.needs_action],
+            "system_ok": [f for f in system if not f.needs_action],
+            "rows": rows,
+            "problem_count": problems,
+            "checked_at": now,
+        },
+    )
 
 
 def settings_menu(request: HttpRequest) -> HttpResponse:
