@@ -86,7 +86,7 @@ def test_the_exit_message_counts_errors_and_warnings(healthy: MailServer) -> Non
     with pytest.raises(CommandError) as caught:
         call_command("doctor", stdout=io.StringIO())
     assert caught.value.returncode == 1
-    assert str(caught.value) == "1 warning need action (see each Fix)."
+    assert str(caught.value) == "1 warning needs action (see each Fix)."
 
 
 def test_json_lists_system_and_server_findings_with_queue_counts(healthy: MailServer) -> None:

@@ -61,8 +61,9 @@ class Command(BaseCommand):
             if counts[level]
         ]
         if problems:
+            verb = "needs" if counts[Level.ERROR] + counts[Level.WARNING] == 1 else "need"
             raise CommandError(
-                f"{' and '.join(problems)} need action (see each Fix).", returncode=1
+                f"{' and '.join(problems)} {verb} action (see each Fix).", returncode=1
             )
         if not json:
             self.stdout.write("Nothing needs action.")
