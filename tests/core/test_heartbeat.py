@@ -69,6 +69,7 @@ def test_live_workers_are_those_seen_within_five_minutes() -> None:
     assert latest is not None and latest.holder == "b"
 
 
+@pytest.mark.django_db(transaction=True)  # the loop closes connections between steps
 def test_the_worker_loop_beats_through_its_step(monkeypatch: pytest.MonkeyPatch) -> None:
     assert WORKER_STEPS[0] == "mailgate.core.heartbeat.heartbeat_step"
     monkeypatch.setattr(heartbeat, "_heartbeat", None)
