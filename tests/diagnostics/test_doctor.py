@@ -161,7 +161,7 @@ def test_a_fresh_home_needs_migrations_and_then_a_worker_run_is_enough(tmp_path:
     assert "database migrations not applied" in first.stdout
     assert "Fix: Run `mailgate migrate`" in first.stdout
     assert "could not run" not in first.stdout
-    assert "need action" in first.stderr
+    assert "CommandError: 1 error needs action (see each Fix)." in first.stderr
 
     assert run_cli(tmp_path, "migrate", "-v0").returncode == 0
     assert run_cli(tmp_path, "worker", "--once").returncode == 0
