@@ -39,7 +39,8 @@ class MailgateCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
-            "mailgate_database_up", "1 when the database answered this scrape, else 0."
+            "mailgate_database_up",
+            "1 when this scrape read its gauges from the database, else 0 (the web log says why).",
         )
         try:
             metrics = list(self._from_database(timezone.now()))
