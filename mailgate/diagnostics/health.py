@@ -454,7 +454,7 @@ def _last_test(
         Finding(
             Level.ERROR,
             "Last connection test failed",
-            f"{when}: {failed.removeprefix('[FAILED] ')} {detail}".strip(),
+            f"{when}: {failed.removeprefix('[FAILED] ')}" + (f" — {detail}" if detail else ""),
             f"{_where(server)}, fix the failing step"
             + (f" ({fix})" if fix else "")
             + ", then press Test Connection.",

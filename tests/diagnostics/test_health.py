@@ -263,7 +263,7 @@ def test_a_failed_connection_test_is_an_error_with_its_step_and_diagnosis(frozen
     finding = by_check(server_findings(server), "last_test")
     assert finding.level == Level.ERROR
     assert finding.detail == (
-        "2026-03-02 08:00 UTC: Authenticate: 535 5.7.8 Bad credentials Wrong password."
+        "2026-03-02 08:00 UTC: Authenticate: 535 5.7.8 Bad credentials — Wrong password."
     )
     assert "(Enter the mailbox password again.)" in finding.fix
     assert finding.fix.endswith("then press Test Connection.")
