@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from argparse import ArgumentParser
 from collections import Counter
 from typing import Any
@@ -52,7 +53,7 @@ class Command(BaseCommand):
         if json:
             self.stdout.write(_as_json(now.isoformat(), system, reports, counts))
         elif self.stdout.isatty():
-            self.stdout.write(_as_table(system, reports))
+            self.stdout.write(_as_table(system, reports, color=not options.get("no_color")))
         else:
             self.stdout.write(_as_lines(system, reports))
         problems = [
@@ -111,7 +112,7 @@ def _as_lines(system: list[Finding], reports: list[ServerReport]) -> str:
     return "\n".join(lines)
 
 
-def _as_table(system: list[Finding], reports: list[ServerReport]) -> str:
+def _as_table(system: list[Finding], reports: list[ServerReport], *, color: bool = True) -> str:
     table = Table("Where", "Level", "Finding", "Fix", show_lines=True)
     style = {Level.OK: "green", Level.WARNING: "yellow", Level.ERROR: "bold red"}
     rows = [("System", f) for f in system]
@@ -120,7 +121,10 @@ def _as_table(system: list[Finding], reports: list[ServerReport]) -> str:
         text = f.title + (f"\n{f.detail}" if f.detail else "")
         table.add_row(where, f"[{style[f.level]}]{LABELS[f.level]}[/]", text, f.fix)
     buffer = io.StringIO()
-    Console(file=buffer, width=160, force_terminal=True).print(table)
+    width = max(shutil.get_terminal_size().columns, 100)
+    Console(
+        file=buffer, width=width, force_terminal=True, color_system="auto" if color else None
+    ).print(table)
     return buffer.getvalue().rstrip("\n")
 
 
