@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import secrets
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from types import FrameType
@@ -68,6 +70,12 @@ def _mailgate(
     )
 
 
+def _date(epoch: object) -> str:
+    """The secret's expiry as the form's YYYY-MM-DD (UTC)."""
+    seconds = float(epoch) if isinstance(epoch, int | float | str) else time.time() + 180 * 86400
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).date().isoformat()
+
+
 def _demo_servers(
     sandbox: object, demo: dict[str, str], port_base: int
 ) -> list[tuple[list[str], str]]:
@@ -103,6 +111,8 @@ def _demo_servers(
                 demo["client_id"],
                 "--tenant",
                 demo["tenant_domain"],
+                "--client-secret-expires-on",
+                _date(demo.get("client_secret_expires_at")),
                 "--client-secret-stdin",
                 *common,
                 *incoming,

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -73,6 +75,17 @@ def test_the_demo_runs_mailgate_against_the_sandbox(tmp_path: Path) -> None:
         assert f"http://127.0.0.1:{port}/oauth/microsoft/callback" in app["redirect_uris"]
         admin = json.loads((state / "demo-admin.json").read_text())
         assert f"password {admin['password']}" in output
+        listed = subprocess.run(
+            [sys.executable, "-m", "mailgate.cli", "servers", "list", "--json"],
+            env={**os.environ, "MAILGATE_HOME": str(state / "mailgate-home")},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+        outlook = next(s for s in json.loads(listed.stdout) if s["name"] == "Demo Outlook")
+        expires = dt.datetime.fromtimestamp(snapshot["demo"]["client_secret_expires_at"], dt.UTC)
+        assert outlook["client_secret_expires_on"] == expires.date().isoformat()
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=60)
