@@ -7,6 +7,7 @@ from django.utils import timezone
 
 from mailgate.outbox.hold import is_held
 from mailgate.outbox.models import OutgoingMessage, Status
+from mailgate.outbox.wakeup import announce
 
 
 class ActionRefused(Exception):
@@ -44,6 +45,7 @@ def retry_message(message_id: int) -> OutgoingMessage:
             f"message {message.pk} is {message.status}: only failed, cancelled or deferred "
             "messages can be retried"
         )
+    announce()
     message.refresh_from_db()
     return message
 

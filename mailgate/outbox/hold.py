@@ -9,6 +9,7 @@ from django.utils import timezone
 
 from mailgate.outbox.models import WAITING, OutgoingMessage, ServerState, Status
 from mailgate.outbox.routing import forget_servers
+from mailgate.outbox.wakeup import announce
 from mailgate.servers.models import MailServer
 
 log = logging.getLogger("mailgate.outbox")
@@ -45,6 +46,8 @@ def release_server(server: MailServer) -> int:
         )
     server.hold_reason, server.held_at = "", None
     forget_servers()
+    if count:
+        announce()
     if count:
         log.info("server %s released: %d held messages queued again", server.name, count)
     return count

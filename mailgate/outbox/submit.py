@@ -10,6 +10,7 @@ from django.utils import timezone
 from mailgate.outbox.compose import Attachment, Composed, InvalidMessage, build, parse_raw
 from mailgate.outbox.models import OutgoingMessage, Status
 from mailgate.outbox.routing import resolve_server
+from mailgate.outbox.wakeup import announce
 from mailgate.servers.models import MailServer
 
 
@@ -108,11 +109,13 @@ def enqueue(
     )
     if idempotency_key is None:
         message.save()
-        return message
-    try:
-        with transaction.atomic():
-            message.save()
-    except IntegrityError:
-        # A concurrent request with the same key won the race: answer with its message.
-        return OutgoingMessage.objects.get(idempotency_key=idempotency_key)
+    else:
+        try:
+            with transaction.atomic():
+                message.save()
+        except IntegrityError:
+            # A concurrent request with the same key won the race: answer with its message.
+            return OutgoingMessage.objects.get(idempotency_key=idempotency_key)
+    if not held:
+        announce()
     return message
