@@ -21,6 +21,9 @@ WORKER_STEPS: list[str] = [
 ]
 
 IDLE_SLEEP_SECONDS = 1.0
+# Dotted path of the idle wait `(stop_event, seconds) -> None`: it returns early when mail is queued,
+# so that new mail is not left waiting for up to IDLE_SLEEP_SECONDS.
+IDLE_WAIT = "mailgate.outbox.wakeup.wait_for_mail"
 
 # The stopping event of the worker running in this process, for steps that check it between items.
 _current_stop_event = threading.Event()
@@ -70,6 +73,8 @@ class Worker:
     def run(self, *, max_cycles: int | None = None) -> None:
         global _current_stop_event
         _current_stop_event = self.stopping
+        module, _, attr = IDLE_WAIT.rpartition(".")
+        idle_wait = getattr(importlib.import_module(module), attr)
         cycles = 0
         while not self.stopping.is_set():
             did = run_once()
@@ -77,5 +82,5 @@ class Worker:
             if max_cycles is not None and cycles >= max_cycles:
                 break
             if not did:
-                self.stopping.wait(IDLE_SLEEP_SECONDS)
+                idle_wait(self.stopping, IDLE_SLEEP_SECONDS)
         log.info("worker stopped")
