@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailgate.outbox.compose import Attachment, InvalidMessage, build
+from mailgate.outbox.compose import POLICY, Attachment, InvalidMessage, _set_body, build
 
 pytestmark = pytest.mark.nodb
 
@@ -180,3 +180,43 @@ def test_any_one_line_subject_and_display_name_decode_back_to_themselves(
     parsed = _parse(built.raw)
     assert parsed["Subject"] == subject
     assert parsed["From"].addresses[0].addr_spec == "app@example.com"
+
+
+def _through_the_email_package(text: str, **fields: str) -> tuple[bytes, bytes]:
+    """(build()'s bytes, the bytes of the same message with its body set by the email package)."""
+    built = build(sender="app@example.com", to=["a@example.org"], subject="s", text=text, **fields)
+    head = built.raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    message = EmailMessage(policy=POLICY)
+    for line in head:
+        name, _, value = line.decode("ascii").partition(": ")
+        if name.lower() not in ("content-type", "content-transfer-encoding", "mime-version"):
+            message.set_raw(name, value)
+    _set_body(message, text, None, (), [])
+    return built.raw, message.as_bytes(policy=POLICY)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "hello",
+        "line one\nline two\n",
+        "crlf\r\nand cr\rends\r\n",
+        "\n\n\nblank lines\n\n",
+        "form\x0cfeed and\x0bvertical tab stay in their line",
+        "x" * 78 + "\n" + "y" * 78,
+        "x" * 79,
+        "tab\tand trailing space \n",
+        "non-ASCII: café\n",
+    ],
+)
+def test_plain_text_bytes_are_the_email_packages_bytes(text: str) -> None:
+    fast, reference = _through_the_email_package(text)
+    assert fast == reference
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=st.text(alphabet=st.characters(max_codepoint=127), max_size=400))
+def test_any_ascii_text_gives_the_email_packages_bytes(text: str) -> None:
+    fast, reference = _through_the_email_package(text)
+    assert fast == reference
