@@ -14,6 +14,8 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
@@ -176,6 +178,51 @@ _RECORD_SENT = _OutcomeWriter(
 )
 
 
+class _Recorder:
+    """Commits sent messages' outcomes in a thread of its own, one at a time, in order.
+
+    The database write of message N then overlaps the MAIL FROM and RCPT TO round trips of message
+    N+1; `wait()` before N+1's DATA keeps the guarantee that after a crash at most the one message in
+    flight per connection is sent twice. The thread has its own database connection.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-record")
+        self._pending: Future[None] | None = None
+        self._connected = False
+
+    def submit(self, record: Callable[..., None], *args: object) -> None:
+        self.wait()
+        self._connected = True
+        self._pending = self._pool.submit(self._run, record, *args)
+
+    def close(self) -> None:
+        """Wait for the last outcome, then close the thread's database connection."""
+        self.wait()
+        if self._connected:
+            self._connected = False
+            self._pool.submit(self._close).result()
+
+    @staticmethod
+    def _close() -> None:
+        connection.close()  # resolved in the recording thread: its own connection
+
+    def wait(self) -> None:
+        """Block until the last outcome is committed; raise its error if the write failed."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
+
+    @staticmethod
+    def _run(record: Callable[..., None], *args: object) -> None:
+        try:
+            record(*args)
+        except BaseException:
+            # A broken connection is replaced at the next write rather than failing every one.
+            connection.close()
+            raise
+
+
 @dataclass
 class Connection:
     transport: SMTPTransport
@@ -186,10 +233,12 @@ class Connection:
 class Deliverer:
     """The per-process delivery state: its identity and its open connections, one per server."""
 
-    def __init__(self, holder: str | None = None) -> None:
+    def __init__(self, holder: str | None = None, *, overlap: bool = False) -> None:
+        """`overlap`: record outcomes in a thread while the next message starts (see _Recorder)."""
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.connections: dict[int, Connection] = {}
         self.token_requests = 0
+        self.recorder = _Recorder() if overlap else None
 
     # -- claiming ----------------------------------------------------------------------------
 
@@ -308,6 +357,8 @@ class Deliverer:
         for server_id in list(self.connections):
             if server_id not in keep:
                 self._drop(server_id)
+        if not keep and self.recorder is not None:
+            self.recorder.close()
 
     def release(self, messages: list[OutgoingMessage]) -> None:
         """Give claimed, unattempted messages back to the queue as they were."""
@@ -345,34 +396,50 @@ class Deliverer:
                 if verdict.action == Action.HOLD:
                     hold_server(server, self._reason(exc, verdict))
                 return
-        while remaining:
-            if stop.is_set():
-                break
-            message = remaining.pop(0)
-            envelope = Envelope(
-                message.from_address, message.envelope_recipients, message.raw_bytes, message.pk
-            )
-            started = time.monotonic()
-            try:
-                result = transport.send_message(envelope)
-            except TransportError as exc:
-                # The connection died with this message in flight: it may have been delivered;
-                # it is retried with the same Message-ID.
-                self._drop(server.pk)
-                self.record_failure(server, message, exc, classify(exc), time.monotonic() - started)
-                break
-            if result.ok:
-                self.record_sent(server, message, result)
-            else:
-                assert result.error is not None
-                verdict = classify(result.error)
-                self.record_failure(server, message, result.error, verdict, result.duration)
-                if verdict.action == Action.HOLD:
-                    hold_server(server, self._reason(result.error, verdict))
+        recorder = self.recorder
+        try:
+            while remaining:
+                if stop.is_set():
                     break
-                if verdict.action == Action.THROTTLE:
+                message = remaining.pop(0)
+                envelope = Envelope(
+                    message.from_address, message.envelope_recipients, message.raw_bytes, message.pk
+                )
+                started = time.monotonic()
+                try:
+                    result = transport.send_message(
+                        envelope, before_data=recorder.wait if recorder else None
+                    )
+                except TransportError as exc:
+                    # The connection died with this message in flight: it may have been delivered;
+                    # it is retried with the same Message-ID.
+                    if recorder:
+                        recorder.wait()
+                    self._drop(server.pk)
+                    self.record_failure(
+                        server, message, exc, classify(exc), time.monotonic() - started
+                    )
                     break
-            self._renew(server.pk, remaining, lease_seconds)
+                if result.ok:
+                    if recorder:
+                        recorder.submit(self.record_sent, server, message, result)
+                    else:
+                        self.record_sent(server, message, result)
+                else:
+                    assert result.error is not None
+                    if recorder:
+                        recorder.wait()
+                    verdict = classify(result.error)
+                    self.record_failure(server, message, result.error, verdict, result.duration)
+                    if verdict.action == Action.HOLD:
+                        hold_server(server, self._reason(result.error, verdict))
+                        break
+                    if verdict.action == Action.THROTTLE:
+                        break
+                self._renew(server.pk, remaining, lease_seconds)
+        finally:
+            if recorder:
+                recorder.wait()
         self.release(remaining)
 
     @staticmethod
@@ -571,7 +638,7 @@ _deliverer_pid = 0
 def get_deliverer() -> Deliverer:
     global _deliverer, _deliverer_pid
     if _deliverer is None or _deliverer_pid != os.getpid():
-        _deliverer, _deliverer_pid = Deliverer(), os.getpid()
+        _deliverer, _deliverer_pid = Deliverer(overlap=True), os.getpid()
     return _deliverer
 
 

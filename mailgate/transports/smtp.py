@@ -15,6 +15,7 @@ import smtplib
 import ssl
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from mailgate.conf import is_loopback_host
@@ -412,8 +413,14 @@ class SMTPTransport(Transport):
 
     # -- sending -----------------------------------------------------------------------------
 
-    def send_message(self, envelope: Envelope) -> SendResult:
-        """Submit one envelope; refusals come back in the result, a lost connection raises."""
+    def send_message(
+        self, envelope: Envelope, *, before_data: Callable[[], object] | None = None
+    ) -> SendResult:
+        """Submit one envelope; refusals come back in the result, a lost connection raises.
+
+        `before_data` runs once the recipients are accepted, before the content is sent; if it raises,
+        the transaction is reset (RSET), nothing is sent, and its exception propagates.
+        """
         self.open()
         started = time.monotonic()
         result = SendResult(envelope)
@@ -440,6 +447,12 @@ class SMTPTransport(Transport):
                 self._reset_quietly()
                 result.error = first_refusal
                 return result
+            if before_data is not None:
+                try:
+                    before_data()
+                except BaseException:
+                    self._reset_quietly()
+                    raise
             result.reply = self.data(envelope.data)
             result.queue_id = parse_queue_id(result.reply.text)
         except TransportError as exc:

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import email
+import itertools
 import logging
+import threading
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import time_machine
@@ -17,6 +21,7 @@ from mailgate.outbox.models import DeliveryAttempt, Outcome, OutgoingMessage, St
 from mailgate.outbox.worker import Deliverer, due_candidates
 from mailgate.servers.models import MailServer
 from mailgate.transports.base import Envelope, Reply, SendResult
+from tests.smtpsink import SMTPSink
 
 NOW = dt.datetime(2026, 3, 2, 9, 30, tzinfo=dt.UTC)
 
@@ -110,3 +115,43 @@ def test_due_candidates_are_the_longest_waiting_of_one_server_including_abandone
     assert foreign.server == other
     assert due_candidates(server.pk, now, 10) == [(oldest_deferred, 1), (abandoned, 1), (queued, 1)]
     assert due_candidates(server.pk, now, 2) == [(oldest_deferred, 1), (abandoned, 1)]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_with_overlap_each_outcome_is_committed_before_the_next_messages_data(
+    make_server: Callable[..., MailServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    lock = threading.Lock()
+    record_sent = Deliverer.record_sent
+
+    def recorded(
+        self: Deliverer, server: MailServer, message: OutgoingMessage, result: Any
+    ) -> None:
+        record_sent(self, server, message, result)
+        with lock:
+            events.append(f"committed {message.message_id}")
+
+    def data(envelope: Any) -> None:
+        message_id = email.message_from_bytes(envelope.original_content)["Message-ID"]
+        with lock:
+            events.append(f"data {message_id}")
+
+    monkeypatch.setattr(Deliverer, "record_sent", recorded)
+    with SMTPSink() as sink:
+        sink.data_reply = data
+        server = make_server(sink)
+        ids = [
+            enqueue(from_address="app@example.com", to=[f"r{i}@example.org"], text="x").message_id
+            for i in range(12)
+        ]
+        deliverer = Deliverer(overlap=True)
+        try:
+            assert deliverer.step(threading.Event())
+        finally:
+            deliverer.close_all()
+    assert OutgoingMessage.objects.filter(status=Status.SENT).count() == 12
+    assert DeliveryAttempt.objects.filter(outcome=Outcome.SENT).count() == 12
+    assert server.pk
+    for previous, current in itertools.pairwise(ids):
+        assert events.index(f"committed {previous}") < events.index(f"data {current}")

@@ -109,3 +109,28 @@ def test_xoauth2_string_and_queue_ids_and_registry():
     assert parse_queue_id("OK <abc@x> [Hostname=h]") == "abc@x"
     assert parse_queue_id("OK") == ""
     assert REGISTRY["smtp"] is SMTPTransport
+
+
+def test_before_data_runs_after_the_recipients_and_a_failure_there_sends_nothing() -> None:
+    events: list[str] = []
+    with SMTPSink() as sink:
+        sink.rcpt_reply = lambda address: events.append(f"rcpt {address}") or None
+        sink.data_reply = lambda envelope: events.append("data") or None
+        plain = server(sink.port, smtp_security="none", username="")
+        with SMTPTransport(plain) as transport:
+            envelope = Envelope("app@example.com", ["a@example.org"], b"Subject: x\r\n\r\nhi\r\n")
+            result = transport.send_message(
+                envelope, before_data=lambda: events.append("before data")
+            )
+            assert result.ok
+            assert events == ["rcpt a@example.org", "before data", "data"]
+
+            def refuse() -> None:
+                raise RuntimeError("the previous outcome could not be recorded")
+
+            with pytest.raises(RuntimeError, match="could not be recorded"):
+                transport.send_message(envelope, before_data=refuse)
+            assert len(sink.received) == 1
+            # The transaction was reset: the same connection sends the next message.
+            assert transport.send_message(envelope).ok
+        assert len(sink.received) == 2
