@@ -173,6 +173,24 @@ class Database:
                 admin.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until_idle(pids: list[int], timeout: float = 120) -> None:
+    """Return once none of the processes used more than 2% of a CPU over the last half second."""
+    deadline = time.monotonic() + timeout
+    time.sleep(1)
+    while time.monotonic() < deadline:
+        before = [cpu_seconds(pid) for pid in pids]
+        time.sleep(0.5)
+        if all(cpu_seconds(pid) - used <= 0.01 for pid, used in zip(pids, before, strict=True)):
+            return
+    raise SystemExit(f"bench: the workers were still busy starting after {timeout} s")
+
+
 def peak_rss_kb(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -181,6 +199,7 @@ def peak_rss_kb(pid: int) -> int:
 
 
 def mailgate_run(
+    sandbox_pid: int,
     facts: dict[str, Any],
     tokens: Any,
     backend: str,
@@ -239,7 +258,10 @@ def mailgate_run(
         for _ in range(workers)
     ]
     try:
-        time.sleep(2)  # let the workers finish starting: start-up is not what is measured
+        # Start-up is not what is measured: wait until every worker is idle, waiting for mail.
+        wait_until_idle([p.pid for p in processes])
+        sandbox_cpu = cpu_seconds(sandbox_pid)
+        workers_cpu = sum(cpu_seconds(p.pid) for p in processes)
         enqueued = subprocess.run(
             [
                 *harness,
@@ -258,6 +280,8 @@ def mailgate_run(
         finished = time.time()
         first_sent = database.first_attempt()
         rss = max(peak_rss_kb(p.pid) for p in processes)
+        sandbox_cpu = cpu_seconds(sandbox_pid) - sandbox_cpu
+        workers_cpu = sum(cpu_seconds(p.pid) for p in processes) - workers_cpu
     finally:
         for p in processes:
             p.send_signal(signal.SIGTERM)
@@ -279,6 +303,11 @@ def mailgate_run(
         "peak_rss_mb": rss / 1024,
         "enqueue_seconds": timing["finished"] - started,
         "first_attempt_after": first_sent - started,
+        "cpu_ms_per_message": {
+            "sandbox": sandbox_cpu / count * 1000,
+            "workers": workers_cpu / count * 1000,
+            "enqueue": timing["cpu"] / count * 1000,
+        },
     }
 
 
@@ -303,15 +332,26 @@ def main() -> None:
         django.setup()
         tokens = sign_in(facts)
         messages = build_messages(facts["demo"]["user"], count, body_bytes)
+        sandbox_cpu, client_cpu = cpu_seconds(sandbox.pid), time.process_time()
         raw_seconds = raw_loop(facts, tokens.access_token, messages)
+        raw_cpu = {
+            "sandbox": (cpu_seconds(sandbox.pid) - sandbox_cpu) / count * 1000,
+            "client": (time.process_time() - client_cpu) / count * 1000,
+        }
         print(
             f"raw smtplib loop, 1 connection: {count} in {raw_seconds:.2f} s = {count / raw_seconds:.0f} msg/s",
+            flush=True,
+        )
+        print(
+            f"    CPU per message: sandbox {raw_cpu['sandbox']:.2f} ms, client {raw_cpu['client']:.2f} ms",
             flush=True,
         )
         runs = []
         plan = [("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 4)]
         for backend, workers in plan:
-            result = mailgate_run(facts, tokens, backend, workers, count, body_bytes, folder)
+            result = mailgate_run(
+                sandbox.pid, facts, tokens, backend, workers, count, body_bytes, folder
+            )
             result["ratio"] = raw_seconds / result["seconds"]
             runs.append(result)
             print(
@@ -320,6 +360,12 @@ def main() -> None:
                 f"token requests {result['token_requests']}, worker peak RSS {result['peak_rss_mb']:.0f} MB "
                 f"(enqueue alone {result['enqueue_seconds']:.2f} s, "
                 f"first attempt after {result['first_attempt_after']:.2f} s)",
+                flush=True,
+            )
+            cpu = result["cpu_ms_per_message"]
+            print(
+                f"    CPU per message: sandbox {cpu['sandbox']:.2f} ms, worker(s) {cpu['workers']:.2f} ms, "
+                f"enqueue {cpu['enqueue']:.2f} ms",
                 flush=True,
             )
         print()
@@ -345,6 +391,7 @@ def main() -> None:
                     "messages": count,
                     "body_bytes": body_bytes,
                     "raw_seconds": raw_seconds,
+                    "raw_cpu_ms_per_message": raw_cpu,
                     "runs": runs,
                 },
                 indent=2,
