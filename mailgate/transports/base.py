@@ -108,10 +108,37 @@ class Transport:
     """Base class: `open()` publishes a ready connection, `close()` closes only what this object opened."""
 
     name = ""
+    # The server field that says starttls / ssl / none for this transport's connection.
+    security_field = ""
+    server: Any
+    _ready = False
+
+    def connect(self) -> object:
+        raise NotImplementedError
+
+    def starttls(self) -> object:
+        raise NotImplementedError
+
+    def authenticate(self) -> object:
+        raise NotImplementedError
 
     def open(self) -> bool:
-        """Connect; True when a new connection was opened, False when one was already open."""
-        raise NotImplementedError
+        """Connect, STARTTLS when configured, authenticate; True when a new connection was opened.
+
+        The connection counts as open only once every step succeeded; a failure closes what was opened.
+        """
+        if self.is_open:
+            return False
+        try:
+            self.connect()
+            if getattr(self.server, self.security_field) == "starttls":
+                self.starttls()
+            self.authenticate()
+        except BaseException:
+            self.close()
+            raise
+        self._ready = True
+        return True
 
     def close(self) -> None:
         raise NotImplementedError
@@ -135,3 +162,19 @@ class Transport:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+class IncomingTransport(Transport):
+    """IMAP / POP3: the server's Incoming Server, Incoming Port and Incoming Encryption fields."""
+
+    security_field = "incoming_security"
+    implicit_tls_port = 0
+    plain_port = 0
+
+    @property
+    def default_port(self) -> int:
+        return self.implicit_tls_port if self.server.incoming_security == "ssl" else self.plain_port
+
+    @property
+    def address(self) -> str:
+        return f"{self.server.incoming_host}:{self.server.incoming_port or self.default_port}"

@@ -14,7 +14,7 @@ import imapclient
 from imapclient import exceptions as imap_errors
 
 from mailgate.conf import is_loopback_host
-from mailgate.transports.base import Reply, Transport, TransportError
+from mailgate.transports.base import IncomingTransport, Reply, TransportError
 from mailgate.transports.smtp import tls_context, xoauth2_string
 
 
@@ -36,10 +36,12 @@ def token_error(exc: Exception, user: str) -> TransportError:
     )
 
 
-class IMAPTransport(Transport):
+class IMAPTransport(IncomingTransport):
     """One IMAP connection to a server's incoming mailbox."""
 
     name = "imap"
+    implicit_tls_port = 993
+    plain_port = 143
 
     def __init__(self, server: Any, *, timeout: float = 30.0) -> None:
         self.server = server
@@ -48,30 +50,8 @@ class IMAPTransport(Transport):
         self._ready = False
 
     @property
-    def address(self) -> str:
-        return f"{self.server.incoming_host}:{self.server.incoming_port or self.default_port}"
-
-    @property
-    def default_port(self) -> int:
-        return 993 if self.server.incoming_security == "ssl" else 143
-
-    @property
     def is_open(self) -> bool:
         return self._ready and self.client is not None
-
-    def open(self) -> bool:
-        if self.is_open:
-            return False
-        try:
-            self.connect()
-            if self.server.incoming_security == "starttls":
-                self.starttls()
-            self.authenticate()
-        except BaseException:
-            self.close()
-            raise
-        self._ready = True
-        return True
 
     def close(self) -> None:
         client, self.client = self.client, None

@@ -13,7 +13,7 @@ import ssl
 from typing import Any
 
 from mailgate.conf import is_loopback_host
-from mailgate.transports.base import Reply, Transport, TransportError
+from mailgate.transports.base import IncomingTransport, Reply, TransportError
 from mailgate.transports.imap import token_error
 from mailgate.transports.smtp import tls_context, xoauth2_string
 
@@ -27,10 +27,12 @@ def _text(value: bytes | BaseException) -> str:
     return str(value)
 
 
-class POP3Transport(Transport):
+class POP3Transport(IncomingTransport):
     """One POP3 connection to a server's incoming mailbox."""
 
     name = "pop3"
+    implicit_tls_port = 995
+    plain_port = 110
 
     def __init__(self, server: Any, *, timeout: float = 30.0) -> None:
         self.server = server
@@ -39,30 +41,8 @@ class POP3Transport(Transport):
         self._ready = False
 
     @property
-    def default_port(self) -> int:
-        return 995 if self.server.incoming_security == "ssl" else 110
-
-    @property
-    def address(self) -> str:
-        return f"{self.server.incoming_host}:{self.server.incoming_port or self.default_port}"
-
-    @property
     def is_open(self) -> bool:
         return self._ready and self.connection is not None
-
-    def open(self) -> bool:
-        if self.is_open:
-            return False
-        try:
-            self.connect()
-            if self.server.incoming_security == "starttls":
-                self.starttls()
-            self.authenticate()
-        except BaseException:
-            self.close()
-            raise
-        self._ready = True
-        return True
 
     def close(self) -> None:
         connection, self.connection = self.connection, None

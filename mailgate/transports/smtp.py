@@ -111,6 +111,7 @@ class SMTPTransport(Transport):
     """One SMTP submission connection to a mail server."""
 
     name = "smtp"
+    security_field = "smtp_security"
 
     def __init__(
         self,
@@ -132,20 +133,6 @@ class SMTPTransport(Transport):
     @property
     def is_open(self) -> bool:
         return self._ready and self.connection is not None
-
-    def open(self) -> bool:
-        if self.is_open:
-            return False
-        try:
-            self.connect()
-            if self.server.smtp_security == "starttls":
-                self.starttls()
-            self.authenticate()
-        except BaseException:
-            self.close()
-            raise
-        self._ready = True
-        return True
 
     def close(self) -> None:
         connection, self.connection = self.connection, None
