@@ -56,6 +56,11 @@ class OutgoingMessage(models.Model):
     sent_at = models.DateTimeField(null=True, blank=True)
     queue_id = models.CharField(max_length=255, blank=True)
 
+    pending_recipients = models.JSONField(
+        null=True,
+        blank=True,
+        help_text="Recipients still to deliver after some were refused for now (4xx); null = all.",
+    )
     idempotency_key = models.CharField(max_length=400, null=True, blank=True, unique=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -76,6 +81,9 @@ class OutgoingMessage(models.Model):
 
     @property
     def envelope_recipients(self) -> list[str]:
+        """Everyone the next attempt goes to: all recipients, or those a 4xx left undelivered."""
+        if self.pending_recipients is not None:
+            return list(self.pending_recipients)
         return [*self.to, *self.cc, *self.bcc]
 
     @property

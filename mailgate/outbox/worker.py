@@ -477,6 +477,12 @@ class Deliverer:
         return Q(pk=message.pk, claimed_by=self.holder, status=Status.SENDING)
 
     def record_sent(self, server: MailServer, message: OutgoingMessage, result: SendResult) -> None:
+        later = [
+            rcpt for rcpt, reply in result.refused.items() if reply.code is None or reply.code < 500
+        ]
+        if later:
+            self._record_partly_sent(server, message, result, later)
+            return
         now = timezone.now()
         refused = "; ".join(f"{rcpt}: {reply}" for rcpt, reply in result.refused.items())
         reply = str(result.reply)
@@ -511,6 +517,53 @@ class Deliverer:
         )
         if not updated:
             log.warning("message %s was sent but its claim had moved on", message.pk)
+
+    def _record_partly_sent(
+        self, server: MailServer, message: OutgoingMessage, result: SendResult, later: list[str]
+    ) -> None:
+        """Delivered to some recipients, refused for now (4xx) for `later`: retry only those."""
+        now = timezone.now()
+        refused = "; ".join(f"{rcpt}: {reply}" for rcpt, reply in result.refused.items())
+        error = f"delivered to the other recipients; refused: {refused}"
+        retries = message.retries + 1
+        when = retry.next_attempt(message.created_at, now, retries)
+        changes: dict[str, object] = {
+            "attempts": message.attempts + 1,
+            "last_reply": str(result.reply),
+            "queue_id": result.queue_id,
+            "last_error": error[:4000],
+            "pending_recipients": later,
+            "claimed_by": "",
+            "claimed_until": None,
+            "updated_at": now,
+        }
+        if when is None:
+            changes.update(
+                status=Status.FAILED,
+                diagnosis=f"Given up on {', '.join(later)} after {message.attempts + 1} attempts "
+                f"over {timedelta(seconds=conf.get().max_age)}; the other recipients got it.",
+            )
+            outcome = Outcome.FAILED
+        else:
+            changes.update(
+                status=Status.DEFERRED,
+                retries=retries,
+                next_attempt_at=when,
+                diagnosis="Some recipients were refused for now (4xx); only they are retried.",
+            )
+            outcome = Outcome.DEFERRED
+        with transaction.atomic():
+            OutgoingMessage.objects.filter(self._mine(message)).update(**changes)
+            self._attempt(
+                server,
+                message,
+                outcome,
+                result.duration,
+                reply=str(result.reply),
+                code=result.reply.code,
+                error=error,
+                step="rcpt",
+            ).save()
 
     def record_failure(
         self,

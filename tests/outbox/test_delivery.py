@@ -105,6 +105,36 @@ def test_a_partially_refused_message_is_sent_to_the_others_and_says_who_was_refu
     assert sink.received[0].rcpt_tos == ["good@example.org"]
 
 
+def test_recipients_refused_for_now_are_retried_alone_and_the_others_get_it_once(
+    sink, make_server, deliver
+):
+    make_server(sink)
+    busy = {"later@example.org"}
+    sink.rcpt_reply = lambda address: (
+        "452 4.2.2 Mailbox full, try again later" if address in busy else None
+    )
+    message = enqueue(
+        from_address="app@example.com", to=["now@example.org", "later@example.org"], text="x"
+    )
+    deliver()
+    message.refresh_from_db()
+    assert message.status == Status.DEFERRED
+    assert message.pending_recipients == ["later@example.org"]
+    assert "later@example.org: 452 4.2.2" in message.last_error
+    assert [r.rcpt_tos for r in sink.received] == [["now@example.org"]]
+    busy.clear()
+    with time_machine.travel(message.next_attempt_at + dt.timedelta(seconds=1), tick=False):
+        deliver()
+    message.refresh_from_db()
+    assert message.status == Status.SENT
+    assert [r.rcpt_tos for r in sink.received] == [["now@example.org"], ["later@example.org"]]
+    assert list(
+        DeliveryAttempt.objects.filter(message=message)
+        .order_by("id")
+        .values_list("outcome", flat=True)
+    ) == ["deferred", "sent"]
+
+
 def test_an_auth_failure_holds_the_whole_server_queue(sink, make_server, deliver):
     sink.stop()
     sink.users = {"app@example.com": "right password"}
