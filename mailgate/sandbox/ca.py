@@ -45,7 +45,17 @@ def _san(names: list[str]) -> x509.SubjectAlternativeName:
 class SandboxCA:
     """Creates (once) and loads the CA and server certificate under `<state>/tls/`."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        names: list[str] | None = None,
+        label: str = "mailgate sandbox CA",
+        server_name: str = "localhost",
+    ) -> None:
+        self.names = names or SERVER_NAMES
+        self.label = label
+        self.server_name = server_name
         self.dir = Path(state_dir) / "tls"
         self.ca_file = self.dir / "ca.pem"
         self.cert_file = self.dir / "server.pem"
@@ -56,7 +66,7 @@ class SandboxCA:
     def _create(self) -> None:
         now = dt.datetime.now(dt.UTC)
         ca_key = ec.generate_private_key(ec.SECP256R1())
-        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailgate sandbox CA")])
+        ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.label)])
         ca_cert = (
             x509.CertificateBuilder()
             .subject_name(ca_name)
@@ -88,13 +98,13 @@ class SandboxCA:
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, self.server_name)]))
             .issuer_name(ca_name)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(days=1))
             .not_valid_after(now + dt.timedelta(days=825))
-            .add_extension(_san(SERVER_NAMES), critical=False)
+            .add_extension(_san(self.names), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
             .add_extension(

@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import datetime as dt
 import email
 import email.policy
 import grp
 import hashlib
-import ipaddress
 import os
 import pwd
 import re
@@ -38,10 +36,7 @@ from collections.abc import Callable, Iterable, Mapping
 from email.message import EmailMessage
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from mailgate.sandbox.ca import SandboxCA
 
 CONF_DIR = Path(__file__).parent / "conf"
 HOST = "127.0.0.1"
@@ -184,83 +179,11 @@ def _write(path: Path, data: bytes, mode: int) -> None:
         fh.write(data)
 
 
-def make_certificates(folder: Path, names: Iterable[str]) -> tuple[Path, Path, Path]:
-    """The peer's own CA and a server certificate for `names`: (ca.pem, server.pem, server-key.pem)."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "mailgate test peer CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
+def make_certificates(run_dir: Path, names: Iterable[str]) -> SandboxCA:
+    """The peer's own CA (not the sandbox's) and a server certificate for `names`, under run_dir/tls."""
+    return SandboxCA(
+        run_dir, names=list(names), label="mailgate test peer CA", server_name=HOSTNAME
     )
-    alt_names: list[x509.GeneralName] = []
-    for name in names:
-        try:
-            alt_names.append(x509.IPAddress(ipaddress.ip_address(name)))
-        except ValueError:
-            alt_names.append(x509.DNSName(name))
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOSTNAME)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(days=1))
-        .not_valid_after(now + dt.timedelta(days=30))
-        .add_extension(x509.SubjectAlternativeName(alt_names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    folder.mkdir(parents=True, exist_ok=True)
-    ca_file, cert_file, key_file = (
-        folder / "ca.pem",
-        folder / "server.pem",
-        folder / "server-key.pem",
-    )
-    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
-    _write(ca_file, ca_pem, 0o644)
-    _write(cert_file, cert.public_bytes(serialization.Encoding.PEM) + ca_pem, 0o644)
-    # Postfix's master opens the key as root before dropping privileges: 0600 root is enough.
-    _write(
-        key_file,
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        ),
-        0o600,
-    )
-    return ca_file, cert_file, key_file
 
 
 def render(template: str, values: Mapping[str, str]) -> str:
@@ -382,7 +305,7 @@ class PostfixDovecotPeer:
         values = self._values()
         for folder in ("logs", "dovecot/run", "dovecot/state", "postfix/etc", "mail"):
             self._path(folder).mkdir(parents=True, exist_ok=True)
-        make_certificates(self._path("tls"), [HOST, "localhost", HOSTNAME])
+        make_certificates(self._path(), [HOST, "localhost", HOSTNAME])
         # virtual(8) writes the Maildirs as nobody and creates the per-recipient folders itself.
         os.chown(self.mail_root, self.mail_uid, self.mail_gid)
 
