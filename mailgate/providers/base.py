@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from mailgate.oauth.errors import TokenError
@@ -54,6 +54,21 @@ class TokenSet:
     refresh_token: str = ""
     scope: str = ""
     id_token: str = ""
+
+    @classmethod
+    def from_response(cls, token: dict[str, Any]) -> TokenSet:
+        """The fields of a token response (RFC 6749 §5.1), liberal in what `expires_in` looks like."""
+        try:
+            expires_in = int(float(token.get("expires_in") or 3600))
+        except (TypeError, ValueError):
+            expires_in = 3600  # RFC 6749: RECOMMENDED, not required; assume the usual hour
+        return cls(
+            access_token=str(token["access_token"]),
+            expires_in=max(expires_in, 0),
+            refresh_token=str(token.get("refresh_token") or ""),
+            scope=str(token.get("scope") or ""),
+            id_token=str(token.get("id_token") or ""),
+        )
 
 
 class OAuthFlow(Protocol):

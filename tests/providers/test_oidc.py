@@ -54,3 +54,14 @@ def test_an_id_token_without_an_audience_is_accepted(tmp_path: Path) -> None:
 def test_a_token_that_is_not_a_jwt_is_refused() -> None:
     with pytest.raises(IdTokenError, match="not a JWT"):
         account_claims("opaque-value", client_id="client-1")
+
+
+@pytest.mark.parametrize(
+    ("expires_in", "seconds"),
+    [(3599, 3599), ("3599", 3599), ("3599.0", 3599), (None, 3600), ("soon", 3600)],
+)
+def test_a_token_response_is_read_liberally(expires_in: object, seconds: int) -> None:
+    from mailgate.providers.base import TokenSet
+
+    token = TokenSet.from_response({"access_token": "opaque", "expires_in": expires_in})
+    assert (token.access_token, token.expires_in, token.refresh_token) == ("opaque", seconds, "")

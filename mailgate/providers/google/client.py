@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from mailgate.providers.base import TokenSet
 from mailgate.providers.http import (
     TokenEndpointError,
@@ -12,16 +10,6 @@ from mailgate.providers.http import (
     oauth_client,
     post_form,
 )
-
-
-def _token_set(token: dict[str, Any]) -> TokenSet:
-    return TokenSet(
-        access_token=str(token["access_token"]),
-        expires_in=int(token.get("expires_in") or 3600),
-        refresh_token=str(token.get("refresh_token") or ""),
-        scope=str(token.get("scope") or ""),
-        id_token=str(token.get("id_token") or ""),
-    )
 
 
 def authorize_url(
@@ -70,7 +58,7 @@ def redeem_code(
         code_verifier=code_verifier,
         redirect_uri=redirect_uri,
     )
-    return _token_set(token)
+    return TokenSet.from_response(token)
 
 
 def refresh(token_url: str, *, client_id: str, client_secret: str, refresh_token: str) -> TokenSet:
@@ -78,7 +66,7 @@ def refresh(token_url: str, *, client_id: str, client_secret: str, refresh_token
     # Reference: https://developers.google.com/identity/protocols/oauth2/web-server#offline
     client = oauth_client(client_id=client_id, client_secret=client_secret)
     token = call_token_endpoint(client, "refresh_token", url=token_url, refresh_token=refresh_token)
-    return _token_set(token)
+    return TokenSet.from_response(token)
 
 
 def revoke(revoke_url: str, *, token: str) -> None:

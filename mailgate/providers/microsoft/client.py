@@ -2,20 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from mailgate.providers.base import TokenSet
 from mailgate.providers.http import call_token_endpoint, oauth_client
-
-
-def _token_set(token: dict[str, Any]) -> TokenSet:
-    return TokenSet(
-        access_token=str(token["access_token"]),
-        expires_in=int(token.get("expires_in") or 3600),
-        refresh_token=str(token.get("refresh_token") or ""),
-        scope=str(token.get("scope") or ""),
-        id_token=str(token.get("id_token") or ""),
-    )
 
 
 def authorize_url(
@@ -71,7 +59,7 @@ def redeem_code(
         redirect_uri=redirect_uri,
         scope=scope,
     )
-    return _token_set(token)
+    return TokenSet.from_response(token)
 
 
 def refresh(
@@ -93,7 +81,7 @@ def refresh(
         refresh_token=refresh_token,
         scope=scope,
     )
-    return _token_set(token)
+    return TokenSet.from_response(token)
 
 
 def jwks_url(login_url: str) -> str:
