@@ -39,12 +39,28 @@ class _Handler:
             return reply(envelope)
         return reply
 
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.sink.pipelining:
+            responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
+        answer = self._scripted(self.sink.mail_reply, envelope)
+        if answer and not answer.startswith("2"):
+            return answer  # refused: no transaction starts
         envelope.mail_from = address
         envelope.mail_options.extend(options)
-        return self._scripted(self.sink.mail_reply, envelope) or "250 2.1.0 OK"
+        return answer or "250 2.1.0 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -115,6 +131,8 @@ class SMTPSink:
     active: int = 0
     max_active: int = 0
     auth_attempts: int = 0
+    # Advertise PIPELINING (RFC 2920); aiosmtpd reads pipelined commands one after another.
+    pipelining: bool = False
 
     def __post_init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None

@@ -12,6 +12,7 @@ import contextlib
 import os
 import re
 import smtplib
+import socket
 import ssl
 import tempfile
 import time
@@ -60,6 +61,19 @@ def parse_queue_id(text: str) -> str:
         if match:
             return match.group(1)[:255]
     return ""
+
+
+# What follows the content's last CRLF to complete a DATA transaction (RFC 5321 section 4.1.1.4).
+END_OF_DATA = b".\r\n"
+
+
+def _dot_stuffed(data: bytes) -> bytes:
+    """Message content as sent after DATA, without END_OF_DATA: leading dots doubled (RFC 5321
+    section 4.5.2), ending with CRLF."""
+    stuffed = re.sub(rb"(?m)^\.", b"..", data)
+    if not stuffed.endswith(b"\r\n"):
+        stuffed += b"\r\n"
+    return stuffed
 
 
 def xoauth2_string(user: str, access_token: str) -> str:
@@ -119,6 +133,7 @@ class SMTPTransport(Transport):
         *,
         timeout: float = 30.0,
         local_hostname: str | None = None,
+        pipelining: bool = True,
     ) -> None:
         self.server = server
         self.timeout = timeout
@@ -127,6 +142,8 @@ class SMTPTransport(Transport):
         self._ready = False
         self.token_requests = 0
         self.greeting = Reply()
+        # Pipeline MAIL/RCPT/DATA when the server offers PIPELINING; False always goes step by step.
+        self.pipelining = pipelining
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -191,6 +208,11 @@ class SMTPTransport(Transport):
                 f"cannot connect to {self.address}: {exc or type(exc).__name__}", step="connect"
             ) from None
         self.connection = connection
+        # Pipelined writes are whole commands or content; do not let Nagle's algorithm hold the
+        # short ones (the final ".") back waiting for the server's acknowledgement.
+        if connection.sock is not None:
+            with contextlib.suppress(OSError):
+                connection.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.greeting = Reply.parse(code, message)
         self._ehlo()
         return self.greeting
@@ -346,12 +368,17 @@ class SMTPTransport(Transport):
     def mail(self, sender: str, *, size: int | None = None, eight_bit: bool = False) -> Reply:
         """MAIL FROM with SIZE (and BODY=8BITMIME) when the server supports them."""
         connection = self._require()
+        options = self._mail_options(size, eight_bit)
+        return self._command("mail", lambda: connection.mail(sender, options), "MAIL FROM")
+
+    def _mail_options(self, size: int | None, eight_bit: bool) -> list[str]:
+        connection = self._require()
         options = []
         if size is not None and connection.has_extn("size"):
             options.append(f"SIZE={size}")
         if eight_bit and connection.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
-        return self._command("mail", lambda: connection.mail(sender, options), "MAIL FROM")
+        return options
 
     def rcpt(self, recipient: str) -> Reply:
         connection = self._require()
@@ -371,20 +398,55 @@ class SMTPTransport(Transport):
             code, message = call()  # type: ignore[operator]
         except smtplib.SMTPResponseException as exc:
             raise _reply_error(exc, step, f"{what} refused") from None
-        except smtplib.SMTPServerDisconnected as exc:
-            self._lost()
-            raise TransportError(
-                f"{self.address} closed the connection at {what}: {exc}", step=step
-            ) from None
         except (OSError, smtplib.SMTPException) as exc:
-            self._lost()
-            raise TransportError(f"{what} to {self.address} failed: {exc}", step=step) from None
-        reply = Reply.parse(code, message)
+            raise self._broken(exc, step, what) from None
+        return self._checked(Reply.parse(code, message), step, what)
+
+    @staticmethod
+    def _checked(reply: Reply, step: str, what: str) -> Reply:
+        """The reply when it is a success; a TransportError naming the step when it is not."""
         if not reply.is_success:
             raise TransportError(
-                f"{what} refused: {reply}", permanent=code >= 500, step=step, reply=reply
+                f"{what} refused: {reply}",
+                permanent=(reply.code or 0) >= 500,
+                step=step,
+                reply=reply,
             )
         return reply
+
+    def _broken(self, exc: BaseException, step: str, what: str) -> TransportError:
+        """The connection is gone or out of step: forget it and say where it broke."""
+        self._lost()
+        if isinstance(exc, smtplib.SMTPServerDisconnected):
+            return TransportError(
+                f"{self.address} closed the connection at {what}: {exc}", step=step
+            )
+        return TransportError(f"{what} to {self.address} failed: {exc}", step=step)
+
+    def _read_reply(self, step: str, what: str) -> Reply:
+        """The next reply of a pipelined group, whatever its code but 421.
+
+        421 means the server is closing the connection (RFC 5321 section 3.8): no further reply
+        will come, so it ends the group as a transient error carrying the reply.
+        """
+        connection = self._require()
+        try:
+            code, message = connection.getreply()
+        except (OSError, smtplib.SMTPException) as exc:
+            # SMTPResponseException here means a malformed reply: the stream is out of step.
+            raise self._broken(exc, step, what) from None
+        reply = Reply.parse(code, message)
+        if code == 421:
+            self._lost()
+            raise TransportError(f"{what} refused: {reply}", step=step, reply=reply)
+        return reply
+
+    def _write(self, data: bytes, step: str, what: str) -> None:
+        connection = self._require()
+        try:
+            connection.send(data)
+        except (OSError, smtplib.SMTPException) as exc:
+            raise self._broken(exc, step, what) from None
 
     def _lost(self) -> None:
         connection, self.connection = self.connection, None
@@ -405,12 +467,25 @@ class SMTPTransport(Transport):
     ) -> SendResult:
         """Submit one envelope; refusals come back in the result, a lost connection raises.
 
-        `before_data` runs once the recipients are accepted, before the content is sent; if it raises,
-        the transaction is reset (RSET), nothing is sent, and its exception propagates.
+        `before_data` runs before the content is sent (step by step: once the recipients are
+        accepted; pipelined: while the server works on the envelope). If it raises, nothing is sent
+        (the transaction is reset, or the connection dropped when pipelined) and its exception
+        propagates.
+
+        When the server offers PIPELINING (RFC 2920; Exchange Online and Gmail do), MAIL FROM, every
+        RCPT TO and DATA go out in one write and their replies are read together: two round trips per
+        message instead of three plus one per recipient.
         """
         self.open()
         started = time.monotonic()
         result = SendResult(envelope)
+        group = self._pipeline_group(envelope)
+        if group is not None:
+            try:
+                self._send_pipelined(envelope, group, before_data, result)
+            finally:
+                result.duration = time.monotonic() - started
+            return result
         try:
             self.mail(
                 envelope.mail_from,
@@ -451,6 +526,102 @@ class SMTPTransport(Transport):
         finally:
             result.duration = time.monotonic() - started
         return result
+
+    def _pipeline_group(self, envelope: Envelope) -> bytes | None:
+        """MAIL FROM, RCPT TO... and DATA as one write, or None to go step by step.
+
+        Step by step when the server does not offer PIPELINING, when pipelining is turned off, or
+        when an address is not ASCII (smtplib's own commands then decide what is possible).
+        """
+        connection = self._require()
+        if not self.pipelining or not connection.has_extn("pipelining"):
+            return None
+        options = self._mail_options(len(envelope.data), not envelope.data.isascii())
+        lines = [f"MAIL FROM:{smtplib.quoteaddr(envelope.mail_from)}", *options]
+        commands = [" ".join(lines)]
+        commands += [f"RCPT TO:{smtplib.quoteaddr(rcpt)}" for rcpt in envelope.recipients]
+        commands.append("DATA")
+        text = "".join(f"{command}\r\n" for command in commands)
+        if not text.isascii() or any(c in "\r\n" for command in commands for c in command):
+            return None
+        return text.encode("ascii")
+
+    def _send_pipelined(
+        self,
+        envelope: Envelope,
+        group: bytes,
+        before_data: Callable[[], object] | None,
+        result: SendResult,
+    ) -> None:
+        """One pipelined transaction (RFC 2920 section 3.1: every reply of the group is checked).
+
+        The content goes out as soon as DATA is accepted, but the final "." that completes the
+        transaction only once `before_data` has returned: the server reads the content while the
+        caller finishes its own work (the outbox commits the previous message's outcome), and until
+        the "." nothing can be delivered (RFC 5321 section 4.1.1.4). If `before_data` raises, the
+        connection is dropped mid-DATA, which makes the server discard the transaction.
+        """
+        self._write(group, "mail", "MAIL FROM")
+        mail = self._read_reply("mail", "MAIL FROM")
+        accepted = 0
+        first_refusal: TransportError | None = None
+        for recipient in envelope.recipients:
+            reply = self._read_reply("rcpt", f"RCPT TO <{recipient}>")
+            if reply.is_success:
+                accepted += 1
+                continue
+            refusal = TransportError(
+                f"RCPT TO <{recipient}> refused: {reply}",
+                permanent=(reply.code or 0) >= 500,
+                step="rcpt",
+                reply=reply,
+            )
+            if mail.is_success:
+                result.refused[recipient] = reply
+            if first_refusal is None or (first_refusal.permanent and not refusal.permanent):
+                first_refusal = refusal
+        data = self._read_reply("data", "DATA")
+        go_ahead = data.code == 354
+        if not mail.is_success or not accepted:
+            if not mail.is_success:
+                result.error = self._failed(mail, "mail", "MAIL FROM")
+            else:
+                assert first_refusal is not None
+                result.error = first_refusal
+            if go_ahead:
+                # DATA was accepted with no valid transaction to carry it. Ending it with an empty
+                # body could still deliver an empty message on a confused server; dropping the
+                # connection mid-DATA makes the server discard the transaction.
+                self._lost()
+            else:
+                self._reset_quietly()
+            return
+        if not go_ahead:
+            result.error = self._failed(data, "data", "DATA")
+            return
+        self._write(_dot_stuffed(envelope.data), "data", "the message content")
+        if before_data is not None:
+            try:
+                before_data()
+            except BaseException:
+                self._lost()
+                raise
+        self._write(END_OF_DATA, "data", "the end of the message content")
+        try:
+            result.reply = self._checked(self._read_reply("data", "DATA"), "data", "DATA")
+        except TransportError as exc:
+            if self.connection is None:
+                raise
+            result.error = exc
+            return
+        result.queue_id = parse_queue_id(result.reply.text)
+
+    def _failed(self, reply: Reply, step: str, what: str) -> TransportError:
+        try:
+            self._checked(reply, step, what)
+        except TransportError as exc:
+            return exc
+        return TransportError(f"{what}: unexpected reply {reply}", step=step, reply=reply)
 
     def _reset_quietly(self) -> None:
         with contextlib.suppress(TransportError):
