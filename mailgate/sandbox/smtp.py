@@ -200,6 +200,8 @@ class _MailboxCounters:
     releases: list[float] = field(default_factory=list)
     # (accepted_at, recipients) of recently accepted messages, for the rolling 24-hour quota.
     recipients: collections.deque[tuple[float, int]] = field(default_factory=collections.deque)
+    # The sum of the counts in `recipients`, kept as they come and go (summing was O(messages)).
+    recipients_total: int = 0
 
 
 @dataclass(order=True)
@@ -647,14 +649,14 @@ class ExchangeSMTPServer:
         with self._lock:
             counters = self._mailboxes[mailbox]
             while counters.recipients and counters.recipients[0][0] <= now - DAY:
-                counters.recipients.popleft()
-            used = sum(n for _, n in counters.recipients)
-            if used + len(rcpt_tos) > limits.recipients_per_day:
+                counters.recipients_total -= counters.recipients.popleft()[1]
+            if counters.recipients_total + len(rcpt_tos) > limits.recipients_per_day:
                 log.info("%s: %s over its daily recipients quota", smtp.session_peer(), mailbox)
                 if login.google:
                     return GOOGLE_DAILY_LIMIT.format(id=self._gsmtp_id())
                 return QUOTA_EXCEEDED.format(host=self.hostname)
             counters.recipients.append((now, len(rcpt_tos)))
+            counters.recipients_total += len(rcpt_tos)
             release_at = (
                 now if login.google else self._release_time(counters, now, limits.per_minute)
             )
