@@ -30,6 +30,22 @@ SCOPE = "offline_access openid https://outlook.office.com/SMTP.Send"
 TARGET_RATIO = 0.8
 
 
+DEFAULT_PLAN = "sqlite:1,postgresql:1,postgresql:2,postgresql:4"
+
+
+def parse_plan(text: str) -> list[tuple[str, int]]:
+    """BENCH_PLAN: comma-separated backend:workers pairs, e.g. "sqlite:1,postgresql:4"."""
+    plan = []
+    for item in text.split(","):
+        backend, _, workers = item.strip().partition(":")
+        if backend not in ("sqlite", "postgresql") or not workers.isdigit() or int(workers) < 1:
+            raise SystemExit(
+                f"BENCH_PLAN: {item!r} is not backend:workers. Expected e.g. {DEFAULT_PLAN}"
+            )
+        plan.append((backend, int(workers)))
+    return plan
+
+
 def wait_for(condition: Any, timeout: float, what: str, pause: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -345,7 +361,7 @@ def main() -> None:
             flush=True,
         )
         runs = []
-        plan = [("sqlite", 1), ("postgresql", 1), ("postgresql", 2), ("postgresql", 4)]
+        plan = parse_plan(os.environ.get("BENCH_PLAN", DEFAULT_PLAN))
         for backend, workers in plan:
             result = mailgate_run(
                 sandbox.pid, facts, tokens, backend, workers, count, body_bytes, folder
