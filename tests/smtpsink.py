@@ -17,6 +17,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
+from mailgate.sandbox.smtp import ChunkingSMTP
+
 Reply = str | Callable[[Envelope], str | None] | None
 
 
@@ -50,6 +52,8 @@ class _Handler:
         session.host_name = hostname
         if self.sink.pipelining:
             responses.insert(-1, "250-PIPELINING")
+        if self.sink.chunking:
+            responses.insert(-1, "250-CHUNKING")
         return responses
 
     async def handle_MAIL(
@@ -96,7 +100,7 @@ class _Handler:
         return f"250 2.0.0 Ok: queued as Q{number:06d}"
 
 
-class _CountingSMTP(SMTP):
+class _CountingSMTP(ChunkingSMTP):
     """Counts open connections, so tests can check the concurrent-connection limit."""
 
     def __init__(self, sink: SMTPSink, *args: Any, **kwargs: Any) -> None:
@@ -113,6 +117,13 @@ class _CountingSMTP(SMTP):
         with self.sink.lock:
             self.sink.active -= 1
         super().connection_lost(error)
+
+    async def smtp_BDAT(self, arg: str) -> None:
+        self.sink.bdat_commands += 1
+        if self.sink.chunking != "yes":
+            await self.push('500 Error: command "BDAT" not recognized')  # aiosmtpd's own reply
+            return
+        await super().smtp_BDAT(arg)
 
 
 @dataclass
@@ -133,6 +144,10 @@ class SMTPSink:
     auth_attempts: int = 0
     # Advertise PIPELINING (RFC 2920); aiosmtpd reads pipelined commands one after another.
     pipelining: bool = False
+    # Advertise CHUNKING (RFC 3030): "yes" with BDAT implemented, "broken" without it (BDAT is then
+    # an unknown command, as on a server that advertises what it does not do).
+    chunking: str = ""
+    bdat_commands: int = 0
 
     def __post_init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None

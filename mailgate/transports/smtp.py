@@ -70,7 +70,9 @@ END_OF_DATA = b".\r\n"
 def _dot_stuffed(data: bytes) -> bytes:
     """Message content as sent after DATA, without END_OF_DATA: leading dots doubled (RFC 5321
     section 4.5.2), ending with CRLF."""
-    stuffed = re.sub(rb"(?m)^\.", b"..", data)
+    stuffed = data
+    if data.startswith(b".") or b"\n." in data:
+        stuffed = re.sub(rb"(?m)^\.", b"..", data)
     if not stuffed.endswith(b"\r\n"):
         stuffed += b"\r\n"
     return stuffed
@@ -134,6 +136,7 @@ class SMTPTransport(Transport):
         timeout: float = 30.0,
         local_hostname: str | None = None,
         pipelining: bool = True,
+        chunking: bool = True,
     ) -> None:
         self.server = server
         self.timeout = timeout
@@ -144,6 +147,10 @@ class SMTPTransport(Transport):
         self.greeting = Reply()
         # Pipeline MAIL/RCPT/DATA when the server offers PIPELINING; False always goes step by step.
         self.pipelining = pipelining
+        # Send content with BDAT when the server offers CHUNKING (and PIPELINING).
+        self.chunking = chunking
+        # Whether this connection's server handled BDAT (None: not tried yet).
+        self._bdat: bool | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -208,6 +215,7 @@ class SMTPTransport(Transport):
                 f"cannot connect to {self.address}: {exc or type(exc).__name__}", step="connect"
             ) from None
         self.connection = connection
+        self._bdat = None
         # Pipelined writes are whole commands or content; do not let Nagle's algorithm hold the
         # short ones (the final ".") back waiting for the server's acknowledgement.
         if connection.sock is not None:
@@ -479,10 +487,10 @@ class SMTPTransport(Transport):
         self.open()
         started = time.monotonic()
         result = SendResult(envelope)
-        group = self._pipeline_group(envelope)
-        if group is not None:
+        commands = self._envelope_commands(envelope)
+        if commands is not None:
             try:
-                self._send_pipelined(envelope, group, before_data, result)
+                self._send_pipelined(envelope, commands, before_data, result)
             finally:
                 result.duration = time.monotonic() - started
             return result
@@ -527,41 +535,58 @@ class SMTPTransport(Transport):
             result.duration = time.monotonic() - started
         return result
 
-    def _pipeline_group(self, envelope: Envelope) -> bytes | None:
-        """MAIL FROM, RCPT TO... and DATA as one write, or None to go step by step.
+    def _envelope_commands(self, envelope: Envelope) -> bytes | None:
+        """MAIL FROM and every RCPT TO as one write, or None to go step by step.
 
         Step by step when the server does not offer PIPELINING, when pipelining is turned off, or
-        when an address is not ASCII (smtplib's own commands then decide what is possible).
+        when an address is not plain ASCII (smtplib's own commands then decide what is possible).
+        Addresses were validated at enqueue time, so they go in angle brackets as they are.
         """
         connection = self._require()
         if not self.pipelining or not connection.has_extn("pipelining"):
             return None
         options = self._mail_options(len(envelope.data), not envelope.data.isascii())
-        lines = [f"MAIL FROM:{smtplib.quoteaddr(envelope.mail_from)}", *options]
-        commands = [" ".join(lines)]
-        commands += [f"RCPT TO:{smtplib.quoteaddr(rcpt)}" for rcpt in envelope.recipients]
-        commands.append("DATA")
+        commands = [" ".join([f"MAIL FROM:<{envelope.mail_from}>", *options])]
+        commands += [f"RCPT TO:<{rcpt}>" for rcpt in envelope.recipients]
         text = "".join(f"{command}\r\n" for command in commands)
-        if not text.isascii() or any(c in "\r\n" for command in commands for c in command):
+        addresses = [envelope.mail_from, *envelope.recipients]
+        if not text.isascii() or any(c in address for address in addresses for c in "\r\n<>"):
             return None
         return text.encode("ascii")
 
     def _send_pipelined(
         self,
         envelope: Envelope,
-        group: bytes,
+        commands: bytes,
         before_data: Callable[[], object] | None,
         result: SendResult,
     ) -> None:
         """One pipelined transaction (RFC 2920 section 3.1: every reply of the group is checked).
 
-        The content goes out as soon as DATA is accepted, but the final "." that completes the
-        transaction only once `before_data` has returned: the server reads the content while the
-        caller finishes its own work (the outbox commits the previous message's outcome), and until
-        the "." nothing can be delivered (RFC 5321 section 4.1.1.4). If `before_data` raises, the
-        connection is dropped mid-DATA, which makes the server discard the transaction.
+        With CHUNKING (RFC 3030; Exchange Online, Gmail and Postfix offer it) the content goes as
+        BDAT, which needs no dot-stuffing and no 354 round trip; a server that advertises CHUNKING
+        but turns out not to know BDAT gets DATA for the rest of the connection.
         """
-        self._write(group, "mail", "MAIL FROM")
+        connection = self._require()
+        if self.chunking and self._bdat is not False and connection.has_extn("chunking"):
+            if self._bdat is None:
+                # Whether this server knows BDAT, asked without a transaction and with no bytes a
+                # server could mistake for commands: one that does answers 503 (bad sequence of
+                # commands), one that does not answers 500/502 (unknown command).
+                self._write(b"BDAT 0 LAST\r\n" + commands, "data", "BDAT")
+                probe = self._read_reply("data", "BDAT")
+                self._bdat = probe.is_success or probe.code == 503
+                commands = b""  # already sent
+            if self._bdat:
+                self._send_bdat(envelope, commands, before_data, result)
+                return
+        self._send_data(envelope, commands, before_data, result)
+
+    def _envelope_replies(
+        self, envelope: Envelope, result: SendResult
+    ) -> tuple[Reply, int, TransportError | None]:
+        """Read MAIL FROM's and each RCPT TO's reply: (MAIL reply, recipients accepted, the refusal
+        to report if none was: a temporary one rather than a permanent one)."""
         mail = self._read_reply("mail", "MAIL FROM")
         accepted = 0
         first_refusal: TransportError | None = None
@@ -580,14 +605,58 @@ class SMTPTransport(Transport):
                 result.refused[recipient] = reply
             if first_refusal is None or (first_refusal.permanent and not refusal.permanent):
                 first_refusal = refusal
+        return mail, accepted, first_refusal
+
+    def _no_transaction(
+        self, mail: Reply, accepted: int, first_refusal: TransportError | None, result: SendResult
+    ) -> bool:
+        """True (with result.error set) when the sender or every recipient was refused."""
+        if mail.is_success and accepted:
+            return False
+        if not mail.is_success:
+            result.error = self._failed(mail, "mail", "MAIL FROM")
+        else:
+            assert first_refusal is not None
+            result.error = first_refusal
+        return True
+
+    def _run_before_data(self, before_data: Callable[[], object] | None) -> None:
+        """Run the caller's hook with the content out but the transaction not yet complete; if it
+        raises, drop the connection so that the server discards the transaction."""
+        if before_data is None:
+            return
+        try:
+            before_data()
+        except BaseException:
+            self._lost()
+            raise
+
+    def _final_reply(self, result: SendResult, what: str) -> None:
+        try:
+            result.reply = self._checked(self._read_reply("data", what), "data", what)
+        except TransportError as exc:
+            if self.connection is None:
+                raise
+            result.error = exc
+            return
+        result.queue_id = parse_queue_id(result.reply.text)
+
+    def _send_data(
+        self,
+        envelope: Envelope,
+        commands: bytes,
+        before_data: Callable[[], object] | None,
+        result: SendResult,
+    ) -> None:
+        """MAIL/RCPT/DATA in one write; then the content, and its final "." once `before_data` has
+        returned: the server reads the content while the caller finishes its own work (the outbox
+        commits the previous message's outcome), and until the "." nothing can be delivered
+        (RFC 5321 section 4.1.1.4)."""
+        self._write(commands + b"DATA\r\n", "mail", "MAIL FROM")
+        mail, accepted, first_refusal = self._envelope_replies(envelope, result)
         data = self._read_reply("data", "DATA")
         go_ahead = data.code == 354
-        if not mail.is_success or not accepted:
-            if not mail.is_success:
-                result.error = self._failed(mail, "mail", "MAIL FROM")
-            else:
-                assert first_refusal is not None
-                result.error = first_refusal
+        if self._no_transaction(mail, accepted, first_refusal, result):
             if go_ahead:
                 # DATA was accepted with no valid transaction to carry it. Ending it with an empty
                 # body could still deliver an empty message on a confused server; dropping the
@@ -600,21 +669,36 @@ class SMTPTransport(Transport):
             result.error = self._failed(data, "data", "DATA")
             return
         self._write(_dot_stuffed(envelope.data), "data", "the message content")
-        if before_data is not None:
-            try:
-                before_data()
-            except BaseException:
-                self._lost()
-                raise
+        self._run_before_data(before_data)
         self._write(END_OF_DATA, "data", "the end of the message content")
-        try:
-            result.reply = self._checked(self._read_reply("data", "DATA"), "data", "DATA")
-        except TransportError as exc:
-            if self.connection is None:
-                raise
-            result.error = exc
+        self._final_reply(result, "DATA")
+
+    def _send_bdat(
+        self,
+        envelope: Envelope,
+        commands: bytes,
+        before_data: Callable[[], object] | None,
+        result: SendResult,
+    ) -> None:
+        """MAIL/RCPT and the whole content as one BDAT chunk in one write, then "BDAT 0 LAST" once
+        `before_data` has returned (until LAST nothing can be delivered, RFC 3030 section 2): one
+        round trip per message. A refused transaction makes the server refuse both chunks."""
+        chunk = b"BDAT %d\r\n" % len(envelope.data) + envelope.data
+        self._write(commands + chunk, "data", "BDAT")
+        self._run_before_data(before_data)
+        self._write(b"BDAT 0 LAST\r\n", "data", "BDAT LAST")
+        mail, accepted, first_refusal = self._envelope_replies(envelope, result)
+        body = self._read_reply("data", "BDAT")
+        if self._no_transaction(mail, accepted, first_refusal, result):
+            self._read_reply("data", "BDAT LAST")
+            self._reset_quietly()
             return
-        result.queue_id = parse_queue_id(result.reply.text)
+        if not body.is_success:
+            self._read_reply("data", "BDAT LAST")
+            result.error = self._failed(body, "data", "BDAT")
+            self._reset_quietly()
+            return
+        self._final_reply(result, "BDAT LAST")
 
     def _failed(self, reply: Reply, step: str, what: str) -> TransportError:
         try:

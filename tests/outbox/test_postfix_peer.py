@@ -175,8 +175,12 @@ def test_an_outlook_server_sends_over_xoauth2_and_the_message_id_arrives_intact(
     assert statuses() == {Status.SENT}
     for i, queued in enumerate(messages):
         message = OutgoingMessage.objects.get(pk=queued.pk)
-        # Postfix answers "250 2.0.0 Ok: queued as <id>"; the id is the one its log delivers.
-        assert message.queue_id and message.last_reply.startswith("250 2.0.0 Ok: queued as")
+        # Postfix answers "250 2.0.0 Ok: queued as <id>" to DATA and "250 2.0.0 Ok: <n> bytes
+        # queued as <id>" to BDAT LAST; the id is the one its log delivers.
+        assert message.queue_id
+        assert re.fullmatch(
+            rf"250 2\.0\.0 Ok: (\d+ bytes )?queued as {message.queue_id}", message.last_reply
+        )
         delivered = env.wait_for_messages(readers[i], 1)
         assert [m["Message-ID"] for m in delivered] == [message.message_id]
         assert delivered[0]["Subject"] == f"Invoice {i}"
@@ -190,6 +194,29 @@ def test_an_outlook_server_sends_over_xoauth2_and_the_message_id_arrives_intact(
     assert identity.control.counters().get("introspect_smtp", 0) >= 1
     # The token from the sign-in was still fresh: no refresh was needed for the batch.
     assert identity.control.token_requests("refresh_token") == 0
+
+
+def test_postfix_gets_pipelined_bdat_and_the_content_byte_for_byte(
+    outlook: MailServer, identity: Sandbox, env: PostfixDovecotPeer
+) -> None:
+    """Postfix offers PIPELINING and CHUNKING: the outbox sends BDAT; lines starting with a dot
+    (which DATA would have to stuff) arrive unchanged."""
+    sender = identity.demo["user"]
+    reader = address("bdat")
+    text = ".a line starting with a dot\n..and one with two\n.\nend\n"
+    queued = [
+        enqueue(from_address=sender, to=[reader], subject=f"Dots {i}", text=text) for i in range(3)
+    ]
+    run_worker_once()
+    assert statuses() == {Status.SENT}
+    get_deliverer().close_all()  # Postfix logs each command's count when the client disconnects
+    delivered = env.wait_for_messages(reader, 3)
+    assert sorted(m["Message-ID"] for m in delivered) == sorted(m.message_id for m in queued)
+    assert {m.get_content() for m in delivered} == {text}
+    # Postfix counts commands as accepted/received: the question "BDAT 0 LAST" outside a
+    # transaction was refused (503), then a chunk and "BDAT 0 LAST" for each message; no DATA.
+    lines = env.postfix_log_lines(r"disconnect from .* mail=3 rcpt=3 bdat=6/7 quit=1")
+    assert lines and "data=" not in lines[0]
 
 
 def _signed_token(identity: Sandbox, scope: str) -> str:

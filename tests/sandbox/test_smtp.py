@@ -577,3 +577,72 @@ def test_the_rfc_7628_oauthbearer_example_parses() -> None:
     creds = parse_oauthbearer(blob)
     assert creds.user == "user@example.com"
     assert creds.token == "vF9dft4qmTc2Nvb3RlckBhbHRhdmlzdGEuY29tCg=="
+
+
+# -- CHUNKING (BDAT, RFC 3030) --------------------------------------------------------------
+
+
+def bdat(client: smtplib.SMTP, chunk: bytes, *, last: bool = False) -> tuple[int, bytes]:
+    client.send(b"BDAT %d%s\r\n" % (len(chunk), b" LAST" if last else b"") + chunk)
+    return client.getreply()
+
+
+def test_ehlo_offers_chunking_after_starttls(rig: Rig) -> None:
+    client = rig.connect()
+    assert client.has_extn("chunking") and client.has_extn("pipelining")
+    client.quit()
+
+
+def test_bdat_chunks_make_one_message_byte_for_byte(rig: Rig) -> None:
+    raw = message().as_bytes(policy=email.policy.SMTP)
+    raw = raw.replace(b"Hi there.", b".a line with a leading dot\r\n..and two")
+    client = rig.login()
+    assert client.mail(ALEX)[0] == 250
+    assert client.rcpt(SAM)[0] == 250
+    half = len(raw) // 2
+    assert bdat(client, raw[:half]) == (250, f"2.0.0 {half} octets received".encode())
+    assert bdat(client, raw[half:])[0] == 250
+    code, text = bdat(client, b"", last=True)
+    assert code == 250 and text.decode().startswith("2.0.0 OK <")
+    (delivered,) = rig.delivery.to(SAM)
+    assert delivered.endswith(raw)  # no dot-stuffing to undo: the bytes are as sent
+    # The session goes on: the next transaction is independent.
+    assert client.sendmail(ALEX, [SAM], message(subject="next").as_bytes()) == {}
+    client.quit()
+
+
+def test_a_chunk_outside_a_transaction_is_read_and_refused_never_run_as_commands(
+    rig: Rig,
+) -> None:
+    client = rig.login()
+    smuggled = b"MAIL FROM:<alex@contoso.example>\r\nRCPT TO:<sam@contoso.example>\r\nDATA\r\n"
+    assert bdat(client, smuggled, last=True) == (503, b"5.5.1 Bad sequence of commands")
+    assert client.noop()[0] == 250  # the next line read is a command again
+    client.quit()
+    assert rig.delivery.to(SAM) == []
+
+
+def test_bdat_before_authentication_is_refused_after_reading_the_chunk(rig: Rig) -> None:
+    client = rig.connect()
+    code, text = bdat(client, b"QUIT\r\n", last=True)
+    assert code == 530 and text.decode().startswith("5.7.57")
+    assert client.noop()[0] == 250
+    client.quit()
+
+
+def test_bdat_without_a_size_ends_the_session(rig: Rig) -> None:
+    client = rig.login()
+    client.mail(ALEX)
+    client.rcpt(SAM)
+    assert client.docmd("BDAT", "LAST") == (501, b"5.5.4 Invalid arguments")
+    with pytest.raises(smtplib.SMTPServerDisconnected):
+        client.noop()
+
+
+def test_send_as_is_checked_at_bdat_last_like_at_data(rig: Rig) -> None:
+    client = rig.login()
+    client.mail(SAM)
+    client.rcpt(ALEX)
+    code, text = bdat(client, message(sender=SAM, to=ALEX).as_bytes(), last=True)
+    assert code == 554 and "SendAsDenied" in text.decode()
+    client.quit()

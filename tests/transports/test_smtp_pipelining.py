@@ -53,8 +53,15 @@ def spy_writes(transport: SMTPTransport) -> list[bytes]:
     return writes
 
 
+@pytest.fixture(params=["", "yes", "broken"], ids=["data", "bdat", "bdat-advertised-only"])
+def sink(request: pytest.FixtureRequest) -> Iterator[SMTPSink]:
+    """A pipelining server: DATA only, with BDAT, and advertising CHUNKING without BDAT."""
+    with SMTPSink(pipelining=True, chunking=request.param) as running:
+        yield running
+
+
 @pytest.fixture
-def sink() -> Iterator[SMTPSink]:
+def data_sink() -> Iterator[SMTPSink]:
     with SMTPSink(pipelining=True) as running:
         yield running
 
@@ -63,7 +70,10 @@ def envelope(*recipients: str) -> Envelope:
     return Envelope("app@example.com", list(recipients or ["a@example.org"]), CONTENT)
 
 
-def test_the_envelope_goes_in_one_write_and_the_content_arrives_intact(sink: SMTPSink) -> None:
+def test_the_envelope_goes_in_one_write_and_the_content_arrives_intact(
+    data_sink: SMTPSink,
+) -> None:
+    sink = data_sink
     with SMTPTransport(plain_server(sink.port)) as transport:
         writes = spy_writes(transport)
         result = transport.send_message(envelope("a@example.org", "b@example.org"))
@@ -77,6 +87,7 @@ def test_the_envelope_goes_in_one_write_and_the_content_arrives_intact(sink: SMT
     )
     assert b"\r\n..a line" in writes[1] and writes[1].endswith(b"end\r\n")
     assert writes[2] == b".\r\n"  # the end of the content, on its own
+    assert sink.bdat_commands == 0
     (received,) = sink.received
     assert received.rcpt_tos == ["a@example.org", "b@example.org"]
     assert received.data == CONTENT  # the server undid the dot-stuffing
@@ -143,8 +154,9 @@ def test_a_refusal_after_the_content_is_a_data_error(sink: SMTPSink) -> None:
 
 
 def test_before_data_runs_before_the_end_of_the_content_and_a_failure_there_sends_nothing(
-    sink: SMTPSink,
+    data_sink: SMTPSink,
 ) -> None:
+    sink = data_sink
     events: list[str] = []
     sink.data_reply = lambda _envelope: events.append("content received") or None
     with SMTPTransport(plain_server(sink.port)) as transport:
@@ -236,3 +248,67 @@ def test_data_accepted_without_recipients_gets_no_content_and_drops_the_connecti
     finally:
         server.close()
     assert server.body_lines == []  # not even an empty body: nothing can be delivered
+
+
+# -- CHUNKING ---------------------------------------------------------------------------------
+
+
+def test_bdat_is_asked_about_once_then_each_message_is_one_write_and_arrives_byte_for_byte() -> (
+    None
+):
+    with SMTPSink(pipelining=True, chunking="yes") as sink:
+        with SMTPTransport(plain_server(sink.port)) as transport:
+            writes = spy_writes(transport)
+            events: list[str] = []
+
+            def before_data() -> None:
+                events.append("before data")
+                assert not writes[-1].endswith(b"LAST\r\n")  # the transaction is not complete
+
+            assert transport.send_message(envelope(), before_data=before_data).ok
+            envelope_lines = (
+                f"MAIL FROM:<app@example.com> SIZE={len(CONTENT)}\r\nRCPT TO:<a@example.org>\r\n"
+            ).encode()
+            # The first message on the connection asks whether BDAT is known, outside a transaction.
+            assert writes[0] == b"BDAT 0 LAST\r\n" + envelope_lines
+            assert writes[1] == b"BDAT %d\r\n" % len(CONTENT) + CONTENT  # no dot-stuffing
+            assert writes[2] == b"BDAT 0 LAST\r\n"
+            writes.clear()
+            assert transport.send_message(envelope(), before_data=before_data).ok
+            # Then envelope and content in one write, and LAST once before_data has returned.
+            assert writes == [
+                envelope_lines + b"BDAT %d\r\n" % len(CONTENT) + CONTENT,
+                b"BDAT 0 LAST\r\n",
+            ]
+            assert events == ["before data", "before data"]
+        assert [r.data for r in sink.received] == [CONTENT, CONTENT]
+
+
+def test_a_server_advertising_chunking_without_bdat_gets_data_after_one_check() -> None:
+    with SMTPSink(pipelining=True, chunking="broken") as sink:
+        with SMTPTransport(plain_server(sink.port)) as transport:
+            for _ in range(3):
+                assert transport.send_message(envelope()).ok
+        assert sink.bdat_commands == 1  # only the question, never content
+        assert [r.data for r in sink.received] == [CONTENT] * 3
+
+
+def test_chunking_turned_off_uses_data() -> None:
+    with SMTPSink(pipelining=True, chunking="yes") as sink:
+        with SMTPTransport(plain_server(sink.port), chunking=False) as transport:
+            assert transport.send_message(envelope()).ok
+        assert sink.bdat_commands == 0 and sink.received[0].data == CONTENT
+
+
+def test_a_failure_before_bdat_last_drops_the_connection_and_sends_nothing() -> None:
+    with SMTPSink(pipelining=True, chunking="yes") as sink:
+        with SMTPTransport(plain_server(sink.port)) as transport:
+            assert transport.send_message(envelope()).ok  # BDAT is confirmed
+
+            def refuse() -> None:
+                raise RuntimeError("the previous outcome could not be recorded")
+
+            with pytest.raises(RuntimeError):
+                transport.send_message(envelope(), before_data=refuse)
+            assert not transport.is_open
+        assert len(sink.received) == 1
