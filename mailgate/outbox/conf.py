@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from django.conf import settings
 
 from mailgate.conf import SettingsError
+from mailgate.conf import _bool as parse_bool
 
 # name: (default, minimum, meaning)
 KNOBS: dict[str, tuple[float, float, str]] = {
@@ -21,6 +22,19 @@ KNOBS: dict[str, tuple[float, float, str]] = {
 }
 
 
+# name: (default, meaning); values 1/0, true/false, yes/no, on/off.
+SWITCHES: dict[str, tuple[bool, str]] = {
+    "MAILGATE_OUTBOX_SMTP_PIPELINING": (
+        True,
+        "send MAIL FROM, RCPT TO and DATA together when the server offers PIPELINING",
+    ),
+    "MAILGATE_OUTBOX_SMTP_CHUNKING": (
+        True,
+        "send message content with BDAT when the server offers CHUNKING (and PIPELINING)",
+    ),
+}
+
+
 @dataclass(frozen=True)
 class OutboxConfig:
     max_age: float
@@ -30,6 +44,8 @@ class OutboxConfig:
     backoff_base: float
     backoff_max: float
     smtp_timeout: float
+    smtp_pipelining: bool = True
+    smtp_chunking: bool = True
 
 
 def _value(name: str) -> float:
@@ -46,6 +62,18 @@ def _value(name: str) -> float:
     return value
 
 
+def _switch(name: str) -> bool:
+    default, _meaning = SWITCHES[name]
+    raw = getattr(settings, name, None)
+    if raw is None:
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            return default
+    if isinstance(raw, bool):
+        return raw
+    return parse_bool(name, str(raw))
+
+
 def get() -> OutboxConfig:
     """The current values (read each time so that tests can override settings)."""
     return OutboxConfig(
@@ -56,4 +84,6 @@ def get() -> OutboxConfig:
         backoff_base=_value("MAILGATE_OUTBOX_BACKOFF_BASE"),
         backoff_max=_value("MAILGATE_OUTBOX_BACKOFF_MAX"),
         smtp_timeout=_value("MAILGATE_OUTBOX_SMTP_TIMEOUT"),
+        smtp_pipelining=_switch("MAILGATE_OUTBOX_SMTP_PIPELINING"),
+        smtp_chunking=_switch("MAILGATE_OUTBOX_SMTP_CHUNKING"),
     )

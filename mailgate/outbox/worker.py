@@ -326,9 +326,14 @@ class Deliverer:
         if ConnectionLease.objects.filter(server=server).count() >= server.limit_connections:
             return False
         lease = ConnectionLease.objects.create(server=server, holder=self.holder, expires_at=until)
-        self.connections[server.pk] = Connection(
-            SMTPTransport(server, timeout=conf.get().smtp_timeout), lease.pk
+        config = conf.get()
+        transport = SMTPTransport(
+            server,
+            timeout=config.smtp_timeout,
+            pipelining=config.smtp_pipelining,
+            chunking=config.smtp_chunking,
         )
+        self.connections[server.pk] = Connection(transport, lease.pk)
         return True
 
     def _renew(

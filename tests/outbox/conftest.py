@@ -11,9 +11,13 @@ from mailgate.servers.models import MailServer
 from tests.smtpsink import SMTPSink
 
 
-@pytest.fixture
-def sink() -> Iterator[SMTPSink]:
-    with SMTPSink() as running:
+@pytest.fixture(params=["steps", "pipelining", "bdat"])
+def sink(request: pytest.FixtureRequest) -> Iterator[SMTPSink]:
+    """A real SMTP server on loopback, once for each way the worker can talk to one: command by
+    command, with PIPELINING (MAIL/RCPT/DATA together), and with CHUNKING (BDAT)."""
+    with SMTPSink(
+        pipelining=request.param != "steps", chunking="yes" if request.param == "bdat" else ""
+    ) as running:
         yield running
 
 
