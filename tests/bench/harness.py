@@ -40,10 +40,10 @@ def main() -> None:
     elif command == "enqueue":
         body = ("0123456789abcdef" * 4 + "\n") * (argument["body_bytes"] // 65)
         started, cpu = time.time(), time.process_time()
-        # One transaction per 100 messages, as an application's request handlers would commit.
-        for start in range(0, argument["count"], 100):
+        per_transaction = int(argument.get("per_transaction", 100))
+        for start in range(0, argument["count"], per_transaction):
             with transaction.atomic():
-                for i in range(start, min(start + 100, argument["count"])):
+                for i in range(start, min(start + per_transaction, argument["count"])):
                     enqueue(
                         from_address=argument["from"],
                         to=[f"bench{i}@example.org"],
