@@ -24,8 +24,9 @@ FINAL = (Status.SENT, Status.FAILED, Status.CANCELLED)
 
 
 class OutgoingMessage(models.Model):
+    # No index of its own: outbox_server_due_idx starts with server_id and serves every query on it.
     server = models.ForeignKey(
-        MailServer, on_delete=models.PROTECT, related_name="outgoing_messages"
+        MailServer, on_delete=models.PROTECT, related_name="outgoing_messages", db_index=False
     )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     source = models.CharField(max_length=20, default="python")
@@ -36,7 +37,7 @@ class OutgoingMessage(models.Model):
     bcc = models.JSONField(default=list)
     reply_to = models.CharField(max_length=998, blank=True)
     subject = models.CharField(max_length=998, blank=True)
-    message_id = models.CharField(max_length=998, db_index=True)
+    message_id = models.CharField(max_length=998)
     raw = models.BinaryField(help_text="The RFC 5322 message as built at enqueue time (no Bcc).")
     size = models.PositiveIntegerField(default=0)
     recipients_count = models.PositiveIntegerField(default=0)
@@ -61,18 +62,32 @@ class OutgoingMessage(models.Model):
         blank=True,
         help_text="Recipients still to deliver after some were refused for now (4xx); null = all.",
     )
-    idempotency_key = models.CharField(max_length=400, null=True, blank=True, unique=True)
+    # NULL, not "": no key; unique among the rows that have one (outbox_idempotency_key_uniq).
+    idempotency_key = models.CharField(max_length=400, null=True, blank=True)  # noqa: DJ001
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
+        # Every index costs each message's writes (the status change of a delivery is a non-HOT
+        # update on PostgreSQL), so only those a query needs. The CharField ones are declared here
+        # rather than with db_index/unique on the field, which on PostgreSQL would add a second,
+        # varchar_pattern_ops index for LIKE queries that nothing runs.
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="outbox_due_idx"),
             # A claim reads the oldest due messages of one server in order from this index alone,
             # however many sent messages the table holds.
             models.Index(
                 fields=["server", "status", "next_attempt_at"], name="outbox_server_due_idx"
+            ),
+            models.Index(fields=["message_id"], name="outbox_message_id_idx"),
+        ]
+        constraints = [
+            # Only rows with a key are in the index: most messages have none.
+            models.UniqueConstraint(
+                fields=["idempotency_key"],
+                condition=models.Q(idempotency_key__isnull=False),
+                name="outbox_idempotency_key_uniq",
             ),
         ]
 
@@ -111,7 +126,10 @@ class DeliveryAttempt(models.Model):
     message = models.ForeignKey(
         OutgoingMessage, on_delete=models.CASCADE, related_name="attempt_log"
     )
-    server = models.ForeignKey(MailServer, on_delete=models.CASCADE, related_name="+")
+    # No index of its own: attempt_server_time_idx starts with server_id.
+    server = models.ForeignKey(
+        MailServer, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     started_at = models.DateTimeField(default=timezone.now)
     duration_ms = models.PositiveIntegerField(default=0)
     outcome = models.CharField(max_length=10, choices=Outcome.choices)
