@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 from datetime import datetime
 from typing import Any
 
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema
 
 from mailgate.outbox.compose import Attachment, InvalidMessage
 from mailgate.outbox.models import OutgoingMessage, Status
-from mailgate.outbox.submit import enqueue
+from mailgate.outbox.submit import IdempotencyKeyReused, enqueue
 
 router = Router(tags=["messages"])
 
@@ -83,6 +84,19 @@ class ErrorOut(Schema):
     errors: dict[str, str] = Field(default_factory=dict)
 
 
+class ProblemOut(ErrorOut):
+    """RFC 9457 problem details (served as application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+
+
+# draft-ietf-httpapi-idempotency-key-header, "Error Scenarios": a key reused with another payload
+# is refused with 422 and a problem-details body (Stripe refuses such a reuse too).
+IDEMPOTENCY_PROBLEM = "https://datatracker.ietf.org/doc/draft-ietf-httpapi-idempotency-key-header/"
+
+
 def _out(message: OutgoingMessage) -> dict[str, Any]:
     waiting = message.status in (Status.QUEUED, Status.DEFERRED)
     return {
@@ -124,14 +138,35 @@ def _idempotency_scope(request: HttpRequest) -> str:
     return f"apikey:{getattr(key, 'pk', '-')}:"
 
 
+def _key_reused(header: str, exc: IdempotencyKeyReused) -> HttpResponse:
+    problem = (
+        f"{header!r} was already used for message {exc.first.pk}, queued from a different "
+        "request: use a new key for a different message (a retry must repeat the first "
+        "request exactly)"
+    )
+    body = {
+        "type": IDEMPOTENCY_PROBLEM,
+        "title": "Idempotency-Key is already used",
+        "status": 422,
+        "detail": f"Idempotency-Key: {problem}",
+        "errors": {"Idempotency-Key": problem},
+    }
+    return HttpResponse(json.dumps(body), status=422, content_type="application/problem+json")
+
+
 @router.post(
     "",
-    response={200: MessageOut, 201: MessageOut, 400: ErrorOut},
+    response={200: MessageOut, 201: MessageOut, 400: ErrorOut, 422: ProblemOut},
     by_alias=True,
     summary="Queue a message",
 )
-def create_message(request: HttpRequest, payload: MessageIn) -> tuple[int, dict[str, Any]]:
-    """Queue a message; with `Idempotency-Key`, a retried request returns the first message (200)."""
+def create_message(
+    request: HttpRequest, payload: MessageIn
+) -> tuple[int, dict[str, Any]] | HttpResponse:
+    """Queue a message; with `Idempotency-Key`, a retried request returns the first message (200).
+
+    The same key with a different request is refused (422) and queues nothing.
+    """
     header = request.headers.get("Idempotency-Key")
     idempotency_key = None
     if header is not None:
@@ -142,9 +177,6 @@ def create_message(request: HttpRequest, payload: MessageIn) -> tuple[int, dict[
                 "errors": {"Idempotency-Key": "must be 1 to 255 printable characters"},
             }
         idempotency_key = _idempotency_scope(request) + header
-        existing = OutgoingMessage.objects.filter(idempotency_key=idempotency_key).first()
-        if existing is not None:
-            return 200, _out(existing)
     try:
         if payload.raw is not None:
             message = enqueue(
@@ -178,9 +210,11 @@ def create_message(request: HttpRequest, payload: MessageIn) -> tuple[int, dict[
                 idempotency_key=idempotency_key,
                 source="api",
             )
+    except IdempotencyKeyReused as exc:
+        return _key_reused(str(header), exc)
     except InvalidMessage as exc:
         return 400, {"detail": str(exc), "errors": exc.errors}
-    return 201, _out(message)
+    return (200 if message.idempotent_replay else 201), _out(message)
 
 
 @router.get("", response=list[MessageOut], by_alias=True, summary="List messages")

@@ -64,6 +64,11 @@ class OutgoingMessage(models.Model):
     )
     # NULL, not "": no key; unique among the rows that have one (outbox_idempotency_key_uniq).
     idempotency_key = models.CharField(max_length=400, null=True, blank=True)  # noqa: DJ001
+    # SHA-256 of the request that used the key (submit.request_fingerprint): a retry must match it.
+    # NULL: no key, or queued before fingerprints were kept (such a key accepts any retry).
+    idempotency_fingerprint = models.CharField(  # noqa: DJ001
+        max_length=64, null=True, blank=True
+    )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -90,6 +95,9 @@ class OutgoingMessage(models.Model):
                 name="outbox_idempotency_key_uniq",
             ),
         ]
+
+    # Not stored: True on the message enqueue() returns for a retry with an idempotency key.
+    idempotent_replay = False
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.message_id}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 
 from django.db import IntegrityError, transaction
@@ -20,6 +22,56 @@ def _human(size: int) -> str:
             return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
         size = size / 1024  # type: ignore[assignment]
     return str(size)
+
+
+class IdempotencyKeyReused(InvalidMessage):
+    """The idempotency key already queued a message, from a request with different content."""
+
+    def __init__(self, first: OutgoingMessage) -> None:
+        self.first = first
+        super().__init__(
+            {
+                "idempotency_key": f"is already used by message {first.pk}, which was queued "
+                "from different content: use a new key for a different message (a retry "
+                "must repeat the first request exactly)"
+            }
+        )
+
+
+def _canonical(value: object) -> object:
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"sha256": hashlib.sha256(value).hexdigest()}
+    if isinstance(value, Attachment):
+        return [value.filename, value.content_type, _canonical(value.content)]
+    if isinstance(value, MailServer):
+        return value.pk
+    if isinstance(value, Mapping):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def request_fingerprint(**fields: object) -> str:
+    """SHA-256 (hex) of a request's fields as canonical JSON.
+
+    Keys sorted, empty fields (None, "", [], {}) left out, a raw message by its bytes and
+    attachments by their name, type and bytes; a server by its id, or as the name given.
+    """
+    raw = fields.get("raw")
+    if isinstance(raw, str):
+        fields["raw"] = raw.encode("utf-8", "surrogatepass")
+    present = {k: _canonical(v) for k, v in fields.items() if v not in (None, "", [], (), {})}
+    text = json.dumps(present, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def _same_request(first: OutgoingMessage, fingerprint: str | None) -> OutgoingMessage:
+    """The first message of a key, for a retry of its request; IdempotencyKeyReused otherwise."""
+    if first.idempotency_fingerprint is not None and first.idempotency_fingerprint != fingerprint:
+        raise IdempotencyKeyReused(first)
+    first.idempotent_replay = True
+    return first
 
 
 def enqueue(
@@ -41,14 +93,30 @@ def enqueue(
 ) -> OutgoingMessage:
     """Validate, route and queue one message; raise InvalidMessage naming the field on bad input.
 
-    With an idempotency key already used, the first message is returned and nothing is queued.
+    With an idempotency key already used, nothing is queued: a retry of the same request gets the
+    first message (with `idempotent_replay` set), different content raises IdempotencyKeyReused.
     """
+    fingerprint = None
     if idempotency_key is not None:
         if not idempotency_key or len(idempotency_key) > 400:
             raise InvalidMessage.one("idempotency_key", "must be 1 to 400 characters")
+        fingerprint = request_fingerprint(
+            from_address=from_address,
+            to=to,
+            cc=cc,
+            bcc=bcc,
+            reply_to=reply_to,
+            subject=subject,
+            text=text,
+            html=html,
+            headers=headers,
+            attachments=attachments,
+            raw=raw,
+            server=server,
+        )
         existing = OutgoingMessage.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:
-            return existing
+            return _same_request(existing, fingerprint)
     composed: Composed
     if raw is not None:
         if any(v is not None for v in (text, html)) or headers or attachments or subject:
@@ -105,6 +173,7 @@ def enqueue(
         recipients_count=len(recipients),
         next_attempt_at=timezone.now(),
         idempotency_key=idempotency_key,
+        idempotency_fingerprint=fingerprint,
         diagnosis=chosen.hold_reason if held else "",
     )
     if idempotency_key is None:
@@ -115,7 +184,8 @@ def enqueue(
                 message.save()
         except IntegrityError:
             # A concurrent request with the same key won the race: answer with its message.
-            return OutgoingMessage.objects.get(idempotency_key=idempotency_key)
+            first = OutgoingMessage.objects.get(idempotency_key=idempotency_key)
+            return _same_request(first, fingerprint)
     if not held:
         announce()
     return message

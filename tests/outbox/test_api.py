@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import json
 
 import pytest
 from django.test import Client
@@ -67,6 +68,90 @@ def test_an_idempotency_key_returns_the_first_message(api, server):
     second = post(api, body, HTTP_IDEMPOTENCY_KEY="order-42")
     assert first.status_code == 201 and second.status_code == 200
     assert first.json()["id"] == second.json()["id"]
+    assert OutgoingMessage.objects.count() == 1
+
+
+def test_a_retry_is_the_same_request_whatever_the_json_key_order_and_spacing(api, server):
+    body = {"from": "app@example.com", "to": ["a@example.org"], "subject": "S", "text": "once"}
+    first = post(api, body, HTTP_IDEMPOTENCY_KEY="order-43")
+    reordered = json.dumps(dict(reversed(body.items())), indent=2)
+    second = api.post(
+        "/api/v1/messages",
+        reordered,
+        content_type="application/json",
+        HTTP_IDEMPOTENCY_KEY="order-43",
+    )
+    assert (first.status_code, second.status_code) == (201, 200), second.content
+    assert second.json()["id"] == first.json()["id"]
+    assert OutgoingMessage.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"text": "twice"},
+        {"to": ["b@example.org"]},
+        {"subject": "another"},
+        {"attachments": [{"filename": "a.txt", "content_base64": "aGk="}]},
+    ],
+)
+def test_an_idempotency_key_reused_for_a_different_message_is_refused(api, server, change):
+    body = {"from": "app@example.com", "to": ["a@example.org"], "text": "once"}
+    first = post(api, body, HTTP_IDEMPOTENCY_KEY="order-42")
+    response = post(api, {**body, **change}, HTTP_IDEMPOTENCY_KEY="order-42")
+    assert response.status_code == 422, response.content
+    assert response["Content-Type"] == "application/problem+json"
+    problem = response.json()
+    assert problem["status"] == 422
+    assert problem["title"] == "Idempotency-Key is already used"
+    assert list(problem["errors"]) == ["Idempotency-Key"]
+    assert problem["detail"].startswith("Idempotency-Key: 'order-42' was already used for message")
+    assert "use a new key for a different message" in problem["detail"]
+    assert [m.pk for m in OutgoingMessage.objects.all()] == [first.json()["id"]]
+    assert b"once" in OutgoingMessage.objects.get().raw_bytes
+    # The first request, repeated, still gets its message.
+    again = post(api, body, HTTP_IDEMPOTENCY_KEY="order-42")
+    assert again.status_code == 200 and again.json()["id"] == first.json()["id"]
+
+
+def test_a_raw_message_with_a_reused_key_must_repeat_the_bytes_and_the_envelope(api, server):
+    raw = "From: app@example.com\r\nTo: b@example.org\r\nSubject: raw\r\n\r\nhello\r\n"
+    first = post(api, {"raw": raw}, HTTP_IDEMPOTENCY_KEY="raw-1")
+    assert post(api, {"raw": raw}, HTTP_IDEMPOTENCY_KEY="raw-1").status_code == 200
+    other_bytes = post(api, {"raw": raw.replace("hello", "hullo")}, HTTP_IDEMPOTENCY_KEY="raw-1")
+    other_envelope = post(api, {"raw": raw, "to": ["c@example.org"]}, HTTP_IDEMPOTENCY_KEY="raw-1")
+    assert (first.status_code, other_bytes.status_code, other_envelope.status_code) == (
+        201,
+        422,
+        422,
+    )
+    assert OutgoingMessage.objects.count() == 1
+
+
+def test_idempotency_keys_are_per_api_key(api, server):
+    _, other_secret = APIKey.issue("other application")
+    other = Client(HTTP_AUTHORIZATION=f"Bearer {other_secret}")
+    mine = post(
+        api,
+        {"from": "app@example.com", "to": ["a@example.org"], "text": "mine"},
+        HTTP_IDEMPOTENCY_KEY="order-1",
+    )
+    theirs = post(
+        other,
+        {"from": "app@example.com", "to": ["z@example.org"], "text": "theirs"},
+        HTTP_IDEMPOTENCY_KEY="order-1",
+    )
+    assert (mine.status_code, theirs.status_code) == (201, 201)
+    assert mine.json()["id"] != theirs.json()["id"]
+    assert OutgoingMessage.objects.count() == 2
+
+
+def test_a_key_stored_before_fingerprints_accepts_any_retry(api, server):
+    body = {"from": "app@example.com", "to": ["a@example.org"], "text": "once"}
+    first = post(api, body, HTTP_IDEMPOTENCY_KEY="order-old").json()
+    OutgoingMessage.objects.filter(pk=first["id"]).update(idempotency_fingerprint=None)
+    again = post(api, {**body, "text": "changed"}, HTTP_IDEMPOTENCY_KEY="order-old")
+    assert again.status_code == 200 and again.json()["id"] == first["id"]
     assert OutgoingMessage.objects.count() == 1
 
 

@@ -12,6 +12,7 @@ from django.db import transaction
 from mailgate.outbox import enqueue
 from mailgate.outbox.compose import Attachment, InvalidMessage
 from mailgate.outbox.models import OutgoingMessage, Status
+from mailgate.outbox.submit import IdempotencyKeyReused, request_fingerprint
 
 
 def _send(**fields):
@@ -130,9 +131,84 @@ def test_enqueue_joins_the_callers_transaction(make_server):
 
 def test_the_same_idempotency_key_returns_the_first_message(make_server):
     make_server()
-    first = _send(idempotency_key="k1")
-    again = _send(idempotency_key="k1", subject="different")
+    first = _send(idempotency_key="k1", subject="once")
+    again = _send(idempotency_key="k1", subject="once")
     assert first.pk == again.pk and OutgoingMessage.objects.count() == 1
+    assert (first.idempotent_replay, again.idempotent_replay) == (False, True)
+    assert len(first.idempotency_fingerprint) == 64
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"subject": "different"},
+        {"to": ["b@example.org"]},
+        {"html": "<p>hello</p>"},
+        {"headers": {"X-Order": "2"}},
+        {"attachments": [Attachment("a.txt", b"other bytes")]},
+        {"server": "second"},
+    ],
+)
+def test_an_idempotency_key_reused_for_a_different_message_is_refused(make_server, change):
+    make_server(name="first")
+    make_server(name="second")
+    fields = {
+        "subject": "once",
+        "headers": {"X-Order": "1"},
+        "attachments": [Attachment("a.txt", b"hi")],
+        "server": "first",
+    }
+    first = _send(idempotency_key="k1", **fields)
+    assert _send(idempotency_key="k1", **fields).pk == first.pk
+    with pytest.raises(IdempotencyKeyReused) as caught:
+        _send(idempotency_key="k1", **{**fields, **change})
+    assert isinstance(caught.value, InvalidMessage)
+    assert list(caught.value.errors) == ["idempotency_key"]
+    problem = caught.value.errors["idempotency_key"]
+    assert f"already used by message {first.pk}" in problem
+    assert "use a new key for a different message" in problem
+    assert [m.pk for m in OutgoingMessage.objects.all()] == [first.pk]
+
+
+def test_a_raw_message_with_a_key_is_fingerprinted_by_its_bytes_and_envelope(make_server):
+    make_server()
+    raw = b"From: app@example.com\r\nTo: b@example.org\r\nSubject: raw\r\n\r\nhello\r\n"
+    first = enqueue(raw=raw, idempotency_key="r1")
+    assert enqueue(raw=raw.decode(), idempotency_key="r1").pk == first.pk  # str or bytes alike
+    for different in (
+        {"raw": raw.replace(b"hello", b"hullo")},
+        {"raw": raw, "to": ["c@example.org"]},
+        {"raw": raw, "from_address": "other@example.com"},
+    ):
+        with pytest.raises(IdempotencyKeyReused):
+            enqueue(idempotency_key="r1", **different)
+    assert OutgoingMessage.objects.count() == 1
+
+
+def test_a_request_that_lost_the_race_for_its_key_is_judged_the_same_way(make_server, monkeypatch):
+    make_server()
+    first = _send(idempotency_key="k1", subject="once")
+    # As if each request had looked before the first one's row was committed: the unique index
+    # refuses the second row, and the first message decides.
+    monkeypatch.setattr(
+        OutgoingMessage.objects, "filter", lambda **_: OutgoingMessage.objects.none()
+    )
+    again = _send(idempotency_key="k1", subject="once")
+    assert again.pk == first.pk and again.idempotent_replay
+    with pytest.raises(IdempotencyKeyReused):
+        _send(idempotency_key="k1", subject="other")
+    assert OutgoingMessage.objects.count() == 1
+
+
+@pytest.mark.nodb
+def test_the_fingerprint_leaves_out_empty_fields_and_ignores_order():
+    fields = {"from_address": "a@example.com", "to": ["b@example.org"], "text": "x"}
+    same = request_fingerprint(**fields)
+    assert request_fingerprint(**dict(reversed(fields.items()))) == same
+    assert request_fingerprint(**fields, cc=[], html=None, subject="", headers={}) == same
+    assert request_fingerprint(**{**fields, "to": ("b@example.org",)}) == same
+    assert request_fingerprint(**{**fields, "text": "y"}) != same
+    assert request_fingerprint(**{**fields, "to": ["b@example.org", "c@example.org"]}) != same
 
 
 def test_the_django_email_backend_queues_send_mail(make_server, settings):
