@@ -14,7 +14,12 @@ from mailgate.conf import _bool as parse_bool
 KNOBS: dict[str, tuple[float, float, str]] = {
     "MAILGATE_OUTBOX_MAX_AGE": (2 * 86400, 60, "seconds a message may stay undelivered"),
     "MAILGATE_OUTBOX_LEASE_SECONDS": (300, 1, "seconds a worker's claim lasts without renewal"),
-    "MAILGATE_OUTBOX_BATCH_SIZE": (50, 1, "messages claimed per server per batch"),
+    "MAILGATE_OUTBOX_BATCH_SIZE": (200, 1, "messages claimed per server per batch"),
+    "MAILGATE_OUTBOX_BATCH_BYTES": (
+        32 * 1024 * 1024,
+        1,
+        "bytes of messages claimed per batch at most (a larger message goes alone)",
+    ),
     "MAILGATE_OUTBOX_PROBE_SECONDS": (300, 1, "seconds between checks of a held server"),
     "MAILGATE_OUTBOX_BACKOFF_BASE": (60, 0.01, "seconds before the first retry"),
     "MAILGATE_OUTBOX_BACKOFF_MAX": (3600, 0.01, "longest pause between retries, in seconds"),
@@ -40,6 +45,7 @@ class OutboxConfig:
     max_age: float
     lease_seconds: float
     batch_size: int
+    batch_bytes: int
     probe_seconds: float
     backoff_base: float
     backoff_max: float
@@ -80,6 +86,7 @@ def get() -> OutboxConfig:
         max_age=_value("MAILGATE_OUTBOX_MAX_AGE"),
         lease_seconds=_value("MAILGATE_OUTBOX_LEASE_SECONDS"),
         batch_size=int(_value("MAILGATE_OUTBOX_BATCH_SIZE")),
+        batch_bytes=int(_value("MAILGATE_OUTBOX_BATCH_BYTES")),
         probe_seconds=_value("MAILGATE_OUTBOX_PROBE_SECONDS"),
         backoff_base=_value("MAILGATE_OUTBOX_BACKOFF_BASE"),
         backoff_max=_value("MAILGATE_OUTBOX_BACKOFF_MAX"),

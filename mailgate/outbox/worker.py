@@ -53,8 +53,8 @@ def due_filter(now: datetime) -> Q:
     )
 
 
-def due_candidates(server_id: int, now: datetime, limit: int) -> list[tuple[int, int]]:
-    """(id, recipients) of up to `limit` due messages of one server, the longest waiting first.
+def due_candidates(server_id: int, now: datetime, limit: int) -> list[tuple[int, int, int]]:
+    """(id, recipients, size) of up to `limit` due messages of one server, the longest waiting first.
 
     The two halves of due_filter() are separate queries so that each one is an index range on
     outbox_server_due_idx: one query with the OR scanned every message the server ever had (on
@@ -66,14 +66,14 @@ def due_candidates(server_id: int, now: datetime, limit: int) -> list[tuple[int,
     abandoned = OutgoingMessage.objects.filter(
         server_id=server_id, status=Status.SENDING, claimed_until__lt=now
     )
-    rows: list[tuple[datetime, int, int]] = []
+    rows: list[tuple[datetime, int, int, int]] = []
     for query in (waiting, abandoned):
         query = query.order_by("next_attempt_at", "id")
         if connection.features.has_select_for_update_skip_locked:
             query = query.select_for_update(skip_locked=True)
-        rows += query.values_list("next_attempt_at", "id", "recipients_count")[:limit]
+        rows += query.values_list("next_attempt_at", "id", "recipients_count", "size")[:limit]
     rows.sort()
-    return [(pk, count) for _, pk, count in rows[:limit]]
+    return [(pk, count, size) for _, pk, count, size in rows[:limit]]
 
 
 def servers_with_due_mail(now: datetime) -> list[int]:
@@ -284,14 +284,19 @@ class Deliverer:
                 state.save(update_fields=["next_allowed_at", "throttle_reason"])
                 return None
             picked: list[int] = []
-            recipients = 0
-            for pk, count in due_candidates(
+            recipients = size = 0
+            for pk, count, nbytes in due_candidates(
                 server_id, now, min(config.batch_size, per_minute_left)
             ):
                 if recipients + count > day_left:
                     break
+                # A batch is held in memory while it is sent: bounded in bytes as well (a message
+                # larger than the bound goes alone).
+                if picked and size + nbytes > config.batch_bytes:
+                    break
                 picked.append(pk)
                 recipients += count
+                size += nbytes
             if not picked:
                 return None
             if not self._lease_connection(server, now, lease_until):

@@ -17,7 +17,8 @@ from tests.smtpsink import SMTPSink
 @pytest.mark.nodb
 def test_the_defaults() -> None:
     config = conf.get()
-    assert config.max_age == 2 * 86400 and config.batch_size == 50
+    assert config.max_age == 2 * 86400 and config.batch_size == 200
+    assert config.batch_bytes == 32 * 1024 * 1024
     assert config.smtp_pipelining is True and config.smtp_chunking is True
 
 

@@ -113,14 +113,20 @@ def test_due_candidates_are_the_longest_waiting_of_one_server_including_abandone
     message(Status.HELD, 50)
     foreign = enqueue(from_address="x@other.example", to=["a@example.org"], text="x")
     assert foreign.server == other
-    assert due_candidates(server.pk, now, 10) == [(oldest_deferred, 1), (abandoned, 1), (queued, 1)]
-    assert due_candidates(server.pk, now, 2) == [(oldest_deferred, 1), (abandoned, 1)]
+    sizes = dict(OutgoingMessage.objects.values_list("pk", "size"))
+    expected = [(pk, 1, sizes[pk]) for pk in (oldest_deferred, abandoned, queued)]
+    assert due_candidates(server.pk, now, 10) == expected
+    assert due_candidates(server.pk, now, 2) == expected[:2]
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("mode", ["steps", "pipelining", "bdat"])
 def test_with_overlap_each_outcome_is_committed_before_the_next_messages_data(
-    make_server: Callable[..., MailServer], monkeypatch: pytest.MonkeyPatch
+    mode: str, make_server: Callable[..., MailServer], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The crash guarantee (at most the one message in flight is sent twice) in every way of
+    sending: the server completes message N (end of DATA, or BDAT LAST) only once N-1's outcome
+    is committed."""
     events: list[str] = []
     lock = threading.Lock()
     record_sent = Deliverer.record_sent
@@ -138,7 +144,7 @@ def test_with_overlap_each_outcome_is_committed_before_the_next_messages_data(
             events.append(f"data {message_id}")
 
     monkeypatch.setattr(Deliverer, "record_sent", recorded)
-    with SMTPSink() as sink:
+    with SMTPSink(pipelining=mode != "steps", chunking="yes" if mode == "bdat" else "") as sink:
         sink.data_reply = data
         server = make_server(sink)
         ids = [
@@ -155,3 +161,27 @@ def test_with_overlap_each_outcome_is_committed_before_the_next_messages_data(
     assert server.pk
     for previous, current in itertools.pairwise(ids):
         assert events.index(f"committed {previous}") < events.index(f"data {current}")
+
+
+@time_machine.travel(NOW, tick=False)
+def test_a_claim_is_bounded_in_bytes_and_a_larger_message_goes_alone(
+    make_server: Callable[..., MailServer], settings: Any
+) -> None:
+    server = make_server()
+    small = [
+        enqueue(from_address="app@example.com", to=["a@example.org"], text="x" * 1000)
+        for _ in range(3)
+    ]
+    big = enqueue(from_address="app@example.com", to=["a@example.org"], text="y" * 50_000)
+    settings.MAILGATE_OUTBOX_BATCH_BYTES = small[0].size * 2 + 10
+    deliverer = Deliverer(holder="worker-1")
+    claimed = deliverer.claim(server.pk)
+    assert claimed is not None
+    assert [m.pk for m in claimed[1]] == [small[0].pk, small[1].pk]
+    deliverer.release(claimed[1])
+    OutgoingMessage.objects.filter(pk__in=[m.pk for m in small]).update(status=Status.SENT)
+    claimed = deliverer.claim(server.pk)
+    assert claimed is not None
+    assert [m.pk for m in claimed[1]] == [big.pk]  # over the bound by itself, still sent
+    assert big.size > settings.MAILGATE_OUTBOX_BATCH_BYTES
+    deliverer.close_all()

@@ -185,8 +185,17 @@ def test_limits_hold_across_two_worker_processes(fresh):
         assert fresh.status()["counts"]["queued"] == 28
 
 
-def test_a_worker_killed_mid_batch_loses_nothing_and_resends_at_most_the_one_in_flight(fresh):
-    with SMTPSink(data_delay=0.01) as sink:
+def sink_for(mode: str) -> SMTPSink:
+    """Command by command ("steps") or as the worker talks to Exchange and Postfix ("bdat":
+    PIPELINING and CHUNKING); handle_DATA (end of DATA, BDAT LAST) waits 10 ms either way."""
+    return SMTPSink(
+        data_delay=0.01, pipelining=mode == "bdat", chunking="yes" if mode == "bdat" else ""
+    )
+
+
+@pytest.mark.parametrize("mode", ["steps", "bdat"])
+def test_a_worker_killed_mid_batch_loses_nothing_and_resends_at_most_the_one_in_flight(fresh, mode):
+    with sink_for(mode) as sink:
         fresh.harness("setup", {"server": server_fields(sink), "messages": 150})
         victim = fresh.start_worker()
         wait_for(lambda: len(sink.received) >= 40, 60, "some deliveries")
@@ -201,8 +210,9 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_resends_at_most_the_one_in_
         assert sum(n - 1 for n in ids.values()) <= 1
 
 
-def test_sigterm_finishes_the_current_message_and_releases_the_claims(fresh):
-    with SMTPSink(data_delay=0.01) as sink:
+@pytest.mark.parametrize("mode", ["steps", "bdat"])
+def test_sigterm_finishes_the_current_message_and_releases_the_claims(fresh, mode):
+    with sink_for(mode) as sink:
         fresh.harness("setup", {"server": server_fields(sink), "messages": 150})
         worker = fresh.start_worker()
         wait_for(lambda: len(sink.received) >= 20, 60, "some deliveries")
