@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import logging
 import os
 import re
 import smtplib
@@ -38,6 +39,8 @@ class SMTPServerConfig(Protocol):
     @property
     def is_oauth(self) -> bool: ...
 
+
+log = logging.getLogger("mailgate.transports")
 
 # Send the XOAUTH2 response inline only while the AUTH line stays short: Dovecot's submission service
 # refuses command lines over 4 KiB and Postfix's default line_length_limit is 2048, and Entra ID tokens
@@ -576,6 +579,12 @@ class SMTPTransport(Transport):
                 self._write(b"BDAT 0 LAST\r\n" + commands, "data", "BDAT")
                 probe = self._read_reply("data", "BDAT")
                 self._bdat = probe.is_success or probe.code == 503
+                if not self._bdat:
+                    log.info(
+                        "%s advertises CHUNKING but answered BDAT with %s: DATA on this connection",
+                        self.address,
+                        probe,
+                    )
                 commands = b""  # already sent
             if self._bdat:
                 self._send_bdat(envelope, commands, before_data, result)

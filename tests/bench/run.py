@@ -1,6 +1,7 @@
 """`make bench`: mailgate's outbox against a raw smtplib loop, through the sandbox's SMTP server with XOAUTH2.
 
-2,000 messages of 10 KB (BENCH_MESSAGES / BENCH_BODY_BYTES override), limits lifted. mailgate is timed
+2,000 messages of 10 KB (BENCH_MESSAGES / BENCH_BODY_BYTES override; BENCH_WORKER_LOG_DIR keeps the
+workers' logs), limits lifted. mailgate is timed
 end to end (enqueue -> all delivered) with 1 worker on SQLite (also with PIPELINING and CHUNKING turned
 off) and 1, 2 and 4 workers on PostgreSQL (BENCH_PLAN overrides); the application enqueues 100 messages
 per transaction (BENCH_PER_TRANSACTION). The raw loop sends the same messages over one authenticated
@@ -279,16 +280,22 @@ def mailgate_run(
     )
     control = ControlClient(facts["control_url"])
     control.reset_counters()
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-m", "mailgate.cli", "worker"],
-            env=env,
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+    log_dir = os.environ.get("BENCH_WORKER_LOG_DIR")
+    processes = []
+    for number in range(workers):
+        log = subprocess.DEVNULL
+        if log_dir:
+            name = f"worker-{backend}-{workers}-{number}-{uuid.uuid4().hex[:6]}.log"
+            log = open(Path(log_dir) / name, "wb")  # noqa: SIM115 (kept open for the process)
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "mailgate.cli", "worker"],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
         )
-        for _ in range(workers)
-    ]
     try:
         # Start-up is not what is measured: wait until every worker is idle, waiting for mail.
         wait_until_idle([p.pid for p in processes])
