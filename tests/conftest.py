@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from django.contrib.auth.models import User
 from django.test import Client
+
+from mailgate.transports import smtp
 
 pytest_plugins = ["tests.sandbox_fixtures"]
 
@@ -14,6 +18,14 @@ PASSWORD = "correct horse battery staple"
 @pytest.fixture(autouse=True)
 def _fast_password_hashing(settings: pytest.FixtureRequest) -> None:
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]  # type: ignore[attr-defined]
+
+
+@pytest.fixture(autouse=True)
+def _forget_servers_without_bdat() -> Iterator[None]:
+    """The SMTP transport remembers, per process, which host:port did not take BDAT; loopback ports
+    are reused from test to test, so each test starts without that memory."""
+    yield
+    smtp._WITHOUT_BDAT.clear()
 
 
 @pytest.fixture

@@ -120,6 +120,10 @@ class _CountingSMTP(ChunkingSMTP):
 
     async def smtp_BDAT(self, arg: str) -> None:
         self.sink.bdat_commands += 1
+        if self.sink.chunking == "hang-up":
+            assert self.transport is not None
+            self.transport.close()
+            return
         if self.sink.chunking != "yes":
             await self.push('500 Error: command "BDAT" not recognized')  # aiosmtpd's own reply
             return
@@ -145,7 +149,8 @@ class SMTPSink:
     # Advertise PIPELINING (RFC 2920); aiosmtpd reads pipelined commands one after another.
     pipelining: bool = False
     # Advertise CHUNKING (RFC 3030): "yes" with BDAT implemented, "broken" without it (BDAT is then
-    # an unknown command, as on a server that advertises what it does not do).
+    # an unknown command, as on a server that advertises what it does not do), "hang-up" closing the
+    # connection at BDAT.
     chunking: str = ""
     bdat_commands: int = 0
 

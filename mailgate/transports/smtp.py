@@ -42,6 +42,9 @@ class SMTPServerConfig(Protocol):
 
 log = logging.getLogger("mailgate.transports")
 
+# host:port of servers that advertised CHUNKING but did not take BDAT, for this process's lifetime.
+_WITHOUT_BDAT: set[str] = set()
+
 # Send the XOAUTH2 response inline only while the AUTH line stays short: Dovecot's submission service
 # refuses command lines over 4 KiB and Postfix's default line_length_limit is 2048, and Entra ID tokens
 # are often 1.5-3 KB (see shared/reference/test-peers.md, pitfalls 9 and 10). Exchange documents the
@@ -571,17 +574,26 @@ class SMTPTransport(Transport):
         but turns out not to know BDAT gets DATA for the rest of the connection.
         """
         connection = self._require()
+        if self._bdat is None and self.address in _WITHOUT_BDAT:
+            self._bdat = False
         if self.chunking and self._bdat is not False and connection.has_extn("chunking"):
             if self._bdat is None:
                 # Whether this server knows BDAT, asked without a transaction and with no bytes a
                 # server could mistake for commands: one that does answers 503 (bad sequence of
                 # commands), one that does not answers 500/502 (unknown command).
-                self._write(b"BDAT 0 LAST\r\n" + commands, "data", "BDAT")
-                probe = self._read_reply("data", "BDAT")
+                try:
+                    self._write(b"BDAT 0 LAST\r\n" + commands, "data", "BDAT")
+                    probe = self._read_reply("data", "BDAT")
+                except TransportError:
+                    # A server that hangs up on the question would do so on every retry: it gets
+                    # DATA from now on.
+                    _WITHOUT_BDAT.add(self.address)
+                    raise
                 self._bdat = probe.is_success or probe.code == 503
                 if not self._bdat:
+                    _WITHOUT_BDAT.add(self.address)
                     log.info(
-                        "%s advertises CHUNKING but answered BDAT with %s: DATA on this connection",
+                        "%s advertises CHUNKING but answered BDAT with %s: DATA from now on",
                         self.address,
                         probe,
                     )

@@ -289,8 +289,25 @@ def test_a_server_advertising_chunking_without_bdat_gets_data_after_one_check() 
         with SMTPTransport(plain_server(sink.port)) as transport:
             for _ in range(3):
                 assert transport.send_message(envelope()).ok
+        # Later connections to the same server do not ask again.
+        with SMTPTransport(plain_server(sink.port)) as transport:
+            assert transport.send_message(envelope()).ok
         assert sink.bdat_commands == 1  # only the question, never content
-        assert [r.data for r in sink.received] == [CONTENT] * 3
+        assert [r.data for r in sink.received] == [CONTENT] * 4
+
+
+def test_a_server_hanging_up_on_bdat_gets_data_on_the_next_connection() -> None:
+    with SMTPSink(pipelining=True, chunking="hang-up") as sink:
+        with (
+            pytest.raises(TransportError) as caught,
+            SMTPTransport(plain_server(sink.port)) as transport,
+        ):
+            transport.send_message(envelope())
+        assert caught.value.step == "data" and not caught.value.permanent  # retried later
+        with SMTPTransport(plain_server(sink.port)) as transport:
+            assert transport.send_message(envelope()).ok
+        assert sink.bdat_commands == 1
+        assert [r.data for r in sink.received] == [CONTENT]
 
 
 def test_chunking_turned_off_uses_data() -> None:
