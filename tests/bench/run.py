@@ -62,6 +62,16 @@ def parse_plan(text: str) -> list[tuple[str, int, bool]]:
     return plan
 
 
+def env_int(name: str, default: int, minimum: int = 1) -> int:
+    """A whole-number BENCH_* setting; a bad one stops the bench naming it."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or int(raw) < minimum:
+        raise SystemExit(f"{name}: {raw!r} is not a whole number of at least {minimum}")
+    return int(raw)
+
+
 def wait_for(condition: Any, timeout: float, what: str, pause: float = 0.05) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -310,7 +320,7 @@ def mailgate_run(
                         "count": count,
                         "body_bytes": body_bytes,
                         "from": demo["user"],
-                        "per_transaction": int(os.environ.get("BENCH_PER_TRANSACTION", "100")),
+                        "per_transaction": env_int("BENCH_PER_TRANSACTION", 100),
                     }
                 ),
             ],
@@ -377,8 +387,10 @@ def timed_raw_loop(
 
 
 def main() -> None:
-    count = int(os.environ.get("BENCH_MESSAGES", "2000"))
-    body_bytes = int(os.environ.get("BENCH_BODY_BYTES", str(10 * 1024)))
+    count = env_int("BENCH_MESSAGES", 2000)
+    body_bytes = env_int("BENCH_BODY_BYTES", 10 * 1024, minimum=65)
+    repeat = env_int("BENCH_REPEAT", 3)
+    env_int("BENCH_PER_TRANSACTION", 100)  # checked before anything starts
     plan = parse_plan(os.environ.get("BENCH_PLAN", DEFAULT_PLAN))
     folder = Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
     os.environ.setdefault("MAILGATE_HOME", str(folder / "bench-home"))
@@ -402,9 +414,6 @@ def main() -> None:
         # does, so the raw loop runs before every mailgate run and once more at the end, every
         # configuration runs BENCH_REPEAT times (interleaved), and medians are compared. The ratio
         # against the fastest raw run (the least favourable baseline) is reported beside it.
-        repeat = int(os.environ.get("BENCH_REPEAT", "3"))
-        if repeat < 1:
-            raise SystemExit("BENCH_REPEAT: expected a whole number of at least 1")
         raws: list[dict[str, Any]] = []
         results: dict[tuple[str, int, bool], list[dict[str, Any]]] = {c: [] for c in plan}
         for round_ in range(1, repeat + 1):
