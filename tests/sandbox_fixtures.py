@@ -5,6 +5,7 @@
   tenant, app (client ID + secret), users and passwords; `sandbox.control` is the control client.
 - `sandbox_factory(**kwargs)`: the same with `Sandbox` options (e.g. `dovecot=True`, `config=...`).
 - `complete_sign_in(...)`: drives the sandbox's sign-in and consent pages over HTTP, as a browser would.
+- `demo_tokens(...)`: the demo user's tokens through those pages and the token endpoint (code + PKCE).
 
 The signing key and the CA are made once per session and copied into each sandbox's state dir, so a
 sandbox starts in milliseconds and `SSL_CERT_FILE` can point at one CA file for the whole session.
@@ -106,3 +107,45 @@ def redirect_params(response: httpx.Response) -> dict[str, str]:
     parts = urlsplit(response.headers["location"])
     raw = parts.query or parts.fragment
     return {k: v[0] for k, v in parse_qs(raw).items()}
+
+
+DEMO_REDIRECT = "http://127.0.0.1:8000/oauth/microsoft/callback"
+SMTP_SCOPE = "offline_access openid https://outlook.office.com/SMTP.Send"
+
+
+def demo_tokens(
+    login_url: str,
+    ca_file: str | Path,
+    demo: dict[str, Any],
+    *,
+    state: str,
+    scope: str = SMTP_SCOPE,
+    redirect_uri: str = DEMO_REDIRECT,
+) -> Any:
+    """Sign in as the demo user on the sandbox's pages and redeem the code, as the callback does;
+    the TokenSet. The token request trusts the sandbox through SSL_CERT_FILE, as mailgate does."""
+    from mailgate.providers.microsoft import client
+
+    verifier = "v" * 64
+    url = client.authorize_url(
+        login_url,
+        "organizations",
+        client_id=demo["client_id"],
+        redirect_uri=redirect_uri,
+        scope=scope,
+        state=state,
+        code_verifier=verifier,
+        login_hint=demo["user"],
+    )
+    with httpx.Client(verify=str(ca_file), timeout=10) as browser:
+        response = complete_sign_in(browser, url, demo["user"], demo["password"])
+    return client.redeem_code(
+        login_url,
+        "organizations",
+        client_id=demo["client_id"],
+        client_secret=demo["client_secret"],
+        code=redirect_params(response)["code"],
+        code_verifier=verifier,
+        redirect_uri=redirect_uri,
+        scope=scope,
+    )

@@ -30,8 +30,6 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIRECT = "http://127.0.0.1:8000/oauth/microsoft/callback"
-SCOPE = "offline_access openid https://outlook.office.com/SMTP.Send"
 # Issue 5: mailgate on one worker at least this fraction of the raw loop's speed (raw s / mailgate s).
 TARGET_RATIO = 0.8
 
@@ -101,37 +99,9 @@ def start_sandbox(folder: Path) -> tuple[subprocess.Popen[bytes], dict[str, Any]
 
 
 def sign_in(facts: dict[str, Any]) -> Any:
-    import httpx
+    from tests.sandbox_fixtures import demo_tokens
 
-    from mailgate.providers.microsoft import client
-    from tests.sandbox_fixtures import complete_sign_in, redirect_params
-
-    demo = facts["demo"]
-    verifier = uuid.uuid4().hex * 2
-    url = client.authorize_url(
-        facts["login_url"],
-        "organizations",
-        client_id=demo["client_id"],
-        redirect_uri=REDIRECT,
-        scope=SCOPE,
-        state="bench",
-        code_verifier=verifier,
-        login_hint=demo["user"],
-    )
-    with httpx.Client(verify=facts["ca_file"], timeout=10) as browser:
-        code = redirect_params(complete_sign_in(browser, url, demo["user"], demo["password"]))[
-            "code"
-        ]
-    return client.redeem_code(
-        facts["login_url"],
-        "organizations",
-        client_id=demo["client_id"],
-        client_secret=demo["client_secret"],
-        code=code,
-        code_verifier=verifier,
-        redirect_uri=REDIRECT,
-        scope=SCOPE,
-    )
+    return demo_tokens(facts["login_url"], facts["ca_file"], facts["demo"], state="bench")
 
 
 def build_messages(sender: str, count: int, body_bytes: int) -> list[tuple[str, bytes]]:

@@ -16,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 import time_machine
 from django.core.management import call_command
@@ -27,14 +26,11 @@ from mailgate.oauth.tokens import store_grant
 from mailgate.outbox import enqueue
 from mailgate.outbox.models import DeliveryAttempt, OutgoingMessage, Status
 from mailgate.outbox.worker import get_deliverer
-from mailgate.providers.microsoft import client
 from mailgate.sandbox.server import Sandbox
 from mailgate.servers.models import MailServer
 from tests.peers.postfix import PostfixDovecotPeer, trust_bundle
-from tests.sandbox_fixtures import complete_sign_in, redirect_params
+from tests.sandbox_fixtures import SMTP_SCOPE, demo_tokens
 
-REDIRECT = "http://127.0.0.1:8000/oauth/microsoft/callback"
-SCOPE = "offline_access openid https://outlook.office.com/SMTP.Send"
 PASSWORD_USER = "relay@example.net"
 PASSWORD = "Tr0ub4dor&3-for-the-peer"
 
@@ -96,32 +92,9 @@ def env(
 
 
 def connect(sandbox: Sandbox, server: MailServer) -> None:
-    """Sign in as the demo user on the sandbox's pages and store the grant, as the callback does."""
-    demo = sandbox.demo
-    verifier = "v" * 64
-    url = client.authorize_url(
-        sandbox.login_url,
-        "organizations",
-        client_id=demo["client_id"],
-        redirect_uri=REDIRECT,
-        scope=SCOPE,
-        state="postfix-peer",
-        code_verifier=verifier,
-        login_hint=demo["user"],
-    )
-    with httpx.Client(verify=str(sandbox.ca_file), timeout=10) as browser:
-        response = complete_sign_in(browser, url, demo["user"], demo["password"])
-    tokens = client.redeem_code(
-        sandbox.login_url,
-        "organizations",
-        client_id=demo["client_id"],
-        client_secret=demo["client_secret"],
-        code=redirect_params(response)["code"],
-        code_verifier=verifier,
-        redirect_uri=REDIRECT,
-        scope=SCOPE,
-    )
-    store_grant(server, tokens=tokens, account=demo["user"], scopes=SCOPE.split())
+    """Sign in as the demo user through the sandbox's pages and store the grant, as the callback does."""
+    tokens = demo_tokens(sandbox.login_url, sandbox.ca_file, sandbox.demo, state="postfix-peer")
+    store_grant(server, tokens=tokens, account=sandbox.demo["user"], scopes=SMTP_SCOPE.split())
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 
 from mailgate.oauth.models import Grant
@@ -16,13 +15,9 @@ from mailgate.oauth.tokens import store_grant
 from mailgate.outbox import enqueue
 from mailgate.outbox.models import DeliveryAttempt, OutgoingMessage, Status
 from mailgate.outbox.worker import Deliverer
-from mailgate.providers.microsoft import client
 from mailgate.sandbox.server import Sandbox
 from mailgate.servers.models import MailServer
-from tests.sandbox_fixtures import complete_sign_in, redirect_params
-
-REDIRECT = "http://127.0.0.1:8000/oauth/microsoft/callback"
-SCOPE = "offline_access openid https://outlook.office.com/SMTP.Send"
+from tests.sandbox_fixtures import SMTP_SCOPE, demo_tokens
 
 
 @pytest.fixture(scope="module")
@@ -46,33 +41,8 @@ def idp(exchange: Sandbox, settings: Any, monkeypatch: pytest.MonkeyPatch) -> It
 
 def connect(sandbox: Sandbox, server: MailServer) -> None:
     """Sign in as the demo user through the sandbox's pages and store the grant, as the callback does."""
-    demo = sandbox.demo
-    verifier = "v" * 64
-    url = client.authorize_url(
-        sandbox.login_url,
-        "organizations",
-        client_id=demo["client_id"],
-        redirect_uri=REDIRECT,
-        scope=SCOPE,
-        state="outbox",
-        code_verifier=verifier,
-        login_hint=demo["user"],
-    )
-    with httpx.Client(verify=str(sandbox.ca_file), timeout=10) as browser:
-        code = redirect_params(complete_sign_in(browser, url, demo["user"], demo["password"]))[
-            "code"
-        ]
-    tokens = client.redeem_code(
-        sandbox.login_url,
-        "organizations",
-        client_id=demo["client_id"],
-        client_secret=demo["client_secret"],
-        code=code,
-        code_verifier=verifier,
-        redirect_uri=REDIRECT,
-        scope=SCOPE,
-    )
-    store_grant(server, tokens=tokens, account=demo["user"], scopes=SCOPE.split())
+    tokens = demo_tokens(sandbox.login_url, sandbox.ca_file, sandbox.demo, state="outbox")
+    store_grant(server, tokens=tokens, account=sandbox.demo["user"], scopes=SMTP_SCOPE.split())
 
 
 @pytest.fixture
