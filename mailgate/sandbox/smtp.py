@@ -266,6 +266,12 @@ class ChunkingSMTP(SMTP):
     Subclasses advertise CHUNKING in their EHLO reply; aiosmtpd itself implements no BDAT.
     """
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # The chunks of the transaction in progress, and whether one of them was refused.
+        self._bdat_chunks = bytearray()
+        self._bdat_refused = False
+        super().__init__(*args, **kwargs)
+
     async def smtp_BDAT(self, arg: str) -> None:
         """BDAT: the chunk's bytes are read whatever the reply, so that none of them is taken for a
         command; the transaction completes at LAST through the handler's DATA hook."""
@@ -288,25 +294,29 @@ class ChunkingSMTP(SMTP):
             return
         if await self.check_auth_needed("BDAT"):
             return
-        chunks: bytearray | None = getattr(envelope, "bdat_chunks", None)
-        if not envelope.mail_from or not envelope.rcpt_tos or chunks is False:
+        if not envelope.mail_from or not envelope.rcpt_tos or self._bdat_refused:
+            if last:  # the failed transaction ends here
+                self._set_post_data_state()
             await self.push("503 5.5.1 Bad sequence of commands")
             return
-        if chunks is None:
-            chunks = bytearray()
-            envelope.bdat_chunks = chunks  # type: ignore[attr-defined]
-        if self.data_size_limit and len(chunks) + size > self.data_size_limit:
-            envelope.bdat_chunks = False  # type: ignore[attr-defined]
+        if self.data_size_limit and len(self._bdat_chunks) + size > self.data_size_limit:
+            self._bdat_refused = True
             await self.push("552 5.3.4 Message size exceeds fixed maximum message size")
             return
-        chunks += chunk
+        self._bdat_chunks += chunk
         if not last:
             await self.push(f"250 2.0.0 {size} octets received")
             return
-        envelope.content = envelope.original_content = bytes(chunks)
+        envelope.content = envelope.original_content = bytes(self._bdat_chunks)
         status = await self._call_handler_hook("DATA")
         self._set_post_data_state()
         await self.push(status)
+
+    def _set_post_data_state(self) -> None:
+        """A new transaction (after DATA, BDAT LAST, RSET or EHLO): no chunks kept."""
+        super()._set_post_data_state()
+        self._bdat_chunks = bytearray()
+        self._bdat_refused = False
 
 
 class ExchangeSMTP(ChunkingSMTP):

@@ -69,6 +69,14 @@ def parse_queue_id(text: str) -> str:
     return ""
 
 
+def _to_report(kept: TransportError | None, new: TransportError) -> TransportError:
+    """Of two recipient refusals, the one to report when none was accepted: the first, unless it is
+    permanent and the new one temporary (a temporary refusal means the message is retried)."""
+    if kept is None or (kept.permanent and not new.permanent):
+        return new
+    return kept
+
+
 # What follows the content's last CRLF to complete a DATA transaction (RFC 5321 section 4.1.1.4).
 END_OF_DATA = b".\r\n"
 
@@ -481,14 +489,14 @@ class SMTPTransport(Transport):
     ) -> SendResult:
         """Submit one envelope; refusals come back in the result, a lost connection raises.
 
-        `before_data` runs before the content is sent (step by step: once the recipients are
-        accepted; pipelined: while the server works on the envelope). If it raises, nothing is sent
-        (the transaction is reset, or the connection dropped when pipelined) and its exception
-        propagates.
+        `before_data` runs before the message can be completed (step by step: once the recipients
+        are accepted, before DATA; pipelined: with the content sent but before the final "." or
+        BDAT LAST). If it raises, nothing is delivered (the transaction is reset, or the connection
+        dropped when pipelined) and its exception propagates.
 
-        When the server offers PIPELINING (RFC 2920; Exchange Online and Gmail do), MAIL FROM, every
-        RCPT TO and DATA go out in one write and their replies are read together: two round trips per
-        message instead of three plus one per recipient.
+        When the server offers PIPELINING (RFC 2920; Exchange Online, Gmail and Postfix do), MAIL
+        FROM and every RCPT TO go out in one write with DATA (two round trips per message) or, with
+        CHUNKING, with the content as BDAT (one round trip); see _send_pipelined.
         """
         self.open()
         started = time.monotonic()
@@ -516,8 +524,7 @@ class SMTPTransport(Transport):
                     if self.connection is None:
                         raise
                     result.refused[recipient] = exc.reply
-                    if first_refusal is None or (first_refusal.permanent and not exc.permanent):
-                        first_refusal = exc
+                    first_refusal = _to_report(first_refusal, exc)
             if not accepted:
                 assert first_refusal is not None
                 self._reset_quietly()
@@ -624,8 +631,7 @@ class SMTPTransport(Transport):
             )
             if mail.is_success:
                 result.refused[recipient] = reply
-            if first_refusal is None or (first_refusal.permanent and not refusal.permanent):
-                first_refusal = refusal
+            first_refusal = _to_report(first_refusal, refusal)
         return mail, accepted, first_refusal
 
     def _no_transaction(

@@ -646,3 +646,14 @@ def test_send_as_is_checked_at_bdat_last_like_at_data(rig: Rig) -> None:
     code, text = bdat(client, message(sender=SAM, to=ALEX).as_bytes(), last=True)
     assert code == 554 and "SendAsDenied" in text.decode()
     client.quit()
+
+
+def test_a_refused_last_chunk_ends_the_transaction(rig: Rig) -> None:
+    client = rig.login()
+    assert client.mail(ALEX)[0] == 250
+    assert bdat(client, b"no recipients yet\r\n", last=True)[0] == 503
+    assert client.mail(ALEX)[0] == 250  # a new transaction, not a "nested MAIL"
+    assert client.rcpt(SAM)[0] == 250
+    assert bdat(client, message().as_bytes(), last=True)[0] == 250
+    client.quit()
+    assert len(rig.delivery.to(SAM)) == 1
