@@ -6,12 +6,10 @@ PostgreSQL) and each attempt's INSERT.
 
 from __future__ import annotations
 
-import os
 import re
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +17,8 @@ import psycopg
 import pytest
 from django.db import connection
 
-ROOT = Path(__file__).resolve().parents[2]
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+from tests.outbox.own_database import ROOT, own_database, process_env, query
+
 MESSAGES = "outbox_outgoingmessage"
 ATTEMPTS = "outbox_deliveryattempt"
 
@@ -77,13 +75,7 @@ def test_the_composite_indexes_keep_their_names_and_column_order():
 class Database:
     def __init__(self, url: str, home: Path) -> None:
         self.url = url
-        self.env = {
-            **os.environ,
-            "MAILGATE_DATABASE_URL": url,
-            "MAILGATE_HOME": str(home),
-            "DJANGO_SETTINGS_MODULE": "mailgate.settings",
-            "PYTHONPATH": str(ROOT),
-        }
+        self.env = process_env(url, home, DJANGO_SETTINGS_MODULE="mailgate.settings")
 
     def migrate(self, *target: str) -> None:
         done = subprocess.run(
@@ -96,16 +88,7 @@ class Database:
         assert done.returncode == 0, done.stderr.decode()
 
     def execute(self, sql: str, params: tuple = ()) -> list[tuple]:
-        if self.url.startswith("sqlite"):
-            db = sqlite3.connect(self.url.removeprefix("sqlite:///"))
-            try:
-                with db:
-                    return db.execute(sql.replace("%s", "?"), params).fetchall()
-            finally:
-                db.close()
-        with psycopg.connect(self.url) as db:
-            cursor = db.execute(sql, params)
-            return cursor.fetchall() if cursor.description else []
+        return query(self.url, sql, params)
 
     def index_definitions(self, table: str) -> dict[str, str]:
         """Index name -> its column list (and WHERE), as the database has it."""
@@ -155,18 +138,8 @@ for i, key in enumerate(["apikey:1:order-1", None, None]):
 # Databases of their own (like test_workers.py), so both run whatever MAILGATE_DATABASE_URL says.
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres_only)])
 def database(request, tmp_path) -> Iterator[Database]:
-    name = ""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path}/mailgate.sqlite3"
-    else:
-        name = f"mg_outbox_indexes_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    yield Database(url, tmp_path)
-    if name:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with own_database(request.param, tmp_path, "mg_outbox_indexes") as url:
+        yield Database(url, tmp_path)
 
 
 @pytest.mark.nodb

@@ -5,25 +5,19 @@ from __future__ import annotations
 import collections
 import email
 import json
-import os
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-import psycopg
 import pytest
 
+from tests.outbox.own_database import ROOT, own_database, process_env, query
 from tests.smtpsink import SMTPSink
 
 pytestmark = pytest.mark.nodb
-
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-ROOT = Path(__file__).resolve().parents[2]
 
 
 class Deployment:
@@ -31,13 +25,7 @@ class Deployment:
 
     def __init__(self, url: str, home: Path) -> None:
         self.url = url
-        self.env = {
-            **os.environ,
-            "MAILGATE_DATABASE_URL": url,
-            "MAILGATE_HOME": str(home),
-            "MAILGATE_OUTBOX_LEASE_SECONDS": "3",
-            "PYTHONPATH": str(ROOT),
-        }
+        self.env = process_env(url, home, MAILGATE_OUTBOX_LEASE_SECONDS="3")
         self.workers: list[subprocess.Popen[bytes]] = []
 
     def harness(self, command: str, argument: dict | None = None) -> dict:
@@ -52,14 +40,7 @@ class Deployment:
         return json.loads(done.stdout) if done.stdout.strip() else {}
 
     def _query(self, sql: str) -> list[tuple]:
-        if self.url.startswith("sqlite"):
-            db = sqlite3.connect(self.url.removeprefix("sqlite:///"), timeout=30)
-            try:
-                return db.execute(sql).fetchall()
-            finally:
-                db.close()
-        with psycopg.connect(self.url) as db:
-            return db.execute(sql).fetchall()
+        return query(self.url, sql)
 
     def status(self) -> dict:
         """The queue as the database has it, read directly (a cheap query, no Django start-up)."""
@@ -95,21 +76,11 @@ class Deployment:
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def deployment(request, tmp_path_factory) -> Iterator[Deployment]:
     home = tmp_path_factory.mktemp(f"workers-{request.param}")
-    name = ""
-    if request.param == "sqlite":
-        url = f"sqlite:///{home}/mailgate.sqlite3"
-    else:
-        name = f"mg_outbox_procs_{uuid.uuid4().hex[:10]}"
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'CREATE DATABASE "{name}"')
-        url = f"postgresql://postgres@127.0.0.1:5432/{name}"
-    deployed = Deployment(url, home)
-    deployed.harness("migrate")
-    yield deployed
-    deployed.stop_all()
-    if name:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with own_database(request.param, home, "mg_outbox_procs") as url:
+        deployed = Deployment(url, home)
+        deployed.harness("migrate")
+        yield deployed
+        deployed.stop_all()
 
 
 @pytest.fixture
