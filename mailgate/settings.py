@@ -26,6 +26,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "mailgate.core",
+    "mailgate.console",
     "mailgate.accounts",
     "mailgate.servers",
     "mailgate.oauth",

@@ -7,6 +7,7 @@ returning a reply or None for the default); AUTH PLAIN/LOGIN against `users`; ST
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import socket
 import ssl
@@ -118,6 +119,29 @@ class _CountingSMTP(ChunkingSMTP):
             self.sink.active -= 1
         super().connection_lost(error)
 
+    async def _bearer(self, mechanism: str, args: list[str]) -> AuthResult:
+        """XOAUTH2 / OAUTHBEARER: the token must equal the user's entry in `users`."""
+        if len(args) > 1:
+            blob = base64.b64decode(args[1])
+        else:
+            answer = await self.challenge_auth("")
+            if not isinstance(answer, bytes):
+                return AuthResult(success=False)
+            blob = answer
+        fields = dict(part.split("=", 1) for part in blob.decode().split("\x01") if "=" in part)
+        user = fields.get("user", "")
+        if mechanism == "OAUTHBEARER":
+            user = blob.decode().split(",")[1].removeprefix("a=")
+        token = fields.get("auth", "").removeprefix("Bearer ")
+        self.sink.bearer_logins.append((mechanism, user))
+        return self._authenticate(mechanism, LoginPassword(user.encode(), token.encode()))
+
+    async def auth_XOAUTH2(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._bearer("XOAUTH2", args)
+
+    async def auth_OAUTHBEARER(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._bearer("OAUTHBEARER", args)
+
     async def smtp_BDAT(self, arg: str) -> None:
         self.sink.bdat_commands += 1
         if self.sink.chunking == "hang-up":
@@ -153,6 +177,9 @@ class SMTPSink:
     # connection at BDAT.
     chunking: str = ""
     bdat_commands: int = 0
+    # SASL bearer mechanisms accepted (the token is checked against `users` like a password).
+    bearer_mechanisms: tuple[str, ...] = ("XOAUTH2", "OAUTHBEARER")
+    bearer_logins: list[tuple[str, str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -177,6 +204,9 @@ class SMTPSink:
                 authenticator=self._authenticate,
                 auth_require_tls=self.tls_context is not None,
                 auth_required=True,
+                auth_exclude_mechanism=[
+                    m for m in ("XOAUTH2", "OAUTHBEARER") if m not in self.bearer_mechanisms
+                ],
             )
         if self.tls_context is not None:
             kwargs.update(tls_context=self.tls_context, require_starttls=True)

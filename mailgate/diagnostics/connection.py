@@ -18,13 +18,12 @@ from dataclasses import dataclass, field
 from django.utils import timezone
 
 from mailgate import providers
-from mailgate.oauth.errors import TokenError
+from mailgate.connections import imap_transport, pop3_transport, smtp_transport
 from mailgate.oauth.tokens import refresh_access_token, release_held_mail
+from mailgate.providers.errors import TokenError
 from mailgate.providers.replies import diagnose_reply
 from mailgate.servers.models import MailServer, ServerStatus
 from mailgate.transports.base import Reply, TransportError
-from mailgate.transports.imap import IMAPTransport
-from mailgate.transports.pop3 import POP3Transport
 from mailgate.transports.smtp import SMTPTransport
 
 log = logging.getLogger("mailgate.diagnostics")
@@ -163,7 +162,7 @@ def _tls_note(sock: object, host: str) -> str:
 
 
 def _smtp_steps(run: _Runner, server: MailServer) -> None:
-    transport = SMTPTransport(server, timeout=TIMEOUT_SECONDS)
+    transport = smtp_transport(server, timeout=TIMEOUT_SECONDS)
     try:
         run.step(f"SMTP connect {transport.address}", lambda: str(transport.connect()))
         if server.smtp_security == "starttls":
@@ -208,7 +207,7 @@ def _data_then_drop(transport: SMTPTransport) -> str:
 
 
 def _imap_steps(run: _Runner, server: MailServer) -> None:
-    transport = IMAPTransport(server, timeout=TIMEOUT_SECONDS)
+    transport = imap_transport(server, timeout=TIMEOUT_SECONDS)
     try:
         run.step(f"IMAP connect {transport.address}", lambda: str(transport.connect()) or "ok")
         if server.incoming_security == "starttls":
@@ -229,7 +228,7 @@ def _imap_steps(run: _Runner, server: MailServer) -> None:
 
 
 def _pop3_steps(run: _Runner, server: MailServer) -> None:
-    transport = POP3Transport(server, timeout=TIMEOUT_SECONDS)
+    transport = pop3_transport(server, timeout=TIMEOUT_SECONDS)
     try:
         run.step(f"POP3 connect {transport.address}", lambda: str(transport.connect()) or "ok")
         if server.incoming_security == "starttls":

@@ -17,15 +17,16 @@ from django.utils import timezone
 
 from mailgate import providers
 from mailgate.crypto import Sealed
-from mailgate.oauth.errors import (
+from mailgate.oauth.models import REFRESH_IDLE_AFTER, STATE_LIFETIME, Grant, OAuthState
+from mailgate.providers.base import OAuthFlow, TokenSet, revealed
+from mailgate.providers.errors import (
     ClientCredentialsInvalid,
     ReconnectRequired,
     TokenError,
     TokenUnavailable,
 )
-from mailgate.oauth.models import REFRESH_IDLE_AFTER, STATE_LIFETIME, Grant, OAuthState
-from mailgate.providers.base import OAuthFlow, TokenSet, revealed
 from mailgate.servers.models import MailServer, ServerStatus
+from mailgate.servers.signals import mail_may_flow
 
 log = logging.getLogger("mailgate.oauth")
 
@@ -262,15 +263,10 @@ def credentials_changed(server: MailServer) -> None:
 
 
 def release_held_mail(server: MailServer) -> None:
-    """Let the outbox resume the server's held mail (mailgate.outbox.hold.release_server)."""
-    try:
-        from mailgate.outbox.hold import release_server  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return
-    try:
-        release_server(server)
-    except Exception:
-        log.exception("releasing the held mail of %s failed", server.name)
+    """Announce that the server's mail may flow again (the outbox releases what it held)."""
+    for _receiver, result in mail_may_flow.send_robust(MailServer, server=server):
+        if isinstance(result, Exception):
+            log.error("releasing the held mail of %s failed", server.name, exc_info=result)
 
 
 def refresh_idle_grants() -> bool:

@@ -1,4 +1,4 @@
-"""OAuth connect / callback / disconnect / connection-test routes (owned by the oauth package)."""
+"""OAuth connect / callback / disconnect routes (owned by the oauth package)."""
 
 from django.urls import URLPattern, URLResolver, path
 
@@ -9,7 +9,6 @@ app_name = "oauth"
 urlpatterns: list[URLPattern | URLResolver] = [
     path("servers/<int:pk>/connect", views.connect, name="connect"),
     path("servers/<int:pk>/disconnect", views.disconnect, name="disconnect"),
-    path("servers/<int:pk>/test", views.test_connection, name="test"),
     path(
         "microsoft/callback",
         views.callback,

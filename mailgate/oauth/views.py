@@ -296,14 +296,3 @@ def disconnect(request: HttpRequest, pk: int) -> HttpResponse:
     if note:
         messages.warning(request, note)
     return redirect(_edit_url(server))
-
-
-@require_POST
-@admin_required
-def test_connection(request: HttpRequest, pk: int) -> HttpResponse:
-    """Run the connection test; the panel shows its result."""
-    from mailgate.diagnostics.connection import run_connection_test
-
-    server = get_object_or_404(MailServer, pk=pk)
-    run_connection_test(server)
-    return redirect(_edit_url(server) + "#connection")

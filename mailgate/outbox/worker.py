@@ -24,6 +24,7 @@ from django.db import connection, models, transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
+from mailgate.connections import smtp_transport
 from mailgate.outbox import conf, retry
 from mailgate.outbox.diagnosis import Action, Verdict, classify
 from mailgate.outbox.hold import hold_server, release_server
@@ -331,14 +332,7 @@ class Deliverer:
         if ConnectionLease.objects.filter(server=server).count() >= server.limit_connections:
             return False
         lease = ConnectionLease.objects.create(server=server, holder=self.holder, expires_at=until)
-        config = conf.get()
-        transport = SMTPTransport(
-            server,
-            timeout=config.smtp_timeout,
-            pipelining=config.smtp_pipelining,
-            chunking=config.smtp_chunking,
-        )
-        self.connections[server.pk] = Connection(transport, lease.pk)
+        self.connections[server.pk] = Connection(_new_transport(server), lease.pk)
         return True
 
     def _renew(
@@ -392,8 +386,10 @@ class Deliverer:
         """Send a claimed batch over the server's connection, recording each outcome as it happens."""
         held = self.connections[server.pk]
         lease_seconds = conf.get().lease_seconds
+        if not held.transport.is_open:
+            # A new connection uses the server's current settings and credential.
+            held.transport = _new_transport(server)
         transport = held.transport
-        transport.server = server
         remaining = list(messages)
         if not transport.is_open:
             try:
@@ -661,7 +657,7 @@ class Deliverer:
             if not taken:
                 continue
             did = True
-            transport = SMTPTransport(server, timeout=config.smtp_timeout)
+            transport = smtp_transport(server, timeout=config.smtp_timeout)
             try:
                 transport.open()
             except TransportError as exc:
@@ -696,6 +692,16 @@ class Deliverer:
 
 _deliverer: Deliverer | None = None
 _deliverer_pid = 0
+
+
+def _new_transport(server: MailServer) -> SMTPTransport:
+    config = conf.get()
+    return smtp_transport(
+        server,
+        timeout=config.smtp_timeout,
+        pipelining=config.smtp_pipelining,
+        chunking=config.smtp_chunking,
+    )
 
 
 def get_deliverer() -> Deliverer:

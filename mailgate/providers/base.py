@@ -6,9 +6,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from mailgate.oauth.errors import TokenError
+    from mailgate.providers.errors import TokenError
     from mailgate.providers.replies import ReplyRule
-    from mailgate.servers.models import MailServer
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,23 @@ class TokenSet:
             scope=str(token.get("scope") or ""),
             id_token=str(token.get("id_token") or ""),
         )
+
+
+class MailServer(Protocol):
+    """The mail server settings a provider reads (servers.models.MailServer has them all).
+
+    Declared here so that providers sit below servers: the provider layer never imports it.
+    """
+
+    username: str
+    client_id: str
+    client_secret: Any  # Sealed | None (EncryptedField)
+    tenant: str
+    cloud: str
+    incoming_protocol: str
+
+    @property
+    def has_outgoing(self) -> bool: ...
 
 
 class OAuthFlow(Protocol):

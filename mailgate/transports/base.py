@@ -108,9 +108,7 @@ class Transport:
     """Base class: `open()` publishes a ready connection, `close()` closes only what this object opened."""
 
     name = ""
-    # The server field that says starttls / ssl / none for this transport's connection.
-    security_field = ""
-    server: Any
+    endpoint: Any  # a transports.credentials.Endpoint (not imported: it imports this module)
     _ready = False
 
     def connect(self) -> object:
@@ -131,7 +129,7 @@ class Transport:
             return False
         try:
             self.connect()
-            if getattr(self.server, self.security_field) == "starttls":
+            if self.endpoint.security == "starttls":
                 self.starttls()
             self.authenticate()
         except BaseException:
@@ -165,16 +163,32 @@ class Transport:
 
 
 class IncomingTransport(Transport):
-    """IMAP / POP3: the server's Incoming Server, Incoming Port and Incoming Encryption fields."""
+    """IMAP / POP3: a mailbox to read, on its implicit-TLS or plain port when none is given."""
 
-    security_field = "incoming_security"
     implicit_tls_port = 0
     plain_port = 0
 
     @property
     def default_port(self) -> int:
-        return self.implicit_tls_port if self.server.incoming_security == "ssl" else self.plain_port
+        return self.implicit_tls_port if self.endpoint.security == "ssl" else self.plain_port
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint.port or self.default_port)
 
     @property
     def address(self) -> str:
-        return f"{self.server.incoming_host}:{self.server.incoming_port or self.default_port}"
+        return f"{self.endpoint.host}:{self.port}"
+
+    def check_endpoint(self) -> None:
+        """Refuse to connect without a host or with an unknown security setting."""
+        if not self.endpoint.host:
+            raise TransportError(
+                "the server has no Incoming Server host name", permanent=True, step="connect"
+            )
+        if self.endpoint.security not in ("ssl", "starttls", "none"):
+            raise TransportError(
+                f"unknown {self.endpoint.security_label} {self.endpoint.security!r}",
+                permanent=True,
+                step="connect",
+            )

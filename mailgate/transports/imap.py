@@ -13,9 +13,17 @@ from typing import Any
 import imapclient
 from imapclient import exceptions as imap_errors
 
-from mailgate.conf import is_loopback_host
 from mailgate.transports.base import IncomingTransport, Reply, TransportError
-from mailgate.transports.smtp import tls_context, xoauth2_string
+from mailgate.transports.credentials import (
+    BearerToken,
+    ClientCertificate,
+    Credential,
+    Endpoint,
+    Password,
+    bearer_response,
+    require_encryption,
+    tls_context,
+)
 
 
 def _text(exc: BaseException) -> str:
@@ -26,16 +34,6 @@ def _text(exc: BaseException) -> str:
     return text
 
 
-def token_error(exc: Exception, user: str) -> TransportError:
-    """A TokenError from the token lifecycle as a TransportError of the `token` step."""
-    return TransportError(
-        f"no access token for {user}: {exc}",
-        permanent=bool(getattr(exc, "permanent", False)),
-        step="token",
-        diagnosis=str(getattr(exc, "diagnosis", "")),
-    )
-
-
 class IMAPTransport(IncomingTransport):
     """One IMAP connection to a server's incoming mailbox."""
 
@@ -43,8 +41,17 @@ class IMAPTransport(IncomingTransport):
     implicit_tls_port = 993
     plain_port = 143
 
-    def __init__(self, server: Any, *, timeout: float = 30.0) -> None:
-        self.server = server
+    def __init__(
+        self,
+        endpoint: Endpoint,
+        credential: Credential | None = None,
+        *,
+        timeout: float = 30.0,
+        folder: str = "INBOX",
+    ) -> None:
+        self.endpoint = endpoint
+        self.credential = credential
+        self.folder = folder
         self.timeout = timeout
         self.client: imapclient.IMAPClient | None = None
         self._ready = False
@@ -71,24 +78,14 @@ class IMAPTransport(IncomingTransport):
 
     def connect(self) -> Reply:
         """Open the connection (TLS first for implicit TLS) and read the greeting."""
-        server = self.server
-        if not server.incoming_host:
-            raise TransportError(
-                "the server has no Incoming Server host name", permanent=True, step="connect"
-            )
-        if server.incoming_security not in ("ssl", "starttls", "none"):
-            raise TransportError(
-                f"unknown Incoming Encryption {server.incoming_security!r}",
-                permanent=True,
-                step="connect",
-            )
-        implicit = server.incoming_security == "ssl"
+        self.check_endpoint()
+        implicit = self.endpoint.security == "ssl"
         try:
             client = imapclient.IMAPClient(
-                server.incoming_host,
-                port=server.incoming_port or self.default_port,
+                self.endpoint.host,
+                port=self.port,
                 ssl=implicit,
-                ssl_context=tls_context(server) if implicit else None,
+                ssl_context=tls_context(self.credential) if implicit else None,
                 timeout=self.timeout,
             )
         except ssl.SSLCertVerificationError as exc:
@@ -115,7 +112,7 @@ class IMAPTransport(IncomingTransport):
                     permanent=True,
                     step="tls",
                 )
-            text = client.starttls(tls_context(self.server))
+            text = client.starttls(tls_context(self.credential))
         except ssl.SSLCertVerificationError as exc:
             raise TransportError(
                 f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
@@ -129,27 +126,30 @@ class IMAPTransport(IncomingTransport):
 
     @property
     def is_encrypted(self) -> bool:
-        return self.server.incoming_security in ("ssl", "starttls") and self.client is not None
+        return self.endpoint.security in ("ssl", "starttls") and self.client is not None
 
     def authenticate(self) -> Reply:
-        """XOAUTH2 for OAuth servers, LOGIN (or PLAIN) with the password; certificates need no login."""
-        server = self.server
-        if server.is_oauth:
-            return self._auth_xoauth2()
-        if server.auth_method == "certificate" and not server.password:
-            return Reply()
-        return self._auth_password()
+        """XOAUTH2 (or OAUTHBEARER) with a bearer token, LOGIN (or PLAIN) with a password; a client
+        certificate needs no login unless it comes with one."""
+        credential = self.credential
+        if isinstance(credential, ClientCertificate):
+            credential = credential.login
+        if isinstance(credential, BearerToken):
+            return self._auth_bearer(credential)
+        if isinstance(credential, Password):
+            return self._auth_password(credential)
+        return Reply()
 
-    def _auth_xoauth2(self) -> Reply:
-        from mailgate.oauth.errors import TokenError
-        from mailgate.oauth.tokens import get_fresh_access_token
-
+    def _auth_bearer(self, credential: BearerToken) -> Reply:
         client = self._require()
-        try:
-            token = get_fresh_access_token(self.server)
-        except TokenError as exc:
-            raise token_error(exc, self.server.username) from None
-        response = xoauth2_string(self.server.username, token)
+        require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="access token")
+        capabilities = client.capabilities()
+        mechanism = (
+            "OAUTHBEARER"
+            if b"AUTH=XOAUTH2" not in capabilities and b"AUTH=OAUTHBEARER" in capabilities
+            else "XOAUTH2"
+        )
+        response = bearer_response(mechanism, credential.username, credential.get_token())
         answered: list[bool] = []
 
         def answer(challenge: bytes) -> str:
@@ -161,22 +161,15 @@ class IMAPTransport(IncomingTransport):
             answered.append(True)
             return response
 
-        return self._login(lambda: client.sasl_login("XOAUTH2", answer))
+        return self._login(lambda: client.sasl_login(mechanism, answer))
 
-    def _auth_password(self) -> Reply:
+    def _auth_password(self, credential: Password) -> Reply:
         client = self._require()
-        server = self.server
-        if not self.is_encrypted and not is_loopback_host(server.incoming_host):
-            raise TransportError(
-                "refusing to send the password over an unencrypted connection: "
-                "set Incoming Encryption to SSL/TLS or TLS (STARTTLS)",
-                permanent=True,
-                step="auth",
-            )
-        password = server.password.reveal() if server.password else ""
+        require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="password")
+        username, password = credential.username, credential.password
         if b"LOGINDISABLED" in client.capabilities():
-            return self._login(lambda: client.plain_login(server.username, password))
-        return self._login(lambda: client.login(server.username, password))
+            return self._login(lambda: client.plain_login(username, password))
+        return self._login(lambda: client.login(username, password))
 
     def _login(self, call: Any) -> Reply:
         try:
@@ -197,7 +190,7 @@ class IMAPTransport(IncomingTransport):
     def select_folder(self, folder: str | None = None, *, readonly: bool = True) -> Reply:
         """SELECT (read-only by default) the configured folder; the reply names its message count."""
         client = self._require()
-        name = folder or self.server.incoming_folder or "INBOX"
+        name = folder or self.folder or "INBOX"
         try:
             info = client.select_folder(name, readonly=readonly)
         except (imap_errors.IMAPClientError, OSError, ssl.SSLError) as exc:

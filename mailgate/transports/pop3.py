@@ -12,10 +12,17 @@ import poplib
 import ssl
 from typing import Any
 
-from mailgate.conf import is_loopback_host
 from mailgate.transports.base import IncomingTransport, Reply, TransportError
-from mailgate.transports.imap import token_error
-from mailgate.transports.smtp import tls_context, xoauth2_string
+from mailgate.transports.credentials import (
+    BearerToken,
+    ClientCertificate,
+    Credential,
+    Endpoint,
+    Password,
+    bearer_response,
+    require_encryption,
+    tls_context,
+)
 
 
 def _text(value: bytes | BaseException) -> str:
@@ -34,8 +41,11 @@ class POP3Transport(IncomingTransport):
     implicit_tls_port = 995
     plain_port = 110
 
-    def __init__(self, server: Any, *, timeout: float = 30.0) -> None:
-        self.server = server
+    def __init__(
+        self, endpoint: Endpoint, credential: Credential | None = None, *, timeout: float = 30.0
+    ) -> None:
+        self.endpoint = endpoint
+        self.credential = credential
         self.timeout = timeout
         self.connection: poplib.POP3 | None = None
         self._ready = False
@@ -62,19 +72,15 @@ class POP3Transport(IncomingTransport):
 
     def connect(self) -> Reply:
         """Open the connection (TLS first for implicit TLS) and read the greeting."""
-        server = self.server
-        if not server.incoming_host:
-            raise TransportError(
-                "the server has no Incoming Server host name", permanent=True, step="connect"
-            )
-        port = server.incoming_port or self.default_port
+        self.check_endpoint()
+        host, port = self.endpoint.host, self.port
         try:
-            if server.incoming_security == "ssl":
+            if self.endpoint.security == "ssl":
                 connection: poplib.POP3 = poplib.POP3_SSL(
-                    server.incoming_host, port, timeout=self.timeout, context=tls_context(server)
+                    host, port, timeout=self.timeout, context=tls_context(self.credential)
                 )
             else:
-                connection = poplib.POP3(server.incoming_host, port, timeout=self.timeout)
+                connection = poplib.POP3(host, port, timeout=self.timeout)
         except ssl.SSLCertVerificationError as exc:
             raise TransportError(
                 f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
@@ -93,7 +99,7 @@ class POP3Transport(IncomingTransport):
         """Upgrade with STLS, verifying the certificate and host name."""
         connection = self._require()
         try:
-            text = connection.stls(tls_context(self.server))
+            text = connection.stls(tls_context(self.credential))
         except ssl.SSLCertVerificationError as exc:
             raise TransportError(
                 f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
@@ -107,28 +113,27 @@ class POP3Transport(IncomingTransport):
 
     @property
     def is_encrypted(self) -> bool:
-        return self.server.incoming_security in ("ssl", "starttls") and self.connection is not None
+        return self.endpoint.security in ("ssl", "starttls") and self.connection is not None
 
     def authenticate(self) -> Reply:
-        """AUTH XOAUTH2 for OAuth servers, USER/PASS with the password; certificates need no login."""
-        server = self.server
-        if server.is_oauth:
-            return self._auth_xoauth2()
-        if server.auth_method == "certificate" and not server.password:
-            return Reply()
-        return self._auth_password()
+        """AUTH XOAUTH2 (or OAUTHBEARER) with a bearer token, USER/PASS with a password; a client
+        certificate needs no login unless it comes with one."""
+        credential = self.credential
+        if isinstance(credential, ClientCertificate):
+            credential = credential.login
+        if isinstance(credential, BearerToken):
+            return self._auth_bearer(credential)
+        if isinstance(credential, Password):
+            return self._auth_password(credential)
+        return Reply()
 
-    def _auth_xoauth2(self) -> Reply:
-        from mailgate.oauth.errors import TokenError
-        from mailgate.oauth.tokens import get_fresh_access_token
-
+    def _auth_bearer(self, credential: BearerToken) -> Reply:
         connection = self._require()
-        try:
-            token = get_fresh_access_token(self.server)
-        except TokenError as exc:
-            raise token_error(exc, self.server.username) from None
+        require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="access token")
+        token = credential.get_token()
         raw: Any = connection  # poplib offers no AUTH method; its command helper is used
-        payload = base64.b64encode(xoauth2_string(self.server.username, token).encode()).decode()
+        response = bearer_response("XOAUTH2", credential.username, token)
+        payload = base64.b64encode(response.encode()).decode()
         try:
             # Exchange documents the two-line form: "AUTH XOAUTH2", "+", then the response.
             # Reference: https://learn.microsoft.com/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth#pop-protocol-exchange
@@ -148,19 +153,12 @@ class POP3Transport(IncomingTransport):
             ) from None
         return Reply.parse(None, resp)
 
-    def _auth_password(self) -> Reply:
+    def _auth_password(self, credential: Password) -> Reply:
         connection = self._require()
-        server = self.server
-        if not self.is_encrypted and not is_loopback_host(server.incoming_host):
-            raise TransportError(
-                "refusing to send the password over an unencrypted connection: "
-                "set Incoming Encryption to SSL/TLS or TLS (STARTTLS)",
-                permanent=True,
-                step="auth",
-            )
+        require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="password")
         try:
-            connection.user(server.username)
-            resp = connection.pass_(server.password.reveal() if server.password else "")
+            connection.user(credential.username)
+            resp = connection.pass_(credential.password)
         except poplib.error_proto as exc:
             reply = Reply.parse(None, _text(exc))
             raise TransportError(

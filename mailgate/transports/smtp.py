@@ -3,6 +3,7 @@
 Each protocol step is a method (connect, starttls, authenticate, mail, rcpt, data, abort) so that the
 connection test can run them one by one; `open()` + `send_messages()` is what the outbox worker uses.
 Certificate verification is always on: trust comes from the system store and SSL_CERT_FILE.
+The caller hands in the Endpoint and the credential (mailgate.transports.credentials).
 """
 
 from __future__ import annotations
@@ -10,35 +11,23 @@ from __future__ import annotations
 import base64
 import contextlib
 import logging
-import os
 import re
 import smtplib
 import socket
 import ssl
-import tempfile
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
 
-from mailgate.conf import is_loopback_host
 from mailgate.transports.base import Envelope, Reply, SendResult, Transport, TransportError
-
-
-class SMTPServerConfig(Protocol):
-    """The MailServer fields an SMTP transport reads."""
-
-    smtp_host: str
-    smtp_port: int
-    smtp_security: str
-    auth_method: str
-    username: str
-    password: Any  # Sealed | None (EncryptedField)
-    certificate: str
-    private_key: Any  # Sealed | None (EncryptedField)
-
-    @property
-    def is_oauth(self) -> bool: ...
-
+from mailgate.transports.credentials import (
+    BearerToken,
+    Credential,
+    Endpoint,
+    Password,
+    bearer_response,
+    require_encryption,
+    tls_context,
+)
 
 log = logging.getLogger("mailgate.transports")
 
@@ -92,45 +81,6 @@ def _dot_stuffed(data: bytes) -> bytes:
     return stuffed
 
 
-def xoauth2_string(user: str, access_token: str) -> str:
-    """The SASL XOAUTH2 initial client response (before base64), Microsoft's and Google's format."""
-    # Reference: https://developers.google.com/gmail/imap/xoauth2-protocol
-    return f"user={user}\x01auth=Bearer {access_token}\x01\x01"
-
-
-def tls_context(server: SMTPServerConfig) -> ssl.SSLContext:
-    """A verifying client context (system store + SSL_CERT_FILE), with the client certificate if any."""
-    context = ssl.create_default_context()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if server.auth_method == "certificate" and server.certificate:
-        if server.private_key is None:
-            raise TransportError(
-                "the TLS Certificate server has no private key: upload the key with the certificate",
-                permanent=True,
-                step="tls",
-            )
-        # load_cert_chain reads files only; the key lives on disk (0600) for the duration of the call.
-        with tempfile.TemporaryDirectory(prefix="mailgate-tls-") as folder:
-            cert_path = os.path.join(folder, "cert.pem")
-            key_path = os.path.join(folder, "key.pem")
-            for path, content in (
-                (cert_path, server.certificate),
-                (key_path, server.private_key.reveal()),
-            ):
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "w") as fh:
-                    fh.write(content)
-            try:
-                context.load_cert_chain(cert_path, key_path)
-            except (ssl.SSLError, ValueError) as exc:
-                raise TransportError(
-                    f"the client certificate or its private key cannot be loaded: {exc}",
-                    permanent=True,
-                    step="tls",
-                ) from None
-    return context
-
-
 def _reply_error(exc: smtplib.SMTPResponseException, step: str, what: str) -> TransportError:
     reply = Reply.parse(exc.smtp_code, exc.smtp_error)
     permanent = exc.smtp_code >= 500
@@ -141,18 +91,19 @@ class SMTPTransport(Transport):
     """One SMTP submission connection to a mail server."""
 
     name = "smtp"
-    security_field = "smtp_security"
 
     def __init__(
         self,
-        server: SMTPServerConfig,
+        endpoint: Endpoint,
+        credential: Credential | None = None,
         *,
         timeout: float = 30.0,
         local_hostname: str | None = None,
         pipelining: bool = True,
         chunking: bool = True,
     ) -> None:
-        self.server = server
+        self.endpoint = endpoint
+        self.credential = credential
         self.timeout = timeout
         self.local_hostname = local_hostname
         self.connection: smtplib.SMTP | None = None
@@ -187,15 +138,15 @@ class SMTPTransport(Transport):
 
     @property
     def address(self) -> str:
-        return f"{self.server.smtp_host}:{self.server.smtp_port}"
+        return str(self.endpoint)
 
     def connect(self) -> Reply:
         """Open the TCP connection (TLS first for implicit TLS), read the greeting and send EHLO."""
-        if not self.server.smtp_host:
+        if not self.endpoint.host:
             raise TransportError(
                 "the server has no SMTP Server host name", permanent=True, step="connect"
             )
-        security = self.server.smtp_security
+        security = self.endpoint.security
         if security not in ("starttls", "ssl", "none"):
             raise TransportError(
                 f"unknown Connection Security {security!r}", permanent=True, step="connect"
@@ -206,14 +157,14 @@ class SMTPTransport(Transport):
                 connection = smtplib.SMTP_SSL(
                     timeout=self.timeout,
                     local_hostname=self.local_hostname,
-                    context=tls_context(self.server),
+                    context=tls_context(self.credential),
                 )
             else:
                 connection = smtplib.SMTP(timeout=self.timeout, local_hostname=self.local_hostname)
             # smtplib takes the TLS server name (certificate host check) from _host, which only
             # its constructor sets; connect() is called separately here to keep the steps apart.
-            connection._host = self.server.smtp_host  # type: ignore[attr-defined]
-            code, message = connection.connect(self.server.smtp_host, self.server.smtp_port)
+            connection._host = self.endpoint.host  # type: ignore[attr-defined]
+            code, message = connection.connect(self.endpoint.host, self.endpoint.port)
         except ssl.SSLCertVerificationError as exc:
             raise TransportError(
                 f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
@@ -271,7 +222,7 @@ class SMTPTransport(Transport):
                 step="tls",
             )
         try:
-            code, message = connection.starttls(context=tls_context(self.server))
+            code, message = connection.starttls(context=tls_context(self.credential))
         except ssl.SSLCertVerificationError as exc:
             raise TransportError(
                 f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
@@ -298,13 +249,14 @@ class SMTPTransport(Transport):
         return [m.upper() for m in connection.esmtp_features.get("auth", "").split()]
 
     def authenticate(self) -> Reply:
-        """AUTH XOAUTH2 for OAuth servers, PLAIN/LOGIN with the password, nothing for certificates or without a username."""
-        server = self.server
-        if server.is_oauth:
-            return self._auth_xoauth2()
-        if server.auth_method == "certificate" or not server.username:
-            return Reply()
-        return self._auth_password()
+        """AUTH XOAUTH2 (or OAUTHBEARER) with a bearer token, PLAIN/LOGIN with a password, nothing for
+        a client certificate or without a credential."""
+        credential = self.credential
+        if isinstance(credential, BearerToken):
+            return self._auth_bearer(credential)
+        if isinstance(credential, Password):
+            return self._auth_password(credential)
+        return Reply()
 
     def _require_mechanism(self, *names: str) -> str:
         offered = self.auth_mechanisms()
@@ -319,23 +271,11 @@ class SMTPTransport(Transport):
             step="auth",
         )
 
-    def _auth_xoauth2(self) -> Reply:
-        from mailgate.oauth.errors import TokenError
-        from mailgate.oauth.tokens import get_fresh_access_token
-
-        mechanism = self._require_mechanism("XOAUTH2")
-        try:
-            self.token_requests += 1
-            mail_server: Any = self.server  # a MailServer: only those carry a grant
-            token = get_fresh_access_token(mail_server)
-        except TokenError as exc:
-            raise TransportError(
-                f"no access token for {self.server.username}: {exc}",
-                permanent=exc.permanent,
-                step="token",
-                diagnosis=exc.diagnosis,
-            ) from None
-        response = xoauth2_string(self.server.username, token)
+    def _auth_bearer(self, credential: BearerToken) -> Reply:
+        require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="access token")
+        mechanism = self._require_mechanism("XOAUTH2", "OAUTHBEARER")
+        self.token_requests += 1
+        response = bearer_response(mechanism, credential.username, credential.get_token())
         sent: list[bool] = []
 
         def answer(challenge: bytes | None = None) -> str:
@@ -350,18 +290,12 @@ class SMTPTransport(Transport):
         inline = len(base64.b64encode(response.encode())) <= MAX_INITIAL_RESPONSE
         return self._auth(mechanism, answer, initial_response_ok=inline)
 
-    def _auth_password(self) -> Reply:
+    def _auth_password(self, credential: Password) -> Reply:
         connection = self._require()
-        if not self.is_encrypted and not is_loopback_host(self.server.smtp_host):
-            raise TransportError(
-                "refusing to send the password over an unencrypted connection: "
-                "set Connection Security to TLS (STARTTLS) or SSL/TLS",
-                permanent=True,
-                step="auth",
-            )
+        require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="password")
         mechanism = self._require_mechanism("PLAIN", "LOGIN")
-        connection.user = self.server.username
-        connection.password = self.server.password.reveal() if self.server.password else ""
+        connection.user = credential.username
+        connection.password = credential.password
         try:
             if mechanism == "PLAIN":
                 return self._auth("PLAIN", connection.auth_plain, initial_response_ok=True)

@@ -179,14 +179,19 @@ def test_a_wrong_password_fails_at_authenticate_with_the_reply(
 
 
 def test_the_button_shows_the_result_once(admin_client: Client, connected: MailServer) -> None:
-    response = admin_client.post(f"/oauth/servers/{connected.pk}/test", follow=True)
+    response = admin_client.post(
+        f"/settings/technical/mail-servers/{connected.pk}/test", follow=True
+    )
     page = response.content.decode()
     assert page.count("Connection test succeeded") == 1
     assert "235 2.7.0" in page
 
 
 def test_viewers_cannot_run_the_test(viewer_client: Client, connected: MailServer) -> None:
-    assert viewer_client.post(f"/oauth/servers/{connected.pk}/test").status_code == 403
+    assert (
+        viewer_client.post(f"/settings/technical/mail-servers/{connected.pk}/test").status_code
+        == 403
+    )
     connected.refresh_from_db()
     assert connected.last_test_at is None
 

@@ -24,12 +24,12 @@ from mailgate.diagnostics.health import (
     system_findings,
     worst,
 )
-from mailgate.oauth.errors import ClientCredentialsInvalid, ReconnectRequired
 from mailgate.oauth.models import Grant
 from mailgate.oauth.tokens import get_fresh_access_token
 from mailgate.outbox.diagnosis import CATALOGUE
 from mailgate.outbox.hold import hold_server
 from mailgate.outbox.models import OutgoingMessage, ServerState, Status
+from mailgate.providers.errors import ClientCredentialsInvalid, ReconnectRequired
 from mailgate.providers.google.errors import CLIENT_FIX
 from mailgate.providers.microsoft.errors import RECONNECT_FIX, SECRET_VALUE_FIX
 from mailgate.sandbox.server import Sandbox

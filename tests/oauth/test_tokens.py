@@ -9,14 +9,14 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from mailgate.oauth.errors import (
+from mailgate.oauth.models import Grant
+from mailgate.oauth.tokens import get_fresh_access_token, refresh_idle_grants
+from mailgate.providers.errors import (
     ClientCredentialsInvalid,
     ReconnectRequired,
     TokenError,
     TokenUnavailable,
 )
-from mailgate.oauth.models import Grant
-from mailgate.oauth.tokens import get_fresh_access_token, refresh_idle_grants
 from mailgate.providers.google import client as google_client
 from mailgate.providers.http import TokenEndpointError
 from mailgate.sandbox.server import Sandbox

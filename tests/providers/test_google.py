@@ -6,8 +6,8 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from mailgate.oauth.errors import ClientCredentialsInvalid, ReconnectRequired, TokenUnavailable
 from mailgate.providers import REGISTRY
+from mailgate.providers.errors import ClientCredentialsInvalid, ReconnectRequired, TokenUnavailable
 from mailgate.providers.google import errors
 from mailgate.providers.http import TokenEndpointError, TransientHTTPError
 from mailgate.servers.models import MailServer

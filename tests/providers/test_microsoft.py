@@ -9,8 +9,8 @@ from authlib.oauth2.rfc7636 import create_s256_code_challenge
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mailgate.oauth.errors import ClientCredentialsInvalid, ReconnectRequired, TokenUnavailable
 from mailgate.providers import REGISTRY
+from mailgate.providers.errors import ClientCredentialsInvalid, ReconnectRequired, TokenUnavailable
 from mailgate.providers.http import TokenEndpointError, TransientHTTPError
 from mailgate.providers.microsoft import errors
 from mailgate.providers.microsoft.tenant import (

@@ -3,34 +3,38 @@
 from __future__ import annotations
 
 import base64
-from types import SimpleNamespace
 
 import pytest
 
-from mailgate.crypto import Sealed
 from mailgate.sandbox.ca import SandboxCA
 from mailgate.transports import REGISTRY
 from mailgate.transports.base import Envelope, TransportError
-from mailgate.transports.smtp import SMTPTransport, parse_queue_id, xoauth2_string
+from mailgate.transports.credentials import (
+    BearerToken,
+    Endpoint,
+    Password,
+    require_encryption,
+    xoauth2_string,
+)
+from mailgate.transports.smtp import SMTPTransport, parse_queue_id
 from tests.smtpsink import SMTPSink
 
-pytestmark = pytest.mark.nodb
+# The sink accepts AUTH without TLS on loopback, which aiosmtpd warns about.
+pytestmark = [
+    pytest.mark.nodb,
+    pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS"),
+]
 
 
-def server(port: int, **extra):
-    values = {
-        "smtp_host": "127.0.0.1",
-        "smtp_port": port,
-        "smtp_security": "starttls",
-        "auth_method": "password",
-        "username": "app@example.com",
-        "password": None,
-        "certificate": "",
-        "private_key": None,
-        "is_oauth": False,
-    }
-    values.update(extra)
-    return SimpleNamespace(**values)
+def smtp_to(
+    port: int,
+    *,
+    security: str = "starttls",
+    password: str | None = None,
+    username: str = "app@example.com",
+) -> SMTPTransport:
+    credential = Password(username, password) if password is not None and username else None
+    return SMTPTransport(Endpoint("127.0.0.1", port, security), credential)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +52,7 @@ def test_it_sends_over_starttls_with_a_trusted_certificate_and_plain_auth(
     tls_sink, ca, monkeypatch
 ):
     monkeypatch.setenv("SSL_CERT_FILE", str(ca.ca_file))
-    with SMTPTransport(server(tls_sink.port, password=Sealed.seal("s3cret"))) as transport:
+    with smtp_to(tls_sink.port, password="s3cret") as transport:
         assert transport.is_encrypted
         (result,) = transport.send_messages(
             [Envelope("app@example.com", ["a@example.org"], b"Subject: x\r\n\r\nhi\r\n")]
@@ -61,20 +65,20 @@ def test_an_untrusted_certificate_is_refused(tls_sink, monkeypatch, tmp_path):
     other = SandboxCA(tmp_path)  # a CA that did not sign the server's certificate
     monkeypatch.setenv("SSL_CERT_FILE", str(other.ca_file))
     with pytest.raises(TransportError) as caught:
-        SMTPTransport(server(tls_sink.port, password=Sealed.seal("s3cret"))).open()
+        smtp_to(tls_sink.port, password="s3cret").open()
     assert caught.value.step == "tls" and "not trusted" in str(caught.value)
 
 
 def test_a_wrong_password_is_a_permanent_auth_error_with_the_reply(tls_sink, ca, monkeypatch):
     monkeypatch.setenv("SSL_CERT_FILE", str(ca.ca_file))
     with pytest.raises(TransportError) as caught:
-        SMTPTransport(server(tls_sink.port, password=Sealed.seal("wrong"))).open()
+        smtp_to(tls_sink.port, password="wrong").open()
     assert caught.value.step == "auth" and caught.value.permanent and caught.value.code == 535
 
 
 def test_the_steps_run_one_by_one_for_a_connection_test(tls_sink, ca, monkeypatch):
     monkeypatch.setenv("SSL_CERT_FILE", str(ca.ca_file))
-    transport = SMTPTransport(server(tls_sink.port, password=Sealed.seal("s3cret")))
+    transport = smtp_to(tls_sink.port, password="s3cret")
     assert transport.connect().code == 220
     assert "PLAIN" not in transport.auth_mechanisms()  # no AUTH before STARTTLS
     transport.starttls()
@@ -90,7 +94,7 @@ def test_a_closed_port_is_a_transient_connect_error():
     with SMTPSink() as sink:
         port = sink.port
     with pytest.raises(TransportError) as caught:
-        SMTPTransport(server(port, smtp_security="none")).open()
+        smtp_to(port, security="none", password="s3cret").open()
     assert caught.value.step == "connect" and not caught.value.permanent
 
 
@@ -116,8 +120,7 @@ def test_before_data_runs_after_the_recipients_and_a_failure_there_sends_nothing
     with SMTPSink() as sink:
         sink.rcpt_reply = lambda address: events.append(f"rcpt {address}") or None
         sink.data_reply = lambda envelope: events.append("data") or None
-        plain = server(sink.port, smtp_security="none", username="")
-        with SMTPTransport(plain) as transport:
+        with smtp_to(sink.port, security="none") as transport:
             envelope = Envelope("app@example.com", ["a@example.org"], b"Subject: x\r\n\r\nhi\r\n")
             result = transport.send_message(
                 envelope, before_data=lambda: events.append("before data")
@@ -134,3 +137,49 @@ def test_before_data_runs_after_the_recipients_and_a_failure_there_sends_nothing
             # The transaction was reset: the same connection sends the next message.
             assert transport.send_message(envelope).ok
         assert len(sink.received) == 2
+
+
+def test_a_bearer_token_or_password_is_never_sent_in_clear_to_a_remote_host():
+    remote = Endpoint("mail.example.com", 25, "none")
+    for what in ("access token", "password"):
+        with pytest.raises(TransportError) as caught:
+            require_encryption(remote, is_encrypted=False, what=what)
+        assert caught.value.permanent and caught.value.step == "auth"
+        assert f"refusing to send the {what}" in str(caught.value)
+        assert "Connection Security" in str(caught.value)
+    # Encrypted, or to this machine itself, it goes.
+    require_encryption(remote, is_encrypted=True, what="access token")
+    require_encryption(Endpoint("127.0.0.1", 25, "none"), is_encrypted=False, what="access token")
+
+
+@pytest.mark.parametrize(
+    ("offered", "used"),
+    [(("XOAUTH2", "OAUTHBEARER"), "XOAUTH2"), (("OAUTHBEARER",), "OAUTHBEARER")],
+)
+def test_a_bearer_credential_uses_xoauth2_or_else_oauthbearer_and_asks_for_one_token(offered, used):
+    calls: list[str] = []
+
+    def get_token() -> str:
+        calls.append("token")
+        return "opaque-token-value"
+
+    with SMTPSink(
+        users={"app@example.com": "opaque-token-value"}, bearer_mechanisms=offered
+    ) as sink:
+        credential = BearerToken("app@example.com", get_token)
+        with SMTPTransport(Endpoint("127.0.0.1", sink.port, "none"), credential) as smtp:
+            assert smtp.token_requests == 1
+            (result,) = smtp.send_messages(
+                [Envelope("app@example.com", ["a@example.org"], b"Subject: x\r\n\r\nhi\r\n")]
+            )
+    assert result.ok and calls == ["token"]
+    assert sink.bearer_logins == [(used, "app@example.com")]
+    assert sink.received[0].login == "app@example.com"
+
+
+def test_a_token_the_server_refuses_is_a_permanent_auth_error():
+    with SMTPSink(users={"app@example.com": "the-right-token"}) as sink:
+        credential = BearerToken("app@example.com", lambda: "a-revoked-token")
+        with pytest.raises(TransportError) as caught:
+            SMTPTransport(Endpoint("127.0.0.1", sink.port, "none"), credential).open()
+    assert caught.value.step == "auth" and caught.value.code == 535

@@ -11,11 +11,11 @@ import contextlib
 import socket
 import threading
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import pytest
 
 from mailgate.transports.base import Envelope, TransportError
+from mailgate.transports.credentials import Endpoint
 from mailgate.transports.smtp import SMTPTransport
 from tests.smtpsink import SMTPSink
 
@@ -24,18 +24,8 @@ pytestmark = pytest.mark.nodb
 CONTENT = b"Subject: dots\r\n\r\n.a line starting with a dot\r\n..two\r\nend\r\n"
 
 
-def plain_server(port: int) -> SimpleNamespace:
-    return SimpleNamespace(
-        smtp_host="127.0.0.1",
-        smtp_port=port,
-        smtp_security="none",
-        auth_method="password",
-        username="",
-        password=None,
-        certificate="",
-        private_key=None,
-        is_oauth=False,
-    )
+def plain_server(port: int) -> Endpoint:
+    return Endpoint("127.0.0.1", port, "none")
 
 
 def spy_writes(transport: SMTPTransport) -> list[bytes]:

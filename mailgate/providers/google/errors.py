@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from mailgate.oauth.errors import (
+from mailgate.providers.base import Diagnosis
+from mailgate.providers.errors import (
     ClientCredentialsInvalid,
     ReconnectRequired,
     TokenError,
     TokenUnavailable,
 )
-from mailgate.providers.base import Diagnosis
 from mailgate.providers.http import TokenEndpointError, TransientHTTPError
 from mailgate.providers.replies import ReplyRule, transient_diagnosis
 

@@ -6,13 +6,13 @@ from typing import TYPE_CHECKING
 
 from django.conf import settings
 
-from mailgate.oauth.errors import TokenError
 from mailgate.providers.base import Diagnosis, TokenSet, revealed
+from mailgate.providers.errors import TokenError
 from mailgate.providers.google import client, errors
 from mailgate.providers.oidc import account_claims, signed_in_account
 
 if TYPE_CHECKING:
-    from mailgate.servers.models import MailServer
+    from mailgate.providers.base import MailServer
 
 # One scope covers IMAP, POP and SMTP. Reference: https://developers.google.com/workspace/gmail/imap/xoauth2-protocol
 MAIL_SCOPE = "https://mail.google.com/"

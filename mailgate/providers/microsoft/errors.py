@@ -6,13 +6,13 @@ decisions branch on the numeric code or the OAuth `error` value, never on the te
 
 from __future__ import annotations
 
-from mailgate.oauth.errors import (
+from mailgate.providers.base import Diagnosis
+from mailgate.providers.errors import (
     ClientCredentialsInvalid,
     ReconnectRequired,
     TokenError,
     TokenUnavailable,
 )
-from mailgate.providers.base import Diagnosis
 from mailgate.providers.http import TokenEndpointError, TransientHTTPError, aadsts_codes
 from mailgate.providers.replies import ReplyRule, transient_diagnosis
 

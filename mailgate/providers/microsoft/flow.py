@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mailgate.oauth.errors import TokenError
 from mailgate.providers.base import Diagnosis, TokenSet, revealed
+from mailgate.providers.errors import TokenError
 from mailgate.providers.microsoft import client, errors
 from mailgate.providers.microsoft.tenant import cloud, is_valid_tenant, login_url, resolve_tenant
 from mailgate.providers.oidc import account_claims, signed_in_account
 
 if TYPE_CHECKING:
-    from mailgate.servers.models import MailServer
+    from mailgate.providers.base import MailServer
 
 # Reference: https://learn.microsoft.com/entra/identity-platform/scopes-oidc#openid-connect-scopes
 OIDC_SCOPES = ["offline_access", "openid", "email", "profile"]

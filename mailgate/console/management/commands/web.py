@@ -5,8 +5,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
-from mailgate.core.management.commands._base import add_listen_arguments
-from mailgate.core.serve import serve
+from mailgate.console.management.commands._base import add_listen_arguments
+from mailgate.console.serve import serve
 
 
 class Command(BaseCommand):
@@ -20,7 +20,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, host: str, port: int, migrate: bool, **options: Any) -> None:
         if migrate:
-            from mailgate.core.serve import migrate as run_migrations
+            from mailgate.console.serve import migrate as run_migrations
 
             run_migrations()
         serve(host, port, with_worker=False)

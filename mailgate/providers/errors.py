@@ -1,4 +1,4 @@
-"""Errors of the token lifecycle, as every component that needs a token sees them."""
+"""Errors of the token lifecycle, raised by the providers' token calls and seen by every component that needs a token."""
 
 from __future__ import annotations
 

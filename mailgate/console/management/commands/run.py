@@ -7,8 +7,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from mailgate.accounts.users import ensure_first_admin
-from mailgate.core.management.commands._base import add_listen_arguments
-from mailgate.core.serve import migrate, serve
+from mailgate.console.management.commands._base import add_listen_arguments
+from mailgate.console.serve import migrate, serve
 
 
 class Command(BaseCommand):
