@@ -1,4 +1,4 @@
-"""The `mailgate` console script: every command is a Django management command (DESIGN.md §4.1)."""
+"""The `mailgate` console script: every command is a Django management command."""
 
 from __future__ import annotations
 

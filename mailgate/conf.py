@@ -1,4 +1,4 @@
-"""Strict parsing of mailgate's environment settings (DESIGN.md §4.2)."""
+"""Strict parsing of mailgate's environment settings."""
 
 from __future__ import annotations
 

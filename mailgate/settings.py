@@ -1,4 +1,4 @@
-"""Django settings, all derived from the environment through mailgate.conf (DESIGN.md §4.2)."""
+"""Django settings, all derived from the environment through mailgate.conf (README, "Configuration")."""
 
 from __future__ import annotations
 

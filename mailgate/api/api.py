@@ -1,4 +1,4 @@
-"""The REST API (DESIGN.md §4.4), served by django-ninja with its OpenAPI document at /api/v1/openapi.json."""
+"""The REST API, served by django-ninja with its OpenAPI document at /api/v1/openapi.json."""
 
 from ninja import NinjaAPI
 

@@ -1,4 +1,4 @@
-"""REST API: /api/v1/messages (DESIGN.md §4.4)."""
+"""REST API: /api/v1/messages."""
 
 from __future__ import annotations
 

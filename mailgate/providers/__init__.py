@@ -1,4 +1,4 @@
-"""Provider plugins: one package each; registered in REGISTRY (DESIGN.md §2)."""
+"""Provider plugins: one package each; registered in REGISTRY (docs/architecture.md, "Adding a provider")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Subcommands of `mailgate servers` (DESIGN.md §4.1); the command builds its parser from SUBCOMMANDS."""
+"""Subcommands of `mailgate servers`; the command builds its parser from SUBCOMMANDS."""
 
 from __future__ import annotations
 
@@ -91,7 +91,7 @@ class ListServers(Subcommand):
         command.stdout.write(buffer.getvalue(), ending="")
 
 
-# Flags of `servers add`, in DESIGN.md §4.1 spelling, and the form field each one sets.
+# Flags of `servers add`, spelled as documented in the README, and the form field each one sets.
 ADD_FLAGS: dict[str, str] = {
     "--name": "name",
     "--auth": "auth_method",

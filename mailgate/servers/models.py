@@ -20,7 +20,7 @@ class AuthMethodInfo:
     provider: str | None  # key in mailgate.providers.REGISTRY, None for non-OAuth methods
 
 
-# Authenticate Using: the labels are part of the console's contract (DESIGN.md §4.3).
+# Authenticate Using: the labels are part of the console's contract: tests and users find fields by them.
 AUTH_METHODS: dict[str, AuthMethodInfo] = {
     "password": AuthMethodInfo("Username and Password", None),
     "outlook": AuthMethodInfo("Outlook OAuth Authentication", "microsoft"),

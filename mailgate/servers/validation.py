@@ -27,7 +27,7 @@ from mailgate.servers.models import (
 
 SECRET_FIELDS = ("password", "client_secret", "private_key")
 
-# The fields each Authenticate Using value needs; the console shows only these (DESIGN.md §4.3).
+# The fields each Authenticate Using value needs; the console shows only these.
 METHOD_FIELDS: dict[str, tuple[str, ...]] = {
     "password": ("username", "password"),
     "outlook": (

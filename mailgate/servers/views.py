@@ -1,4 +1,4 @@
-"""Settings > Technical > Mail Server > Mail Servers: list, add, edit, delete (DESIGN.md §4.3)."""
+"""Settings > Technical > Mail Server > Mail Servers: list, add, edit, delete."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Transport plugins (DESIGN.md §2): one module each, registered in REGISTRY by name."""
+"""Transport plugins: one module each, registered in REGISTRY by name."""
 
 from __future__ import annotations
 

@@ -36,7 +36,7 @@ _WITHOUT_BDAT: set[str] = set()
 
 # Send the XOAUTH2 response inline only while the AUTH line stays short: Dovecot's submission service
 # refuses command lines over 4 KiB and Postfix's default line_length_limit is 2048, and Entra ID tokens
-# are often 1.5-3 KB (see shared/reference/test-peers.md, pitfalls 9 and 10). Exchange documents the
+# are often 1.5-3 KB (docs/test-peers.md, notes 9 and 10). Exchange documents the
 # continuation form: https://learn.microsoft.com/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth
 MAX_INITIAL_RESPONSE = 500
 

@@ -7,12 +7,11 @@ from collections.abc import Iterator
 import pytest
 from django.test import Client
 
+from mailgate.connections import imap_transport, pop3_transport
 from mailgate.diagnostics.connection import run_connection_test
 from mailgate.sandbox.server import Sandbox
 from mailgate.servers.models import MailServer
 from mailgate.transports.base import TransportError
-from mailgate.transports.imap import IMAPTransport
-from mailgate.transports.pop3 import POP3Transport
 from tests.oauth.conftest import Browser, connect
 
 
@@ -79,7 +78,7 @@ def test_the_imap_transport_opens_and_closes(
     server = incoming(outlook_server, idp, "imap")
     assert connect(admin_client, browser, server, idp.demo["password"]).status_code == 302
     server.refresh_from_db()
-    with IMAPTransport(server, timeout=10) as transport:
+    with imap_transport(server, timeout=10) as transport:
         assert transport.is_open
         assert "messages" in str(transport.select_folder())
     assert not transport.is_open
@@ -88,5 +87,5 @@ def test_the_imap_transport_opens_and_closes(
 def test_the_pop3_transport_refuses_a_missing_host(db: None) -> None:
     server = MailServer(name="x", auth_method="password", incoming_protocol="pop3")
     with pytest.raises(TransportError) as caught:
-        POP3Transport(server).open()
+        pop3_transport(server).open()
     assert caught.value.step == "connect" and caught.value.permanent

@@ -10,7 +10,7 @@ Delivered-To header naming the recipient.
 
 Postfix needs root (`postfix: fatal: the postfix command is reserved for the superuser`): CI runs as
 root; elsewhere `peer_problem()` says so and the tests that need the peer fail with that message.
-Recipe, measurements and pitfalls (numbered as cited below): /work/shared/reference/test-peers.md.
+Notes on making them start fast and behave (numbered as cited below): docs/test-peers.md.
 Reference: https://www.postfix.org/SASL_README.html#server_dovecot
 Reference: https://doc.dovecot.org/2.3/configuration_manual/authentication/oauth2/
 """
@@ -42,7 +42,7 @@ CONF_DIR = Path(__file__).parent / "conf"
 HOST = "127.0.0.1"
 HOSTNAME = "mail.peer.test"
 # Queue layout with owners and modes as in /etc/postfix/postfix-files; creating it up front (plus the
-# quick-start marker) spares `postfix start` its ~2 s post-install check (pitfall 8).
+# quick-start marker) spares `postfix start` its ~2 s post-install check (docs/test-peers.md, note 8).
 QUEUE_DIRS = (
     "active",
     "bounce",
@@ -93,7 +93,7 @@ def peer_problem() -> str | None:
         [dovecot, "--version"], capture_output=True, text=True, timeout=10, check=False
     ).stdout.strip()
     if not version.startswith("2.3."):
-        # Dovecot 2.4 configures OAuth 2.0 without a passdb (pitfall 21).
+        # Dovecot 2.4 configures OAuth 2.0 without a passdb (docs/test-peers.md, note 21).
         return f"Dovecot {version or '?'} is installed; the peer's configuration is for Dovecot 2.3"
     return None
 
@@ -136,7 +136,7 @@ def _wait(condition: Callable[[], bool], timeout: float, interval: float = 0.02)
 
 
 def _group_members(pgid: int) -> list[int]:
-    """Live processes of a process group (zombies do not count: PID 1 here reaps lazily, pitfall 14)."""
+    """Live processes of a process group (zombies do not count: PID 1 here reaps lazily, note 14)."""
     members = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -214,7 +214,7 @@ class PostfixDovecotPeer:
         password_users: Mapping[str, str] | None = None,
         auth_debug: bool = False,
     ) -> None:
-        # Dovecot's HTTP client resolves names through its own DNS service (pitfall 17).
+        # Dovecot's HTTP client resolves names through its own DNS service (docs/test-peers.md, note 17).
         self.introspection_url = re.sub(
             r"^(https?://)localhost([:/]|$)", r"\g<1>127.0.0.1\2", introspection_url
         )
@@ -275,7 +275,7 @@ class PostfixDovecotPeer:
         if self.run_dir is not None:
             raise RuntimeError("the peer is already started")
         # Not under pytest's tmp_path: its parents are 0700, and postfix, dovecot and nobody must
-        # traverse this directory (pitfall 11).
+        # traverse this directory (docs/test-peers.md, note 11).
         self.run_dir = Path(tempfile.mkdtemp(prefix="mailgate-peer-"))
         os.chmod(self.run_dir, 0o755)
         try:
@@ -327,7 +327,7 @@ class PostfixDovecotPeer:
             path = etc / name
             path.write_text(render(template, values))
             # Postfix re-reads a configuration file younger than ~2 s every 300 ms before using
-            # it (a guard against half-written files): backdate it (pitfall 7).
+            # it (a guard against half-written files): backdate it (docs/test-peers.md, note 7).
             old = time.time() - 60
             os.utime(path, (old, old))
         postfix = pwd.getpwnam("postfix")
@@ -384,7 +384,7 @@ class PostfixDovecotPeer:
         if self._postfix_pgid is not None:
             raise RuntimeError("Postfix is already running")
         # postfix-script removes the marker at each start; without it a restart runs the slow
-        # integrity checks again (pitfall 8).
+        # integrity checks again (docs/test-peers.md, note 8).
         self._path("postfix", "spool", "quick-start").touch()
         command = ["postfix", "-c", str(self.postfix_config), "start"]
         started = subprocess.run(
@@ -392,7 +392,7 @@ class PostfixDovecotPeer:
         )
         if started.returncode != 0:
             # postfix prints its reasons only to a tty or to postlogd, which is not up yet
-            # (pitfall 5): run it once more under script(1) to capture them.
+            # (docs/test-peers.md, note 5): run it once more under script(1) to capture them.
             again = subprocess.run(
                 ["script", "-qc", " ".join(command), "/dev/null"],
                 capture_output=True,

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.nodb
 
 USER = "alice@example.org"
 GOOD = "good-" + "t" * 40
-# Entra ID access tokens are often 1.5-3 KB; Postfix cuts AUTH lines at line_length_limit (pitfall 9).
+# Entra ID access tokens are often 1.5-3 KB; Postfix cuts AUTH lines at line_length_limit (docs/test-peers.md, note 9).
 LONG = "long-" + "L" * 3600
 PASSWORD_USER = "bob@example.org"
 PASSWORD = "bob's password"
@@ -166,7 +166,7 @@ def test_a_live_token_for_another_mailbox_is_refused(peer: PostfixDovecotPeer) -
 
 
 def test_refusals_do_not_slow_down_the_next_login(peer: PostfixDovecotPeer) -> None:
-    """Dovecot's per-IP auth penalty (2 s, 4 s, ... after failures) is off (pitfall 1)."""
+    """Dovecot's per-IP auth penalty (2 s, 4 s, ... after failures) is off (docs/test-peers.md, note 1)."""
     for _ in range(2):
         with submission(peer) as connection, pytest.raises(smtplib.SMTPAuthenticationError):
             connection.auth("PLAIN", Answers(f"\0{PASSWORD_USER}\0wrong"))

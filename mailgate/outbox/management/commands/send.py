@@ -1,4 +1,4 @@
-"""`mailgate send`: queue one message; with --wait, wait for its outcome (exit codes of DESIGN.md §4.1)."""
+"""`mailgate send`: queue one message; with --wait, wait for its outcome (exit codes in its --help and the README)."""
 
 from __future__ import annotations
 
