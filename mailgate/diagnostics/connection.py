@@ -215,7 +215,7 @@ def _imap_steps(run: _Runner, server: MailServer) -> None:
         run.step(
             "IMAP TLS",
             lambda: _tls_note(
-                getattr(getattr(transport.client, "_imap", None), "sock", None),
+                getattr(getattr(transport.connection, "_imap", None), "sock", None),
                 server.incoming_host,
             ),
         )

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
+import ssl
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, Generic, Self, TypeVar
+
+from mailgate.conf import is_loopback_host
+from mailgate.transports.credentials import (
+    BearerToken,
+    ClientCertificate,
+    Credential,
+    Endpoint,
+    Password,
+)
 
 # An enhanced status code (RFC 3463) at the start of a reply text: "5.7.139 Authentication ...".
 ENHANCED_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+UNTRUSTED_FIX = "Add the issuing CA to SSL_CERT_FILE or fix the server's certificate."
 
 
 @dataclass(frozen=True)
@@ -108,7 +124,8 @@ class Transport:
     """Base class: `open()` publishes a ready connection, `close()` closes only what this object opened."""
 
     name = ""
-    endpoint: Any  # a transports.credentials.Endpoint (not imported: it imports this module)
+    endpoint: Endpoint
+    credential: Credential | None = None
     _ready = False
 
     def connect(self) -> object:
@@ -117,8 +134,41 @@ class Transport:
     def starttls(self) -> object:
         raise NotImplementedError
 
-    def authenticate(self) -> object:
+    def authenticate(self) -> Reply:
+        """Log in with the credential: a bearer token (XOAUTH2 / OAUTHBEARER) or a password; a
+        client certificate needs no login unless it comes with one, nor does no credential."""
+        credential = self.credential
+        if isinstance(credential, ClientCertificate):
+            credential = credential.login
+        if isinstance(credential, BearerToken):
+            require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="access token")
+            return self._auth_bearer(credential)
+        if isinstance(credential, Password):
+            require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="password")
+            return self._auth_password(credential)
+        return Reply()
+
+    def _auth_bearer(self, credential: BearerToken) -> Reply:
         raise NotImplementedError
+
+    def _auth_password(self, credential: Password) -> Reply:
+        raise NotImplementedError
+
+    @property
+    def is_encrypted(self) -> bool:
+        raise NotImplementedError
+
+    @property
+    def address(self) -> str:
+        return str(self.endpoint)
+
+    def untrusted(self, exc: ssl.SSLCertVerificationError) -> TransportError:
+        """The server's certificate failed verification: say whose and how to fix it."""
+        return TransportError(
+            f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
+            step="tls",
+            diagnosis=UNTRUSTED_FIX,
+        )
 
     def open(self) -> bool:
         """Connect, STARTTLS when configured, authenticate; True when a new connection was opened.
@@ -162,11 +212,51 @@ class Transport:
         self.close()
 
 
-class IncomingTransport(Transport):
-    """IMAP / POP3: a mailbox to read, on its implicit-TLS or plain port when none is given."""
+Handle = TypeVar("Handle")
+
+
+class IncomingTransport(Transport, Generic[Handle]):
+    """IMAP / POP3: a mailbox to read, on its implicit-TLS or plain port when none is given.
+
+    `connection` is the protocol library's client object once connected.
+    """
 
     implicit_tls_port = 0
     plain_port = 0
+
+    def __init__(
+        self, endpoint: Endpoint, credential: Credential | None = None, *, timeout: float = 30.0
+    ) -> None:
+        self.endpoint = endpoint
+        self.credential = credential
+        self.timeout = timeout
+        self.connection: Handle | None = None
+        self._ready = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._ready and self.connection is not None
+
+    def close(self) -> None:
+        handle, self.connection = self.connection, None
+        self._ready = False
+        if handle is not None:
+            close_quietly(*self._goodbye(handle))
+
+    def _goodbye(
+        self, handle: Handle
+    ) -> tuple[Callable[[], object], Callable[[], object], tuple[type[Exception], ...]]:
+        """How to close `handle`: the polite call, the abrupt one, and the library's errors."""
+        raise NotImplementedError
+
+    def _require(self) -> Handle:
+        if self.connection is None:
+            raise TransportError("not connected", step="connect")
+        return self.connection
+
+    @property
+    def is_encrypted(self) -> bool:
+        return self.endpoint.security in ("ssl", "starttls") and self.connection is not None
 
     @property
     def default_port(self) -> int:
@@ -192,3 +282,64 @@ class IncomingTransport(Transport):
                 permanent=True,
                 step="connect",
             )
+
+
+def close_quietly(
+    polite: Callable[[], object], abrupt: Callable[[], object], errors: tuple[type[Exception], ...]
+) -> None:
+    """Say goodbye to the server (QUIT / LOGOUT); if that fails, just close the socket."""
+    expected: tuple[type[Exception], ...] = (OSError, ssl.SSLError, *errors)
+    try:
+        polite()
+    except expected:
+        with contextlib.suppress(*expected):
+            abrupt()
+
+
+def require_encryption(endpoint: Endpoint, *, is_encrypted: bool, what: str) -> None:
+    """Refuse to send a password or a bearer token in clear text, except to a loopback host."""
+    if is_encrypted or is_loopback_host(endpoint.host):
+        return
+    raise TransportError(
+        f"refusing to send the {what} over an unencrypted connection: "
+        f"set {endpoint.security_label} to SSL/TLS or TLS (STARTTLS)",
+        permanent=True,
+        step="auth",
+    )
+
+
+def tls_context(credential: Credential | None) -> ssl.SSLContext:
+    """A verifying client context (system store + SSL_CERT_FILE), with the client certificate if any."""
+    context = ssl.create_default_context()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if isinstance(credential, ClientCertificate):
+        _load_client_certificate(context, credential)
+    return context
+
+
+def _load_client_certificate(context: ssl.SSLContext, credential: ClientCertificate) -> None:
+    if not credential.private_key:
+        raise TransportError(
+            "the TLS Certificate server has no private key: upload the key with the certificate",
+            permanent=True,
+            step="tls",
+        )
+    # load_cert_chain reads files only; the key lives on disk (0600) for the duration of the call.
+    with tempfile.TemporaryDirectory(prefix="mailgate-tls-") as folder:
+        cert_path = os.path.join(folder, "cert.pem")
+        key_path = os.path.join(folder, "key.pem")
+        for path, content in (
+            (cert_path, credential.certificate),
+            (key_path, credential.private_key),
+        ):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(content)
+        try:
+            context.load_cert_chain(cert_path, key_path)
+        except (ssl.SSLError, ValueError) as exc:
+            raise TransportError(
+                f"the client certificate or its private key cannot be loaded: {exc}",
+                permanent=True,
+                step="tls",
+            ) from None

@@ -8,14 +8,8 @@ connection actually authenticates.
 
 from __future__ import annotations
 
-import os
-import ssl
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
-
-from mailgate.conf import is_loopback_host
-from mailgate.transports.base import TransportError
 
 SECURITIES = ("starttls", "ssl", "none")
 
@@ -85,52 +79,3 @@ def bearer_response(mechanism: str, user: str, access_token: str) -> str:
     if mechanism == "OAUTHBEARER":
         return oauthbearer_string(user, access_token)
     return xoauth2_string(user, access_token)
-
-
-def require_encryption(endpoint: Endpoint, *, is_encrypted: bool, what: str) -> None:
-    """Refuse to send a password or a bearer token in clear text, except to a loopback host."""
-    if is_encrypted or is_loopback_host(endpoint.host):
-        return
-    raise TransportError(
-        f"refusing to send the {what} over an unencrypted connection: "
-        f"set {endpoint.security_label} to SSL/TLS or TLS (STARTTLS)",
-        permanent=True,
-        step="auth",
-    )
-
-
-def tls_context(credential: Credential | None) -> ssl.SSLContext:
-    """A verifying client context (system store + SSL_CERT_FILE), with the client certificate if any."""
-    context = ssl.create_default_context()
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if isinstance(credential, ClientCertificate):
-        _load_client_certificate(context, credential)
-    return context
-
-
-def _load_client_certificate(context: ssl.SSLContext, credential: ClientCertificate) -> None:
-    if not credential.private_key:
-        raise TransportError(
-            "the TLS Certificate server has no private key: upload the key with the certificate",
-            permanent=True,
-            step="tls",
-        )
-    # load_cert_chain reads files only; the key lives on disk (0600) for the duration of the call.
-    with tempfile.TemporaryDirectory(prefix="mailgate-tls-") as folder:
-        cert_path = os.path.join(folder, "cert.pem")
-        key_path = os.path.join(folder, "key.pem")
-        for path, content in (
-            (cert_path, credential.certificate),
-            (key_path, credential.private_key),
-        ):
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(content)
-        try:
-            context.load_cert_chain(cert_path, key_path)
-        except (ssl.SSLError, ValueError) as exc:
-            raise TransportError(
-                f"the client certificate or its private key cannot be loaded: {exc}",
-                permanent=True,
-                step="tls",
-            ) from None

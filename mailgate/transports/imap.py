@@ -6,23 +6,24 @@ run them one by one. Certificate verification is always on (system store + SSL_C
 
 from __future__ import annotations
 
-import contextlib
 import ssl
 from typing import Any
 
 import imapclient
 from imapclient import exceptions as imap_errors
 
-from mailgate.transports.base import IncomingTransport, Reply, TransportError
+from mailgate.transports.base import (
+    IncomingTransport,
+    Reply,
+    TransportError,
+    tls_context,
+)
 from mailgate.transports.credentials import (
     BearerToken,
-    ClientCertificate,
     Credential,
     Endpoint,
     Password,
     bearer_response,
-    require_encryption,
-    tls_context,
 )
 
 
@@ -34,7 +35,7 @@ def _text(exc: BaseException) -> str:
     return text
 
 
-class IMAPTransport(IncomingTransport):
+class IMAPTransport(IncomingTransport[imapclient.IMAPClient]):
     """One IMAP connection to a server's incoming mailbox."""
 
     name = "imap"
@@ -49,32 +50,13 @@ class IMAPTransport(IncomingTransport):
         timeout: float = 30.0,
         folder: str = "INBOX",
     ) -> None:
-        self.endpoint = endpoint
-        self.credential = credential
+        super().__init__(endpoint, credential, timeout=timeout)
         self.folder = folder
-        self.timeout = timeout
-        self.client: imapclient.IMAPClient | None = None
-        self._ready = False
 
-    @property
-    def is_open(self) -> bool:
-        return self._ready and self.client is not None
-
-    def close(self) -> None:
-        client, self.client = self.client, None
-        self._ready = False
-        if client is None:
-            return
-        try:
-            client.logout()
-        except (imap_errors.IMAPClientError, OSError, ssl.SSLError):
-            with contextlib.suppress(OSError, imap_errors.IMAPClientError):
-                client.shutdown()
-
-    def _require(self) -> imapclient.IMAPClient:
-        if self.client is None:
-            raise TransportError("not connected", step="connect")
-        return self.client
+    def _goodbye(
+        self, handle: imapclient.IMAPClient
+    ) -> tuple[Any, Any, tuple[type[Exception], ...]]:
+        return handle.logout, handle.shutdown, (imap_errors.IMAPClientError,)
 
     def connect(self) -> Reply:
         """Open the connection (TLS first for implicit TLS) and read the greeting."""
@@ -89,17 +71,14 @@ class IMAPTransport(IncomingTransport):
                 timeout=self.timeout,
             )
         except ssl.SSLCertVerificationError as exc:
-            raise TransportError(
-                f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
-                step="tls",
-            ) from None
+            raise self.untrusted(exc) from None
         except ssl.SSLError as exc:
             raise TransportError(f"TLS with {self.address} failed: {exc}", step="tls") from None
         except (TimeoutError, OSError, imap_errors.IMAPClientError) as exc:
             raise TransportError(
                 f"cannot connect to {self.address}: {_text(exc)}", step="connect"
             ) from None
-        self.client = client
+        self.connection = client
         return Reply.parse(None, client.welcome or b"")
 
     def starttls(self) -> Reply:
@@ -114,35 +93,15 @@ class IMAPTransport(IncomingTransport):
                 )
             text = client.starttls(tls_context(self.credential))
         except ssl.SSLCertVerificationError as exc:
-            raise TransportError(
-                f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
-                step="tls",
-            ) from None
+            raise self.untrusted(exc) from None
         except (ssl.SSLError, OSError, imap_errors.IMAPClientError) as exc:
             raise TransportError(
                 f"STARTTLS with {self.address} failed: {_text(exc)}", step="tls"
             ) from None
         return Reply.parse(None, text or b"")
 
-    @property
-    def is_encrypted(self) -> bool:
-        return self.endpoint.security in ("ssl", "starttls") and self.client is not None
-
-    def authenticate(self) -> Reply:
-        """XOAUTH2 (or OAUTHBEARER) with a bearer token, LOGIN (or PLAIN) with a password; a client
-        certificate needs no login unless it comes with one."""
-        credential = self.credential
-        if isinstance(credential, ClientCertificate):
-            credential = credential.login
-        if isinstance(credential, BearerToken):
-            return self._auth_bearer(credential)
-        if isinstance(credential, Password):
-            return self._auth_password(credential)
-        return Reply()
-
     def _auth_bearer(self, credential: BearerToken) -> Reply:
         client = self._require()
-        require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="access token")
         capabilities = client.capabilities()
         mechanism = (
             "OAUTHBEARER"
@@ -165,7 +124,6 @@ class IMAPTransport(IncomingTransport):
 
     def _auth_password(self, credential: Password) -> Reply:
         client = self._require()
-        require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="password")
         username, password = credential.username, credential.password
         if b"LOGINDISABLED" in client.capabilities():
             return self._login(lambda: client.plain_login(username, password))

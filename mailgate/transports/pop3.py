@@ -7,21 +7,21 @@ one by one. Certificate verification is always on (system store + SSL_CERT_FILE)
 from __future__ import annotations
 
 import base64
-import contextlib
 import poplib
 import ssl
+from collections.abc import Callable
 from typing import Any
 
-from mailgate.transports.base import IncomingTransport, Reply, TransportError
+from mailgate.transports.base import (
+    IncomingTransport,
+    Reply,
+    TransportError,
+    tls_context,
+)
 from mailgate.transports.credentials import (
     BearerToken,
-    ClientCertificate,
-    Credential,
-    Endpoint,
     Password,
     bearer_response,
-    require_encryption,
-    tls_context,
 )
 
 
@@ -34,41 +34,15 @@ def _text(value: bytes | BaseException) -> str:
     return str(value)
 
 
-class POP3Transport(IncomingTransport):
+class POP3Transport(IncomingTransport[poplib.POP3]):
     """One POP3 connection to a server's incoming mailbox."""
 
     name = "pop3"
     implicit_tls_port = 995
     plain_port = 110
 
-    def __init__(
-        self, endpoint: Endpoint, credential: Credential | None = None, *, timeout: float = 30.0
-    ) -> None:
-        self.endpoint = endpoint
-        self.credential = credential
-        self.timeout = timeout
-        self.connection: poplib.POP3 | None = None
-        self._ready = False
-
-    @property
-    def is_open(self) -> bool:
-        return self._ready and self.connection is not None
-
-    def close(self) -> None:
-        connection, self.connection = self.connection, None
-        self._ready = False
-        if connection is None:
-            return
-        try:
-            connection.quit()
-        except (poplib.error_proto, OSError):
-            with contextlib.suppress(OSError):
-                connection.close()
-
-    def _require(self) -> poplib.POP3:
-        if self.connection is None:
-            raise TransportError("not connected", step="connect")
-        return self.connection
+    def _goodbye(self, handle: poplib.POP3) -> tuple[Any, Any, tuple[type[Exception], ...]]:
+        return handle.quit, handle.close, (poplib.error_proto,)
 
     def connect(self) -> Reply:
         """Open the connection (TLS first for implicit TLS) and read the greeting."""
@@ -82,10 +56,7 @@ class POP3Transport(IncomingTransport):
             else:
                 connection = poplib.POP3(host, port, timeout=self.timeout)
         except ssl.SSLCertVerificationError as exc:
-            raise TransportError(
-                f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
-                step="tls",
-            ) from None
+            raise self.untrusted(exc) from None
         except ssl.SSLError as exc:
             raise TransportError(f"TLS with {self.address} failed: {exc}", step="tls") from None
         except (TimeoutError, OSError, poplib.error_proto) as exc:
@@ -101,64 +72,44 @@ class POP3Transport(IncomingTransport):
         try:
             text = connection.stls(tls_context(self.credential))
         except ssl.SSLCertVerificationError as exc:
-            raise TransportError(
-                f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
-                step="tls",
-            ) from None
+            raise self.untrusted(exc) from None
         except (ssl.SSLError, OSError, poplib.error_proto) as exc:
             raise TransportError(
                 f"STLS with {self.address} failed: {_text(exc)}", step="tls"
             ) from None
         return Reply.parse(None, text)
 
-    @property
-    def is_encrypted(self) -> bool:
-        return self.endpoint.security in ("ssl", "starttls") and self.connection is not None
-
-    def authenticate(self) -> Reply:
-        """AUTH XOAUTH2 (or OAUTHBEARER) with a bearer token, USER/PASS with a password; a client
-        certificate needs no login unless it comes with one."""
-        credential = self.credential
-        if isinstance(credential, ClientCertificate):
-            credential = credential.login
-        if isinstance(credential, BearerToken):
-            return self._auth_bearer(credential)
-        if isinstance(credential, Password):
-            return self._auth_password(credential)
-        return Reply()
-
     def _auth_bearer(self, credential: BearerToken) -> Reply:
         connection = self._require()
-        require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="access token")
         token = credential.get_token()
         raw: Any = connection  # poplib offers no AUTH method; its command helper is used
         response = bearer_response("XOAUTH2", credential.username, token)
         payload = base64.b64encode(response.encode()).decode()
-        try:
+
+        def authenticate() -> bytes:
             # Exchange documents the two-line form: "AUTH XOAUTH2", "+", then the response.
             # Reference: https://learn.microsoft.com/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth#pop-protocol-exchange
             raw._shortcmd("AUTH XOAUTH2")
-            resp = raw._shortcmd(payload)
+            resp: bytes = raw._shortcmd(payload)
             if not resp.startswith(b"+OK"):
                 # An error challenge (base64 JSON): answer empty to receive the final -ERR.
                 resp = raw._shortcmd("")
-        except poplib.error_proto as exc:
-            reply = Reply.parse(None, _text(exc))
-            raise TransportError(
-                f"authentication failed: {reply}", permanent=True, step="auth", reply=reply
-            ) from None
-        except (OSError, ssl.SSLError) as exc:
-            raise TransportError(
-                f"authentication with {self.address} failed: {exc}", step="auth"
-            ) from None
-        return Reply.parse(None, resp)
+            return resp
+
+        return self._login(authenticate)
 
     def _auth_password(self, credential: Password) -> Reply:
         connection = self._require()
-        require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="password")
-        try:
+
+        def authenticate() -> bytes:
             connection.user(credential.username)
-            resp = connection.pass_(credential.password)
+            return connection.pass_(credential.password)
+
+        return self._login(authenticate)
+
+    def _login(self, call: Callable[[], bytes]) -> Reply:
+        try:
+            resp = call()
         except poplib.error_proto as exc:
             reply = Reply.parse(None, _text(exc))
             raise TransportError(

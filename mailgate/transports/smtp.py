@@ -18,15 +18,21 @@ import ssl
 import time
 from collections.abc import Callable
 
-from mailgate.transports.base import Envelope, Reply, SendResult, Transport, TransportError
+from mailgate.transports.base import (
+    Envelope,
+    Reply,
+    SendResult,
+    Transport,
+    TransportError,
+    close_quietly,
+    tls_context,
+)
 from mailgate.transports.credentials import (
     BearerToken,
     Credential,
     Endpoint,
     Password,
     bearer_response,
-    require_encryption,
-    tls_context,
 )
 
 log = logging.getLogger("mailgate.transports")
@@ -126,19 +132,10 @@ class SMTPTransport(Transport):
     def close(self) -> None:
         connection, self.connection = self.connection, None
         self._ready = False
-        if connection is None:
-            return
-        try:
-            connection.quit()
-        except (smtplib.SMTPException, OSError):
-            with contextlib.suppress(OSError):
-                connection.close()
+        if connection is not None:
+            close_quietly(connection.quit, connection.close, (smtplib.SMTPException,))
 
     # -- steps -------------------------------------------------------------------------------
-
-    @property
-    def address(self) -> str:
-        return str(self.endpoint)
 
     def connect(self) -> Reply:
         """Open the TCP connection (TLS first for implicit TLS), read the greeting and send EHLO."""
@@ -166,11 +163,7 @@ class SMTPTransport(Transport):
             connection._host = self.endpoint.host  # type: ignore[attr-defined]
             code, message = connection.connect(self.endpoint.host, self.endpoint.port)
         except ssl.SSLCertVerificationError as exc:
-            raise TransportError(
-                f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
-                step="tls",
-                diagnosis="Add the issuing CA to SSL_CERT_FILE or fix the server's certificate.",
-            ) from None
+            raise self.untrusted(exc) from None
         except ssl.SSLError as exc:
             raise TransportError(f"TLS with {self.address} failed: {exc}", step="tls") from None
         except smtplib.SMTPConnectError as exc:
@@ -224,11 +217,7 @@ class SMTPTransport(Transport):
         try:
             code, message = connection.starttls(context=tls_context(self.credential))
         except ssl.SSLCertVerificationError as exc:
-            raise TransportError(
-                f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
-                step="tls",
-                diagnosis="Add the issuing CA to SSL_CERT_FILE or fix the server's certificate.",
-            ) from None
+            raise self.untrusted(exc) from None
         except smtplib.SMTPResponseException as exc:
             raise _reply_error(exc, "tls", f"{self.address} refused STARTTLS") from None
         except (ssl.SSLError, OSError, smtplib.SMTPException) as exc:
@@ -248,16 +237,6 @@ class SMTPTransport(Transport):
         connection = self._require()
         return [m.upper() for m in connection.esmtp_features.get("auth", "").split()]
 
-    def authenticate(self) -> Reply:
-        """AUTH XOAUTH2 (or OAUTHBEARER) with a bearer token, PLAIN/LOGIN with a password, nothing for
-        a client certificate or without a credential."""
-        credential = self.credential
-        if isinstance(credential, BearerToken):
-            return self._auth_bearer(credential)
-        if isinstance(credential, Password):
-            return self._auth_password(credential)
-        return Reply()
-
     def _require_mechanism(self, *names: str) -> str:
         offered = self.auth_mechanisms()
         for name in names:
@@ -272,7 +251,6 @@ class SMTPTransport(Transport):
         )
 
     def _auth_bearer(self, credential: BearerToken) -> Reply:
-        require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="access token")
         mechanism = self._require_mechanism("XOAUTH2", "OAUTHBEARER")
         self.token_requests += 1
         response = bearer_response(mechanism, credential.username, credential.get_token())
@@ -292,7 +270,6 @@ class SMTPTransport(Transport):
 
     def _auth_password(self, credential: Password) -> Reply:
         connection = self._require()
-        require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="password")
         mechanism = self._require_mechanism("PLAIN", "LOGIN")
         connection.user = credential.username
         connection.password = credential.password

@@ -8,12 +8,11 @@ import pytest
 
 from mailgate.sandbox.ca import SandboxCA
 from mailgate.transports import REGISTRY
-from mailgate.transports.base import Envelope, TransportError
+from mailgate.transports.base import Envelope, TransportError, require_encryption
 from mailgate.transports.credentials import (
     BearerToken,
     Endpoint,
     Password,
-    require_encryption,
     xoauth2_string,
 )
 from mailgate.transports.smtp import SMTPTransport, parse_queue_id
