@@ -124,6 +124,7 @@ def demo_tokens(
 ) -> Any:
     """Sign in as the demo user on the sandbox's pages and redeem the code, as the callback does;
     the TokenSet. The token request trusts the sandbox through SSL_CERT_FILE, as mailgate does."""
+    from mailgate.providers.http import CodeRedemption
     from mailgate.providers.microsoft import client
 
     verifier = "v" * 64
@@ -139,13 +140,16 @@ def demo_tokens(
     )
     with httpx.Client(verify=str(ca_file), timeout=10) as browser:
         response = complete_sign_in(browser, url, demo["user"], demo["password"])
+    redemption = CodeRedemption(
+        demo["client_id"],
+        demo["client_secret"],
+        redirect_params(response)["code"],
+        verifier,
+        redirect_uri,
+    )
     return client.redeem_code(
         login_url,
         "organizations",
-        client_id=demo["client_id"],
-        client_secret=demo["client_secret"],
-        code=redirect_params(response)["code"],
-        code_verifier=verifier,
-        redirect_uri=redirect_uri,
+        redemption,
         scope=scope,
     )

@@ -9,12 +9,15 @@ import json
 import os
 import re
 import ssl
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
 import httpx
 from authlib.integrations.httpx_client import OAuth2Client
 from django.conf import settings
+
+from mailgate.providers.base import TokenSet
 
 DEFAULT_TIMEOUT_SECONDS = 15.0
 
@@ -190,3 +193,34 @@ def get_json(url: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise TransientHTTPError(f"{url} did not answer a JSON object")
     return data
+
+
+@dataclass(frozen=True)
+class CodeRedemption:
+    """An authorization code to redeem, with the PKCE verifier and the app's credentials."""
+
+    client_id: str
+    client_secret: str = field(repr=False)
+    code: str = field(repr=False)
+    code_verifier: str = field(repr=False)
+    redirect_uri: str = ""
+
+
+def redeem(token_url: str, redemption: CodeRedemption, **extra: str) -> TokenSet:
+    """The authorization_code grant (RFC 6749 section 4.1.3, PKCE per RFC 7636 section 4.5)."""
+    client = oauth_client(
+        client_id=redemption.client_id,
+        client_secret=redemption.client_secret,
+        redirect_uri=redemption.redirect_uri,
+    )
+    token = call_token_endpoint(
+        client,
+        "fetch_token",
+        url=token_url,
+        grant_type="authorization_code",
+        code=redemption.code,
+        code_verifier=redemption.code_verifier,
+        redirect_uri=redemption.redirect_uri,
+        **extra,
+    )
+    return TokenSet.from_response(token)

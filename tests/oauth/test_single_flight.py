@@ -63,6 +63,7 @@ def race_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 def refresh_token_from_sign_in(sandbox: Sandbox) -> str:
     """A real refresh token of the demo user, through the sandbox's pages."""
+    from mailgate.providers.http import CodeRedemption
     from mailgate.providers.microsoft import client
 
     demo = sandbox.demo
@@ -86,14 +87,13 @@ def refresh_token_from_sign_in(sandbox: Sandbox) -> str:
     code = location.split("code=", 1)[1].split("&", 1)[0]
     os.environ["SSL_CERT_FILE"] = str(sandbox.ca_file)
     try:
+        redemption = CodeRedemption(
+            demo["client_id"], demo["client_secret"], code, verifier, REDIRECT
+        )
         tokens = client.redeem_code(
             sandbox.login_url,
             "contoso.example",
-            client_id=demo["client_id"],
-            client_secret=demo["client_secret"],
-            code=code,
-            code_verifier=verifier,
-            redirect_uri=REDIRECT,
+            redemption,
             scope=scope,
         )
     finally:

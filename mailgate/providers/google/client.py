@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from mailgate.providers.base import TokenSet
 from mailgate.providers.http import (
+    CodeRedemption,
     TokenEndpointError,
     TransientHTTPError,
     call_token_endpoint,
     oauth_client,
     post_form,
+    redeem,
 )
 
 
@@ -35,30 +37,10 @@ def authorize_url(
     return str(url)
 
 
-def redeem_code(
-    token_url: str,
-    *,
-    client_id: str,
-    client_secret: str,
-    code: str,
-    code_verifier: str,
-    redirect_uri: str,
-) -> TokenSet:
+def redeem_code(token_url: str, redemption: CodeRedemption) -> TokenSet:
     """Exchange an authorization code (with its PKCE verifier) for tokens."""
     # Reference: https://developers.google.com/identity/protocols/oauth2/web-server#exchange-authorization-code
-    client = oauth_client(
-        client_id=client_id, client_secret=client_secret, redirect_uri=redirect_uri
-    )
-    token = call_token_endpoint(
-        client,
-        "fetch_token",
-        url=token_url,
-        grant_type="authorization_code",
-        code=code,
-        code_verifier=code_verifier,
-        redirect_uri=redirect_uri,
-    )
-    return TokenSet.from_response(token)
+    return redeem(token_url, redemption)
 
 
 def refresh(token_url: str, *, client_id: str, client_secret: str, refresh_token: str) -> TokenSet:

@@ -9,6 +9,7 @@ from django.conf import settings
 from mailgate.providers.base import Diagnosis, TokenSet, revealed
 from mailgate.providers.errors import TokenError
 from mailgate.providers.google import client, errors
+from mailgate.providers.http import CodeRedemption
 from mailgate.providers.oidc import account_claims, signed_in_account
 
 if TYPE_CHECKING:
@@ -51,14 +52,10 @@ class GoogleFlow:
     def exchange_code(
         self, server: MailServer, *, code: str, code_verifier: str, redirect_uri: str
     ) -> TokenSet:
-        return client.redeem_code(
-            str(settings.MAILGATE_GOOGLE_TOKEN_URL),
-            client_id=server.client_id,
-            client_secret=_secret(server),
-            code=code,
-            code_verifier=code_verifier,
-            redirect_uri=redirect_uri,
+        redemption = CodeRedemption(
+            server.client_id, _secret(server), code, code_verifier, redirect_uri
         )
+        return client.redeem_code(str(settings.MAILGATE_GOOGLE_TOKEN_URL), redemption)
 
     def refresh(self, server: MailServer, *, refresh_token: str, scopes: str) -> TokenSet:
         return client.refresh(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mailgate.providers.base import TokenSet
-from mailgate.providers.http import call_token_endpoint, oauth_client
+from mailgate.providers.http import CodeRedemption, call_token_endpoint, oauth_client, redeem
 
 
 def authorize_url(
@@ -33,33 +33,10 @@ def authorize_url(
     return str(url)
 
 
-def redeem_code(
-    login_url: str,
-    tenant: str,
-    *,
-    client_id: str,
-    client_secret: str,
-    code: str,
-    code_verifier: str,
-    redirect_uri: str,
-    scope: str,
-) -> TokenSet:
+def redeem_code(login_url: str, tenant: str, redemption: CodeRedemption, *, scope: str) -> TokenSet:
     """Exchange an authorization code (with its PKCE verifier) for tokens."""
     # Reference: https://learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow#redeem-a-code-for-an-access-token
-    client = oauth_client(
-        client_id=client_id, client_secret=client_secret, redirect_uri=redirect_uri
-    )
-    token = call_token_endpoint(
-        client,
-        "fetch_token",
-        url=f"{login_url}/{tenant}/oauth2/v2.0/token",
-        grant_type="authorization_code",
-        code=code,
-        code_verifier=code_verifier,
-        redirect_uri=redirect_uri,
-        scope=scope,
-    )
-    return TokenSet.from_response(token)
+    return redeem(f"{login_url}/{tenant}/oauth2/v2.0/token", redemption, scope=scope)
 
 
 def refresh(

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from mailgate.providers.base import Diagnosis, TokenSet, revealed
 from mailgate.providers.errors import TokenError
+from mailgate.providers.http import CodeRedemption
 from mailgate.providers.microsoft import client, errors
 from mailgate.providers.microsoft.tenant import cloud, is_valid_tenant, login_url, resolve_tenant
 from mailgate.providers.oidc import account_claims, signed_in_account
@@ -71,15 +72,12 @@ class MicrosoftFlow:
     def exchange_code(
         self, server: MailServer, *, code: str, code_verifier: str, redirect_uri: str
     ) -> TokenSet:
+        redemption = CodeRedemption(
+            server.client_id, _secret(server), code, code_verifier, redirect_uri
+        )
+        scope = " ".join(self.scopes(server))
         return client.redeem_code(
-            login_url(server.cloud),
-            self.tenant(server),
-            client_id=server.client_id,
-            client_secret=_secret(server),
-            code=code,
-            code_verifier=code_verifier,
-            redirect_uri=redirect_uri,
-            scope=" ".join(self.scopes(server)),
+            login_url(server.cloud), self.tenant(server), redemption, scope=scope
         )
 
     def refresh(self, server: MailServer, *, refresh_token: str, scopes: str) -> TokenSet:
