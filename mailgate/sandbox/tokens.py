@@ -13,10 +13,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from authlib.jose import JsonWebKey, JsonWebToken
-from authlib.jose.errors import JoseError
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import RSAKey
 
-_jwt = JsonWebToken(["RS256"])
+ALGORITHMS = ["RS256"]
 
 OUTLOOK_AUDIENCES = ("https://outlook.office.com", "https://outlook.office365.com")
 
@@ -33,31 +34,29 @@ class SigningKey:
         if path.exists():
             data = json.loads(path.read_text())
         else:
-            key = JsonWebKey.generate_key("RSA", 2048, is_private=True)
-            data = key.as_dict(is_private=True)
+            data = dict(RSAKey.generate_key(2048, private=True).as_dict(private=True))
             data["kid"] = uuid.uuid4().hex[:16]
             path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 json.dump(data, fh)
         self.kid: str = data["kid"]
-        self.private = JsonWebKey.import_key(data)
-        public = {k: v for k, v in self.private.as_dict(is_private=False).items()}
+        self.private = RSAKey.import_key(data)
+        public: dict[str, Any] = dict(self.private.as_dict(private=False))
         public.update(kid=self.kid, use="sig", alg="RS256")
-        self.public_jwk: dict[str, Any] = public
+        self.public_jwk = public
 
     def jwks(self) -> dict[str, Any]:
         return {"keys": [self.public_jwk]}
 
     def sign(self, claims: dict[str, Any]) -> str:
         header = {"alg": "RS256", "typ": "JWT", "kid": self.kid}
-        token: bytes = _jwt.encode(header, claims, self.private)
-        return token.decode()
+        return jwt.encode(header, claims, self.private, algorithms=ALGORITHMS)
 
     def decode(self, token: str, *, now: float | None = None) -> dict[str, Any]:
         """Verify signature and lifetime; return the claims."""
         try:
-            claims = _jwt.decode(token, self.private)
+            claims = jwt.decode(token, self.private, algorithms=ALGORITHMS).claims
         except (JoseError, ValueError, TypeError, IndexError) as exc:
             raise InvalidToken(
                 f"not a token signed by this sandbox ({exc.__class__.__name__})"
