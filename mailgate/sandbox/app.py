@@ -16,7 +16,8 @@ from mailgate.sandbox import pages
 from mailgate.sandbox.google import GoogleOAuth
 from mailgate.sandbox.interfaces import MailboxDelivery, MailStore
 from mailgate.sandbox.microsoft import MicrosoftIdentity
-from mailgate.sandbox.state import ControlError, SandboxState
+from mailgate.sandbox.params import ControlError
+from mailgate.sandbox.state import SandboxState
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -75,37 +76,8 @@ class SandboxApp:
         self.stopping = threading.Event()
         self.microsoft = MicrosoftIdentity(state, self.stopping)
         self.google = GoogleOAuth(state, self.stopping)
-        self.operations: dict[str, Callable[[dict[str, Any]], Any]] = {
-            name: getattr(state, name)
-            for name in (
-                "snapshot",
-                "create_tenant",
-                "update_tenant",
-                "create_app",
-                "update_app",
-                "add_redirect_uri",
-                "add_secret",
-                "rotate_secret",
-                "expire_secret",
-                "assign_user",
-                "set_admin_consent",
-                "create_user",
-                "update_user",
-                "revoke_grants",
-                "grant_send_as",
-                "set_limits",
-                "set_faults",
-                "set_clock",
-                "update_settings",
-                "counters",
-                "reset_counters",
-                "create_google_project",
-                "update_google_project",
-                "create_google_user",
-            )
-        }
+        self.operations = state.operations()
         self.operations.update(
-            clock=state.clock_info,
             deliver=self._deliver,
             messages=self._messages,
             message=self._message,
@@ -139,15 +111,15 @@ class SandboxApp:
         ms, google = self.microsoft, self.google
         handlers: dict[str, Callable[[], Response]] = {
             "index": lambda: self._index(request),
-            "ms_error": lambda: ms.error_lookup(request),
-            "ms_instance": lambda: ms.instance_discovery(request),
-            "ms_keys": lambda: ms.keys(request),
-            "ms_oidc": lambda: ms.openid_configuration(request, args["tenant"]),
-            "ms_authorize": lambda: ms.authorize(request, args["tenant"]),
-            "ms_token": lambda: ms.token(request, args["tenant"]),
-            "ms_logout": lambda: ms.logout(request, args["tenant"]),
-            "ms_login": lambda: ms.login(request, args["tenant"]),
-            "ms_consent": lambda: ms.consent(request, args["tenant"]),
+            "ms_error": lambda: ms.discovery.error_lookup(request),
+            "ms_instance": lambda: ms.discovery.instance_discovery(request),
+            "ms_keys": lambda: ms.discovery.keys(request),
+            "ms_oidc": lambda: ms.discovery.openid_configuration(request, args["tenant"]),
+            "ms_authorize": lambda: ms.sign_in.authorize(request, args["tenant"]),
+            "ms_token": lambda: ms.token.token(request, args["tenant"]),
+            "ms_logout": lambda: ms.sign_in.logout(request, args["tenant"]),
+            "ms_login": lambda: ms.sign_in.login(request, args["tenant"]),
+            "ms_consent": lambda: ms.consent.consent(request, args["tenant"]),
             "g_auth": lambda: google.auth(request),
             "g_signin": lambda: google.sign_in(request),
             "g_consent": lambda: google.consent(request),
@@ -164,7 +136,7 @@ class SandboxApp:
     # -- sandbox endpoints -------------------------------------------------------------------
 
     def _index(self, request: Request) -> Response:
-        demo = self.state.data.get("demo", {})
+        demo = self.state.demo()
         body = (
             "<h1>mailgate sandbox</h1><p>Offline stand-in for the Microsoft identity platform,"
             " Google OAuth, Exchange Online SMTP and IMAP/POP.</p><ul>"
@@ -193,7 +165,7 @@ class SandboxApp:
             token = request.authorization.token or ""
         # Invalid tokens get HTTP 200 {"active": false}: Dovecot treats anything else as an
         # internal failure (a temporary error for the client), not as bad credentials.
-        return _json(self.state.introspect(token, service))
+        return _json(self.state.policy.introspect(token, service))
 
     def _control(self, request: Request, action: str) -> Response:
         if request.remote_addr not in LOOPBACK:
@@ -259,7 +231,7 @@ class SandboxApp:
         to = str(params.get("to") or "").strip().lower()
         if not to:
             raise ControlError("to", "is required: the mailbox address to deliver into")
-        if not self.state.mailbox_exists(to):
+        if not self.state.policy.mailbox_exists(to):
             raise ControlError("to", f"{to} is not a sandbox mailbox")
         if self.delivery is None:
             raise ControlError(

@@ -207,7 +207,7 @@ def run_foreground(args: argparse.Namespace) -> int:
         )
         return 1
     except Exception as exc:
-        from mailgate.sandbox.state import ControlError
+        from mailgate.sandbox.params import ControlError
 
         if isinstance(exc, ControlError):
             print(f"mailgate sandbox: {exc}", file=sys.stderr)

@@ -11,22 +11,21 @@ import json
 import secrets
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 from werkzeug.wrappers import Request, Response
 
 from mailgate.sandbox import pages
-from mailgate.sandbox.faults import apply_faults
-from mailgate.sandbox.state import (
-    CODE_LIFETIME,
+from mailgate.sandbox.google_accounts import (
     GOOGLE_ACCESS_TOKEN_LIFETIME,
     GOOGLE_REFRESH_MAX_INACTIVE,
     GOOGLE_TESTING_REFRESH_LIFETIME,
-    SandboxState,
-    digest,
-    random_token,
 )
+from mailgate.sandbox.store import CODE_LIFETIME, digest, random_token
+
+if TYPE_CHECKING:
+    from mailgate.sandbox.state import SandboxState
 
 MAIL_SCOPE = "https://mail.google.com/"
 # Scopes the sandbox knows; the OpenID Connect short names and their userinfo URL forms.
@@ -93,9 +92,7 @@ class GoogleOAuth:
     def auth(self, request: Request) -> Response:
         params = request.values
         client_id = params.get("client_id", "")
-        with self.state.lock:
-            project = self.state.data["google"]["projects"].get(client_id)
-            project = dict(project) if project else None
+        project = self.state.google.project(client_id)
         if not client_id:
             return self._page_error("invalid_request", "Missing required parameter: client_id")
         if project is None:
@@ -143,12 +140,7 @@ class GoogleOAuth:
             return self._page_error(
                 "invalid_request", "prompt=none must not be combined with other values"
             )
-        ctx_id = secrets.token_urlsafe(24)
-        with self.state.lock:
-            cutoff = time.monotonic() - 3600
-            for key in [k for k, v in self.state.interactions.items() if v["created"] < cutoff]:
-                del self.state.interactions[key]
-            self.state.interactions[ctx_id] = ctx
+        ctx_id = self.state.pending.add(ctx)
         email = self.sessions.get(request.cookies.get(self.SESSION_COOKIE, ""))
         if (
             email is None
@@ -178,14 +170,13 @@ class GoogleOAuth:
         self, request: Request
     ) -> tuple[str, dict[str, Any], dict[str, Any]] | Response:
         ctx_id = request.form.get("ctx", "")
-        with self.state.lock:
-            ctx = self.state.interactions.get(ctx_id)
-            project = self.state.data["google"]["projects"].get(ctx["client_id"]) if ctx else None
+        ctx = self.state.pending.get(ctx_id)
+        project = self.state.google.project(ctx["client_id"]) if ctx else None
         if ctx is None or project is None:
             return self._page_error(
                 "invalid_request", "The sign-in request expired. Start again from the app."
             )
-        return ctx_id, ctx, dict(project)
+        return ctx_id, ctx, project
 
     def sign_in(self, request: Request) -> Response:
         found = self._interaction(request)
@@ -193,9 +184,7 @@ class GoogleOAuth:
             return found
         ctx_id, ctx, project = found
         email = request.form.get("username", "").strip().lower()
-        with self.state.lock:
-            user = self.state.data["google"]["users"].get(email)
-            user = dict(user) if user else None
+        user = self.state.google.user(email)
         if user is None:
             return self._sign_in_page(ctx_id, project, email, "Couldn't find your Google Account")
         if not secrets.compare_digest(
@@ -217,10 +206,7 @@ class GoogleOAuth:
         self, ctx_id: str, ctx: dict[str, Any], project: dict[str, Any], email: str
     ) -> Response:
         ctx["email"] = email
-        with self.state.lock:
-            granted = set(
-                self.state.data["google"]["consents"].get(f"{email}|{ctx['client_id']}", [])
-            )
+        granted = self.state.google.consents(email, ctx["client_id"])
         wanted = set(ctx["scope"].split())
         if "consent" in ctx["prompt"] or not wanted <= granted:
             if "none" in ctx["prompt"]:
@@ -245,22 +231,17 @@ class GoogleOAuth:
         if isinstance(found, Response):
             return found
         ctx_id, ctx, _project = found
-        with self.state.lock:
-            self.state.interactions.pop(ctx_id, None)
+        self.state.pending.pop(ctx_id)
         if "email" not in ctx:
             return self._page_error("invalid_request", "Sign in first.")
         if request.form.get("decision") != "accept":
             return self._redirect(ctx, {"error": "access_denied"})
-        with self.state.change() as data:
-            key = f"{ctx['email']}|{ctx['client_id']}"
-            data["google"]["consents"][key] = sorted(
-                set(data["google"]["consents"].get(key, [])) | set(ctx["scope"].split())
-            )
+        self.state.google.add_consent(ctx["email"], ctx["client_id"], set(ctx["scope"].split()))
         return self._issue_code(ctx, first_consent=True)
 
     def _issue_code(self, ctx: dict[str, Any], *, first_consent: bool) -> Response:
         code = random_token("4/0A", 70)
-        with self.state.change() as data:
+        with self.state.store.change() as data:
             data["google"]["codes"][digest(code)] = {
                 "client_id": ctx["client_id"],
                 "redirect_uri": ctx["redirect_uri"],
@@ -284,7 +265,7 @@ class GoogleOAuth:
         self.state.count(
             "google_token_requests", f"google_token_requests_{grant_type or 'missing'}"
         )
-        fault = apply_faults(self.state, self.stopping)
+        fault = self.state.faults.apply(self.stopping)
         if fault is not None:
             error = "internal_failure" if fault.status == 500 else "temporarily_unavailable"
             return _json({"error": error, "error_description": "Backend Error"}, fault.status)
@@ -309,9 +290,7 @@ class GoogleOAuth:
         if request.authorization and request.authorization.type == "basic":
             client_id = client_id or request.authorization.username
             secret = secret or request.authorization.password
-        with self.state.lock:
-            project = self.state.data["google"]["projects"].get(client_id or "")
-            project = dict(project) if project else None
+        project = self.state.google.project(client_id or "")
         if (
             project is None
             or not secret
@@ -324,7 +303,7 @@ class GoogleOAuth:
         code = form.get("code")
         if not code:
             raise GoogleError("invalid_request", "Missing required parameter: code")
-        with self.state.change() as data:
+        with self.state.store.change() as data:
             record = data["google"]["codes"].get(digest(code))
             if (
                 record is None
@@ -352,7 +331,7 @@ class GoogleOAuth:
         body = self._access_token(project, record["email"], record["scope"], nonce=record["nonce"])
         if record["refresh"]:
             token = random_token("1//0", 100)
-            with self.state.change() as data:
+            with self.state.store.change() as data:
                 data["google"]["refresh_tokens"][digest(token)] = {
                     "client_id": project["client_id"],
                     "email": record["email"],
@@ -371,7 +350,7 @@ class GoogleOAuth:
         if not token:
             raise GoogleError("invalid_request", "Missing required parameter: refresh_token")
         now = self.state.now()
-        with self.state.change() as data:
+        with self.state.store.change() as data:
             record = data["google"]["refresh_tokens"].get(digest(token))
             if record is None:
                 raise GoogleError("invalid_grant", "Bad Request")
@@ -405,7 +384,7 @@ class GoogleOAuth:
     ) -> dict[str, Any]:
         token = "ya29." + secrets.token_urlsafe(120)
         now = self.state.now()
-        with self.state.change() as data:
+        with self.state.store.change() as data:
             tokens = data["google"]["access_tokens"]
             for key in [k for k, v in tokens.items() if v["exp"] < now - 86400]:
                 del tokens[key]
@@ -424,8 +403,8 @@ class GoogleOAuth:
             "token_type": "Bearer",
         }
         if "openid" in scope.split():
-            with self.state.lock:
-                user = dict(self.state.data["google"]["users"][email])
+            user = self.state.google.user(email)
+            assert user is not None, "a grant outlives its Google user"
             claims = {
                 "iss": "https://accounts.google.com",
                 "azp": project["client_id"],
@@ -448,7 +427,7 @@ class GoogleOAuth:
         """Revoking an access token or a refresh token ends the whole grant."""
         token = request.values.get("token", "")
         key = digest(token)
-        with self.state.change() as data:
+        with self.state.store.change() as data:
             store = data["google"]
             record = store["refresh_tokens"].get(key) or store["access_tokens"].get(key)
             if record is None or record.get("revoked"):
@@ -466,9 +445,7 @@ class GoogleOAuth:
 
     def tokeninfo(self, request: Request) -> Response:
         token = request.values.get("access_token", "")
-        with self.state.lock:
-            record = self.state.data["google"]["access_tokens"].get(digest(token))
-            record = dict(record) if record else None
+        record = self.state.google.access_token(token)
         now = self.state.now()
         if record is None or record["revoked"] or record["exp"] <= now:
             return _json({"error": "invalid_token", "error_description": "Invalid Value"}, 400)

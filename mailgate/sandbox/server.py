@@ -185,7 +185,7 @@ class Sandbox:
                 self.host,
                 self.ports["smtp"],
                 self.ca.server_context(),
-                self.state,
+                self.state.policy,
                 self.store,
                 delivery,
             )
@@ -267,7 +267,7 @@ class Sandbox:
     def demo(self) -> dict[str, Any]:
         """The demo tenant, app, users and Google client, with their secrets."""
         assert self.state is not None, "start the sandbox first"
-        return dict(self.state.data["demo"])
+        return self.state.demo()
 
     def env(self) -> dict[str, str]:
         """The settings that point mailgate at this sandbox."""

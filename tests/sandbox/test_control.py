@@ -11,8 +11,10 @@ import httpx
 import pytest
 
 from mailgate.sandbox.control import ControlAPIError
+from mailgate.sandbox.params import ControlError
+from mailgate.sandbox.seed import load_config
 from mailgate.sandbox.server import Sandbox
-from mailgate.sandbox.state import ControlError, SandboxState, load_config
+from mailgate.sandbox.state import SandboxState
 
 pytestmark = pytest.mark.nodb
 
