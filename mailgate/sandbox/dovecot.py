@@ -4,11 +4,12 @@ Dovecot runs in the foreground (`dovecot -F`) from a configuration written under
 (nothing from /etc/dovecot), on loopback with implicit TLS only, and accepts only XOAUTH2 and
 OAUTHBEARER: its oauth2 passdb asks the sandbox's RFC 7662 introspection endpoint,
 `<introspection_url_base>/imap` or `/pop3`, whether a token is good for that protocol.
-Recipe and pitfalls: /work/shared/reference/test-peers.md (Dovecot 2.3 oauth2 passdb).
+Why each setting is there: docs/sandbox.md, "The Dovecot peer".
 Reference: https://doc.dovecot.org/2.3/configuration_manual/authentication/oauth2/
 
-Differences from Exchange Online that Dovecot 2.3 cannot be configured away (protocol.md §3.3,
-§7): the greetings are Exchange's, but IMAP answers "OK Logged in" / "NO [AUTHENTICATIONFAILED]
+Differences from Exchange Online that Dovecot 2.3 cannot be configured away (Exchange's documented
+exchanges: https://learn.microsoft.com/en-us/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth):
+the greetings are Exchange's, but IMAP answers "OK Logged in" / "NO [AUTHENTICATIONFAILED]
 Authentication failed." (Exchange: "OK AUTHENTICATE completed." / "NO AUTHENTICATE failed."), POP3
 "+OK Logged in." / "-ERR [AUTH] Authentication failed." (Exchange: "+OK User successfully
 authenticated." / "-ERR Authentication failure: unknown user name or bad password."); a refused
@@ -83,7 +84,7 @@ def dovecot_problem() -> str | None:
     if version is None or _libexec_dir() is None:
         return INSTALL_HINT
     if not version.startswith("2.3."):
-        # Dovecot 2.4 (Debian 13) configures OAuth2 differently (test-peers.md pitfall 21).
+        # Dovecot 2.4 (Debian 13) configures OAuth2 differently: settings instead of an oauth2 passdb.
         return (
             f"Dovecot {version} is installed, but the sandbox configures Dovecot 2.3 "
             "(Debian 12's dovecot-imapd / dovecot-pop3d); IMAP and POP3 stay off."
@@ -136,8 +137,8 @@ class DovecotServer:
         hostname: str = "sandbox.outlook.localhost",
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
-        # Dovecot wants addresses, and resolves names through its own DNS service
-        # (test-peers.md pitfall 17): "localhost" becomes 127.0.0.1.
+        # Dovecot wants addresses, and resolves names through its own DNS service:
+        # "localhost" becomes 127.0.0.1.
         self.host = "127.0.0.1" if host == "localhost" else host
         self.requested_ports = (imap_port, pop3_port)
         self.cert_file = Path(cert_file).resolve()
@@ -240,7 +241,7 @@ class DovecotServer:
 
     def _passdb_args(self, service: str) -> str:
         # Introspection (RFC 7662) by POST; Dovecot 2.3 does not look at exp on this path, so
-        # the endpoint decides expiry (test-peers.md pitfall 3).
+        # the endpoint decides expiry.
         return "\n".join(
             [
                 "introspection_mode = post",
@@ -274,21 +275,21 @@ class DovecotServer:
             f"default_login_user = {users['login']}",
             f"first_valid_uid = {self.mail_uid}",
             f"first_valid_gid = {self.mail_gid}",
-            # Implicit TLS only, like outlook.office365.com:993/995 (protocol.md §3.1).
+            # Implicit TLS only, like outlook.office365.com:993/995.
             "ssl = required",
             f"ssl_cert = <{self.cert_file}",
             f"ssl_key = <{self.key_file}",
             "ssl_min_protocol = TLSv1.2",
             "disable_plaintext_auth = yes",
             "auth_mechanisms = xoauth2 oauthbearer",
-            # Failed logins must not slow the next ones (test-peers.md pitfall 1), and no cache
-            # may keep a revoked token working (pitfall 3).
+            # Failed logins must not slow the next ones, and no cache may keep a revoked token
+            # working for its lifetime.
             "auth_failure_delay = 0",
             "auth_cache_size = 0",
             "auth_verbose = yes",
             "auth_username_format = %Lu",
             "mail_max_userip_connections = 1000",
-            # Entra ID tokens are long (1.5-3 KB, test-peers.md pitfall 9).
+            # Entra ID access tokens are long (often 1.5-3 KB).
             "imap_max_line_length = 65536",
             f"mail_location = maildir:{self.mail_root}/%Lu/Maildir",
             "userdb {",
@@ -325,7 +326,7 @@ class DovecotServer:
                 "}",
             ]
         # anvil's per-IP auth penalty (2, 4, 8, 15 s after failures) is not covered by
-        # auth_failure_delay; without its listener there is no penalty (test-peers.md pitfall 1).
+        # auth_failure_delay; without its listener there is no penalty.
         lines += ["service anvil {", "  unix_listener anvil-auth-penalty {", "    mode = 0", "  }"]
         lines += [chroot, "}"]
         if not self._is_root:

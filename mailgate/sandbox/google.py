@@ -1,6 +1,8 @@
 """Google's OAuth 2.0 endpoints: /o/oauth2/v2/auth (+ sign-in and consent pages), /token, /revoke, /tokeninfo.
 
-Shapes follow ../shared/reference/protocol.md §4 and the Google checklist in §7.
+Shapes follow Google's web-server OAuth guide and its notes on refresh-token expiry:
+https://developers.google.com/identity/protocols/oauth2/web-server and
+https://developers.google.com/identity/protocols/oauth2; docs/sandbox.md lists each behaviour.
 """
 
 from __future__ import annotations

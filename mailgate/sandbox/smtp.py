@@ -1,11 +1,16 @@
 """An Exchange Online-like SMTP submission server (aiosmtpd) that authenticates the sandbox's OAuth tokens.
 
-Behaviour and reply texts follow /work/shared/reference/protocol.md §3.3, §3.4, §3.8 and §7 (Exchange
-Online) and §4.8 (Gmail's XOAUTH2 failure path, used for Google tokens), and RFC 7628 for OAUTHBEARER.
-Reference: https://learn.microsoft.com/en-us/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth
+Behaviour and reply texts follow Exchange Online's documentation, Gmail's for its XOAUTH2 failure
+path (used for Google tokens) and RFC 7628 for OAUTHBEARER; the comments below cite them by name:
+- [Exchange OAuth] https://learn.microsoft.com/en-us/exchange/client-developer/legacy-protocols/how-to-authenticate-an-imap-pop-smtp-application-by-using-oauth
+- [SMTP AUTH] https://learn.microsoft.com/en-us/exchange/clients-and-mobile-in-exchange-online/authenticated-client-smtp-submission
+- [Exchange limits] https://learn.microsoft.com/en-us/office365/servicedescriptions/exchange-online-service-description/exchange-online-limits#sending-limits-1
+  and https://learn.microsoft.com/en-us/exchange/troubleshoot/send-emails/smtp-submission-improvements
+- [Gmail XOAUTH2] https://developers.google.com/workspace/gmail/imap/xoauth2-protocol
+docs/sandbox.md lists each emulated behaviour with its source.
 
 Deliberate differences from Exchange Online: OAUTHBEARER is offered too (Exchange offers only
-XOAUTH2); EHLO leaves out DSN, BINARYMIME and CHUNKING, which this server does not implement; no
+XOAUTH2); EHLO leaves out DSN and BINARYMIME, which this server does not implement; no
 copy goes to Sent Items and no continuous-error throttling (550 5.2.25x) is applied; mail held back
 by the 30-a-minute rate is delivered to the sandbox mailboxes later, the SMTP reply is not delayed.
 """
@@ -38,15 +43,16 @@ from mailgate.sandbox.tokens import InvalidToken
 
 log = logging.getLogger("mailgate.sandbox.smtp")
 
-# Exchange Online's advertised maximum message size (EHLO "250-SIZE 157286400", protocol.md §3.1).
+# Exchange Online's advertised maximum message size (its EHLO says "250-SIZE 157286400").
 EXCHANGE_SIZE_LIMIT = 157_286_400
 GOOGLE_AUDIENCE = "https://mail.google.com/"
-# Google's opaque access tokens start with "ya29."; a failing one gets Gmail's failure path (§4.8).
+# Google's opaque access tokens start with "ya29."; a failing one gets Gmail's failure path
+# ([Gmail XOAUTH2]).
 GOOGLE_TOKEN_PREFIX = "ya29."
 DAY = 86_400.0
 MINUTE = 60.0
 
-# Reply texts: protocol.md §3.3/§3.4 (Exchange) and §4.8 (Gmail), verbatim where documented.
+# Reply texts: [Exchange OAuth], [SMTP AUTH] (Exchange) and [Gmail XOAUTH2], verbatim where documented.
 AUTH_OK = "235 2.7.0 Authentication successful"
 AUTH_FAILED = "535 5.7.3 Authentication unsuccessful [{host}]"
 AUTH_DISABLED = (
@@ -126,7 +132,7 @@ def _bearer(pairs: dict[str, str]) -> str:
 
 
 def parse_xoauth2(decoded: bytes) -> SaslCredentials:
-    """`user=U^Aauth=Bearer T^A^A` (protocol.md §3.2) → credentials, else AuthFailure."""
+    """`user=U^Aauth=Bearer T^A^A` ([Exchange OAuth]) → credentials, else AuthFailure."""
     try:
         text = decoded.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -261,7 +267,7 @@ class _Handler:
 
 
 class ChunkingSMTP(SMTP):
-    """aiosmtpd's SMTP server plus CHUNKING (RFC 3030), which Exchange advertises (protocol.md §3.1).
+    """aiosmtpd's SMTP server plus CHUNKING (RFC 3030), which Exchange advertises in its EHLO.
 
     Subclasses advertise CHUNKING in their EHLO reply; aiosmtpd itself implements no BDAT.
     """
@@ -322,7 +328,7 @@ class ChunkingSMTP(SMTP):
 class ExchangeSMTP(ChunkingSMTP):
     """One client connection: STARTTLS, then AUTH XOAUTH2 / OAUTHBEARER (LOGIN only to refuse it)."""
 
-    # Entra ID access tokens are often 1.5-3 KB (test-peers.md pitfall 9): allow long SASL lines.
+    # Entra ID access tokens are often 1.5-3 KB: allow long SASL lines.
     line_length_limit = 16_384
     command_size_limits: dict[str, int] = collections.defaultdict(lambda: SMTP.command_size_limit)
 
@@ -380,7 +386,7 @@ class ExchangeSMTP(ChunkingSMTP):
         self.session.extended_smtp = True
         self.session.host_name = hostname
         peer = self.session.peer[0] if isinstance(self.session.peer, tuple) else self.session.peer
-        # Exchange's EHLO (protocol.md §3.1), less DSN and BINARYMIME which this server does not
+        # Exchange's EHLO, less DSN and BINARYMIME which this server does not
         # implement; AUTH only once TLS is up.
         lines = [f"{self.hostname} Hello [{peer}]", f"SIZE {EXCHANGE_SIZE_LIMIT}", "PIPELINING"]
         lines += ["ENHANCEDSTATUSCODES", "CHUNKING"]
@@ -448,7 +454,7 @@ class ExchangeSMTP(ChunkingSMTP):
 
     async def _oauth(self, mechanism: str, initial: str | None) -> None:
         if initial is None:
-            # The two-step form: an empty 334 challenge, then the client's response (protocol.md §3.3).
+            # The two-step form: an empty 334 challenge, then the client's response ([Exchange OAuth]).
             await self.push("334 ")
             blob = await self._read_sasl_line()
             if blob is None:
@@ -481,7 +487,7 @@ class ExchangeSMTP(ChunkingSMTP):
 
     async def _fail(self, mechanism: str, google: bool) -> None:
         if google:
-            # Gmail: an error challenge, the client's empty reply, then 535 5.7.8 (protocol.md §4.8).
+            # Gmail: an error challenge, the client's empty reply, then 535 5.7.8 ([Gmail XOAUTH2]).
             await self.push(
                 "334 " + base64.b64encode(json.dumps(GOOGLE_CHALLENGE).encode()).decode()
             )
@@ -627,7 +633,8 @@ class ExchangeSMTPServer:
         mailbox = creds.user.lower()
         roles = claims.get("roles")
         if "scp" not in claims and isinstance(roles, list):
-            # App-only token (client credentials): the role, and the mailbox named by user= (§3.7).
+            # App-only token (client credentials): the role, and the mailbox named by user=
+            # ([Exchange OAuth], app-only access).
             if "SMTP.SendAsApp" not in roles:
                 raise AuthFailure("the app-only token has no SMTP.SendAsApp role")
             if not mailbox:
@@ -640,7 +647,7 @@ class ExchangeSMTPServer:
                 mailbox = token_user
             if mailbox != token_user and not self.policy.may_send_as(token_user, mailbox):
                 # user= may name another mailbox only when the token's user has access to it
-                # (shared mailbox rule, protocol.md §3.2).
+                # (the shared mailbox rule of [Exchange OAuth]).
                 raise AuthFailure(f"user={mailbox} is not the token's user {token_user}")
         if not self.policy.mailbox_exists(mailbox):
             raise AuthFailure(f"no mailbox {mailbox}")
@@ -733,7 +740,7 @@ class ExchangeSMTPServer:
     @staticmethod
     def _release_time(counters: _MailboxCounters, now: float, per_minute: int) -> float:
         """When a message accepted now may be delivered: over `per_minute` in a minute is carried over
-        to the following minutes (protocol.md §3.8: delayed, not refused)."""
+        to the following minutes (delayed, not refused: [Exchange limits])."""
         releases = counters.releases
         del releases[: bisect.bisect_right(releases, now - MINUTE)]
         release = now

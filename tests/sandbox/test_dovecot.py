@@ -108,7 +108,7 @@ def imap_failure(peer: Peer, user: str, token: str, mechanism: str = "XOAUTH2") 
 
 
 def pop3_auth(peer: Peer, user: str, token: str, mechanism: str = "XOAUTH2") -> bytes:
-    """The documented two-line POP exchange: `AUTH XOAUTH2`, `+`, the base64 string (protocol.md §3.3)."""
+    """The documented two-line POP exchange: `AUTH XOAUTH2`, `+`, the base64 string (Microsoft's IMAP/POP/SMTP OAuth guide)."""
     client = peer.pop3()
     build = xoauth2 if mechanism == "XOAUTH2" else oauthbearer
     try:

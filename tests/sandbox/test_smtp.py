@@ -217,7 +217,8 @@ def test_a_token_signed_by_another_key_is_refused_with_5_7_3(rig: Rig, tmp_path:
     client = rig.connect()
     sasl = Sasl(xoauth2(ALEX, stranger.mint(ALEX)))
     assert auth_error(client, sasl) == FAILED
-    # Exchange answers XOAUTH2 failures directly, without an error challenge (protocol.md §3.3).
+    # Exchange answers XOAUTH2 failures directly, without an error challenge (Microsoft's
+    # IMAP/POP/SMTP OAuth guide shows the exchange).
     assert sasl.challenges == []
 
 

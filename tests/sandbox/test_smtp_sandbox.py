@@ -50,7 +50,8 @@ def test_an_app_only_token_sends_once_an_admin_consented(
     sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     user = sandbox.demo["user"]
-    # Without admin consent the token carries no SMTP.SendAsApp role (protocol.md §3.7).
+    # Without admin consent the token carries no SMTP.SendAsApp role (Microsoft's app-only access
+    # steps for SMTP need the admin's grant).
     sandbox.control.call("set_admin_consent", client_id=sandbox.demo["client_id"], granted=False)
     with pytest.raises(smtplib.SMTPAuthenticationError) as info:
         session(sandbox).auth("XOAUTH2", Sasl(xoauth2(user, app_only_token(sandbox, monkeypatch))))
