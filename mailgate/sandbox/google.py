@@ -7,8 +7,6 @@ https://developers.google.com/identity/protocols/oauth2; docs/sandbox.md lists e
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import json
 import secrets
 import threading
@@ -19,12 +17,12 @@ from urllib.parse import urlencode
 from werkzeug.wrappers import Request, Response
 
 from mailgate.sandbox import pages
+from mailgate.sandbox.codes import CODE_LIFETIME, digest, pkce_challenge, random_token
 from mailgate.sandbox.google_accounts import (
     GOOGLE_ACCESS_TOKEN_LIFETIME,
     GOOGLE_REFRESH_MAX_INACTIVE,
     GOOGLE_TESTING_REFRESH_LIFETIME,
 )
-from mailgate.sandbox.store import CODE_LIFETIME, digest, random_token
 
 if TYPE_CHECKING:
     from mailgate.sandbox.state import SandboxState
@@ -63,14 +61,13 @@ def _json(body: dict[str, Any], status: int = 200) -> Response:
     return Response(json.dumps(body), status=status, content_type="application/json; charset=utf-8")
 
 
-class GoogleOAuth:
-    """Handlers for Google's authorization server paths, over a `SandboxState`."""
+class GoogleSignIn:
+    """The browser side: /o/oauth2/v2/auth, its sign-in and consent pages, and the authorization code."""
 
     SESSION_COOKIE = "SID"
 
-    def __init__(self, state: SandboxState, stopping: threading.Event) -> None:
+    def __init__(self, state: SandboxState) -> None:
         self.state = state
-        self.stopping = stopping
         self.sessions: dict[str, str] = {}
 
     def _page_error(self, error: str, message: str, status: int = 400) -> Response:
@@ -88,8 +85,6 @@ class GoogleOAuth:
         response = Response(status=302)
         response.headers["Location"] = uri + ("&" if "?" in uri else "?") + urlencode(fields)
         return response
-
-    # -- authorization -----------------------------------------------------------------------
 
     def auth(self, request: Request) -> Response:
         params = request.values
@@ -259,7 +254,13 @@ class GoogleOAuth:
             }
         return self._redirect(ctx, {"code": code, "scope": ctx["scope"]})
 
-    # -- token -------------------------------------------------------------------------------
+
+class GoogleTokens:
+    """The server side: /token (code and refresh grants), /revoke and /tokeninfo."""
+
+    def __init__(self, state: SandboxState, stopping: threading.Event) -> None:
+        self.state = state
+        self.stopping = stopping
 
     def token(self, request: Request) -> Response:
         form = request.form
@@ -317,13 +318,7 @@ class GoogleOAuth:
                 raise GoogleError("invalid_grant", "Bad Request")
             if record["challenge"]:
                 verifier = form.get("code_verifier", "")
-                computed = (
-                    base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest())
-                    .rstrip(b"=")
-                    .decode()
-                    if record["method"] == "S256"
-                    else verifier
-                )
+                computed = pkce_challenge(verifier, record["method"])
                 if not verifier:
                     raise GoogleError("invalid_grant", "Missing code verifier.")
                 if not secrets.compare_digest(computed, record["challenge"]):
@@ -423,8 +418,6 @@ class GoogleOAuth:
             body["id_token"] = self.state.signing_key.sign(claims)
         return body
 
-    # -- revoke and tokeninfo ----------------------------------------------------------------
-
     def revoke(self, request: Request) -> Response:
         """Revoking an access token or a refresh token ends the whole grant."""
         token = request.values.get("token", "")
@@ -463,3 +456,11 @@ class GoogleOAuth:
                 "access_type": "offline",
             }
         )
+
+
+class GoogleOAuth:
+    """Google's authorization server over a `SandboxState`: `sign_in` (browser) and `tokens` (server)."""
+
+    def __init__(self, state: SandboxState, stopping: threading.Event) -> None:
+        self.sign_in = GoogleSignIn(state)
+        self.tokens = GoogleTokens(state, stopping)

@@ -7,9 +7,10 @@ import secrets
 import string
 from typing import Any
 
+from mailgate.sandbox.codes import digest
 from mailgate.sandbox.entra import new_password
 from mailgate.sandbox.params import ControlError, as_list, lower, require
-from mailgate.sandbox.store import StateStore, digest
+from mailgate.sandbox.store import StateStore
 
 # Refresh tokens of a project in "Testing" expire after 7 days; unused ones after six months.
 # Reference: https://developers.google.com/identity/protocols/oauth2 (refresh token expiration)

@@ -1,13 +1,12 @@
 """The sandbox's persistent store: one JSON document in `<state>/state.json`, behind one lock, and its clock.
 
 Every change is written atomically (temp file + rename, mode 0600) as it is made. Bearer secrets
-(authorization codes, refresh tokens, Google access tokens) are kept only as SHA-256 digests.
+(authorization codes, refresh tokens, Google access tokens) are kept only as digests (`codes.py`).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import os
 import secrets
@@ -18,19 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-# How long an authorization code can be redeemed (Microsoft and Google alike).
-CODE_LIFETIME = 600
 # Pending sign-ins (the browser between the authorize request and the code) older than this are dropped.
 INTERACTION_LIFETIME = 3600
-
-
-def digest(token: str) -> str:
-    """The key under which a bearer secret (code, refresh or access token) is stored."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
-def random_token(prefix: str, length: int = 64) -> str:
-    return prefix + secrets.token_urlsafe(length)[:length]
 
 
 class Clock:

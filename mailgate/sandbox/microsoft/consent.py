@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.wrappers import Request, Response
 
 from mailgate.sandbox import pages
+from mailgate.sandbox.codes import CODE_LIFETIME, digest, random_token
 from mailgate.sandbox.microsoft.errors import AADError, Replies
 from mailgate.sandbox.microsoft.lookup import pending_request
 from mailgate.sandbox.microsoft.scopes import Scopes, consented, requested_keys
-from mailgate.sandbox.store import CODE_LIFETIME, digest, random_token
 
 if TYPE_CHECKING:
     from mailgate.sandbox.state import SandboxState

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import secrets
@@ -11,15 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.wrappers import Request
 
+from mailgate.sandbox.codes import b64url, digest, random_token
 from mailgate.sandbox.microsoft.scopes import APP_ROLES, RESOURCE_URL, Scopes, consented
-from mailgate.sandbox.store import digest, random_token
 
 if TYPE_CHECKING:
     from mailgate.sandbox.state import SandboxState
-
-
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
 
 
 class TokenIssuer:

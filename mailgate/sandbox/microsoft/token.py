@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import threading
 from typing import TYPE_CHECKING, Any
@@ -10,12 +9,12 @@ from typing import TYPE_CHECKING, Any
 from werkzeug.datastructures import MultiDict
 from werkzeug.wrappers import Request, Response
 
+from mailgate.sandbox.codes import CODE_LIFETIME, digest, pkce_challenge
 from mailgate.sandbox.entra import REFRESH_TOKEN_MAX_INACTIVE
 from mailgate.sandbox.microsoft.errors import AADError, Replies, json_response, timestamp
-from mailgate.sandbox.microsoft.issuer import TokenIssuer, b64url
+from mailgate.sandbox.microsoft.issuer import TokenIssuer
 from mailgate.sandbox.microsoft.lookup import find_app, resolve_tenant
 from mailgate.sandbox.microsoft.scopes import RESOURCE_URL, Scopes, consented, parse_scopes
-from mailgate.sandbox.store import CODE_LIFETIME, digest
 
 if TYPE_CHECKING:
     from mailgate.sandbox.state import SandboxState
@@ -132,10 +131,7 @@ class TokenEndpoint:
                 )
             if record["challenge"]:
                 verifier = form.get("code_verifier", "")
-                if record["method"] == "S256":
-                    computed = b64url(hashlib.sha256(verifier.encode()).digest())
-                else:
-                    computed = verifier
+                computed = pkce_challenge(verifier, record["method"])
                 if not verifier or not secrets.compare_digest(computed, record["challenge"]):
                     raise AADError(501481, "invalid_grant")
             # Single use: a second redemption gets AADSTS54005.
