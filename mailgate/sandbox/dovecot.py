@@ -4,7 +4,8 @@ Dovecot runs in the foreground (`dovecot -F`) from a configuration written under
 (nothing from /etc/dovecot), on loopback with implicit TLS only, and accepts only XOAUTH2 and
 OAUTHBEARER: its oauth2 passdb asks the sandbox's RFC 7662 introspection endpoint,
 `<introspection_url_base>/imap` or `/pop3`, whether a token is good for that protocol.
-Why each setting is there: docs/sandbox.md, "The Dovecot peer".
+Why each setting is there: docs/sandbox.md, "The Dovecot peer", and the numbered notes in
+docs/test-peers.md (the same Dovecot behind the tests' Postfix peer).
 Reference: https://doc.dovecot.org/2.3/configuration_manual/authentication/oauth2/
 
 Differences from Exchange Online that Dovecot 2.3 cannot be configured away (Exchange's documented
@@ -84,7 +85,7 @@ def dovecot_problem() -> str | None:
     if version is None or _libexec_dir() is None:
         return INSTALL_HINT
     if not version.startswith("2.3."):
-        # Dovecot 2.4 (Debian 13) configures OAuth2 differently: settings instead of an oauth2 passdb.
+        # Dovecot 2.4 (Debian 13) configures OAuth2 without a passdb (docs/test-peers.md note 21).
         return (
             f"Dovecot {version} is installed, but the sandbox configures Dovecot 2.3 "
             "(Debian 12's dovecot-imapd / dovecot-pop3d); IMAP and POP3 stay off."
@@ -137,8 +138,8 @@ class DovecotServer:
         hostname: str = "sandbox.outlook.localhost",
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
-        # Dovecot wants addresses, and resolves names through its own DNS service:
-        # "localhost" becomes 127.0.0.1.
+        # Dovecot wants addresses, and resolves names through its own DNS service
+        # (docs/test-peers.md note 17): "localhost" becomes 127.0.0.1.
         self.host = "127.0.0.1" if host == "localhost" else host
         self.requested_ports = (imap_port, pop3_port)
         self.cert_file = Path(cert_file).resolve()
@@ -241,7 +242,7 @@ class DovecotServer:
 
     def _passdb_args(self, service: str) -> str:
         # Introspection (RFC 7662) by POST; Dovecot 2.3 does not look at exp on this path, so
-        # the endpoint decides expiry.
+        # the endpoint decides expiry (docs/test-peers.md note 3).
         return "\n".join(
             [
                 "introspection_mode = post",
@@ -282,14 +283,14 @@ class DovecotServer:
             "ssl_min_protocol = TLSv1.2",
             "disable_plaintext_auth = yes",
             "auth_mechanisms = xoauth2 oauthbearer",
-            # Failed logins must not slow the next ones, and no cache may keep a revoked token
-            # working for its lifetime.
+            # Failed logins must not slow the next ones (docs/test-peers.md note 1), and no cache
+            # may keep a revoked token working (note 3).
             "auth_failure_delay = 0",
             "auth_cache_size = 0",
             "auth_verbose = yes",
             "auth_username_format = %Lu",
             "mail_max_userip_connections = 1000",
-            # Entra ID access tokens are long (often 1.5-3 KB).
+            # Entra ID access tokens are long (often 1.5-3 KB, docs/test-peers.md note 9).
             "imap_max_line_length = 65536",
             f"mail_location = maildir:{self.mail_root}/%Lu/Maildir",
             "userdb {",
@@ -326,7 +327,7 @@ class DovecotServer:
                 "}",
             ]
         # anvil's per-IP auth penalty (2, 4, 8, 15 s after failures) is not covered by
-        # auth_failure_delay; without its listener there is no penalty.
+        # auth_failure_delay; without its listener there is no penalty (docs/test-peers.md note 1).
         lines += ["service anvil {", "  unix_listener anvil-auth-penalty {", "    mode = 0", "  }"]
         lines += [chroot, "}"]
         if not self._is_root:

@@ -46,28 +46,17 @@ class TokenIssuer:
         audience = RESOURCE_URL[resource]
         sub = b64url(hashlib.sha256(f"{user['oid']}|{app['client_id']}".encode()).digest())
         access_claims = {
-            "aud": audience,
-            "iss": f"https://sts.windows.net/{tid}/",
-            "iat": now,
-            "nbf": now,
-            "exp": now + lifetime,
+            **self._access_claims(
+                app, audience, tid=tid, now=now, lifetime=lifetime, idtyp="user", oid=user["oid"]
+            ),
+            "sub": sub,
             "acr": "1",
             "amr": ["pwd", "mfa"] if mfa else ["pwd"],
-            "app_displayname": app["name"],
-            "appid": app["client_id"],
-            "azp": app["client_id"],
-            "appidacr": "1",
-            "idtyp": "user",
             "name": user["display_name"],
-            "oid": user["oid"],
             "scp": " ".join(perms),
-            "sub": sub,
-            "tid": tid,
             "unique_name": user["upn"],
             "upn": user["upn"],
             "preferred_username": user["upn"],
-            "uti": secrets.token_urlsafe(16),
-            "ver": "1.0",
         }
         granted_oidc = [s for s in oidc if s in granted or s == "offline_access"]
         body: dict[str, Any] = {
@@ -119,6 +108,36 @@ class TokenIssuer:
             body["client_info"] = b64url(json.dumps({"uid": user["oid"], "utid": tid}).encode())
         return body
 
+    @staticmethod
+    def _access_claims(
+        app: dict[str, Any],
+        audience: str,
+        *,
+        tid: str,
+        now: int,
+        lifetime: int,
+        idtyp: str,
+        oid: str,
+    ) -> dict[str, Any]:
+        """What every (v1.0) access token carries, a user's or an app's; `sub` defaults to `oid`."""
+        return {
+            "aud": audience,
+            "iss": f"https://sts.windows.net/{tid}/",
+            "iat": now,
+            "nbf": now,
+            "exp": now + lifetime,
+            "app_displayname": app["name"],
+            "appid": app["client_id"],
+            "azp": app["client_id"],
+            "appidacr": "1",
+            "idtyp": idtyp,
+            "oid": oid,
+            "sub": oid,
+            "tid": tid,
+            "uti": secrets.token_urlsafe(16),
+            "ver": "1.0",
+        }
+
     def app_token(
         self, app: dict[str, Any], tenant: dict[str, Any], scopes: Scopes
     ) -> dict[str, Any]:
@@ -135,23 +154,15 @@ class TokenIssuer:
             else []
         )
         sp_oid = str(uuid.uuid5(uuid.NAMESPACE_URL, f"{tid}/{app['client_id']}"))
-        claims: dict[str, Any] = {
-            "aud": scopes.resources[resource]["aud"],
-            "iss": f"https://sts.windows.net/{tid}/",
-            "iat": now,
-            "nbf": now,
-            "exp": now + lifetime,
-            "app_displayname": app["name"],
-            "appid": app["client_id"],
-            "azp": app["client_id"],
-            "appidacr": "1",
-            "idtyp": "app",
-            "oid": sp_oid,
-            "sub": sp_oid,
-            "tid": tid,
-            "uti": secrets.token_urlsafe(16),
-            "ver": "1.0",
-        }
+        claims = self._access_claims(
+            app,
+            scopes.resources[resource]["aud"],
+            tid=tid,
+            now=now,
+            lifetime=lifetime,
+            idtyp="app",
+            oid=sp_oid,
+        )
         if roles:
             claims["roles"] = roles
         return {

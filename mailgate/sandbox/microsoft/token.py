@@ -20,6 +20,14 @@ if TYPE_CHECKING:
     from mailgate.sandbox.state import SandboxState
 
 
+def _required(form: MultiDict[str, str], name: str) -> str:
+    """A parameter the grant needs, else AADSTS900144 naming it."""
+    value = form.get(name)
+    if not value:
+        raise AADError(900144, "invalid_request", name=name)
+    return value
+
+
 class TokenEndpoint:
     """POST /<tenant>/oauth2/v2.0/token: checks the request and the grant, then has the issuer answer."""
 
@@ -107,11 +115,8 @@ class TokenEndpoint:
     def _redeem_code(
         self, request: Request, app: dict[str, Any], form: MultiDict[str, str]
     ) -> dict[str, Any]:
-        code = form.get("code")
-        if not code:
-            raise AADError(900144, "invalid_request", name="code")
-        if not form.get("redirect_uri"):
-            raise AADError(900144, "invalid_request", name="redirect_uri")
+        code = _required(form, "code")
+        _required(form, "redirect_uri")
         with self.state.store.change() as data:
             record = data["codes"].get(digest(code))
             if record is None:
@@ -177,9 +182,7 @@ class TokenEndpoint:
     def _redeem_refresh_token(
         self, request: Request, app: dict[str, Any], form: MultiDict[str, str]
     ) -> dict[str, Any]:
-        token = form.get("refresh_token")
-        if not token:
-            raise AADError(900144, "invalid_request", name="refresh_token")
+        token = _required(form, "refresh_token")
         now = self.state.now()
         with self.state.store.change() as data:
             record = data["refresh_tokens"].get(digest(token))
@@ -233,9 +236,7 @@ class TokenEndpoint:
     ) -> dict[str, Any]:
         if tenant["kind"] in ("common", "consumers"):
             raise AADError(9001023, "invalid_request")
-        raw = form.get("scope", "")
-        if not raw:
-            raise AADError(900144, "invalid_request", name="scope")
+        raw = _required(form, "scope")
         items = raw.split()
         if any(not item.endswith("/.default") for item in items):
             raise AADError(1002012, "invalid_scope", scope=raw)
