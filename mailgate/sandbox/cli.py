@@ -8,7 +8,6 @@ import json
 import signal
 import sys
 import threading
-import warnings
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -227,8 +226,6 @@ def run_foreground(args: argparse.Namespace) -> int:
 
 def main(argv: list[str]) -> int:
     """Entry point for `mailgate sandbox ...` (called before Django is set up)."""
-    # Authlib announces a future API change on import; it is noise for someone running the sandbox.
-    warnings.filterwarnings("ignore", message="authlib.jose module is deprecated")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "ctl":

@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import warnings
 from pathlib import Path
 from types import FrameType
 
@@ -141,7 +140,6 @@ def _demo_servers(
 
 def main(argv: list[str]) -> int:
     """Entry point for `mailgate demo`."""
-    warnings.filterwarnings("ignore", message="authlib.jose module is deprecated")
     args = build_parser().parse_args(argv)
     from mailgate.sandbox.cli import describe
     from mailgate.sandbox.server import Sandbox
