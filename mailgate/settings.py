@@ -43,7 +43,9 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "mailgate.accounts.middleware.LoginRequiredMiddleware",
+    # Every page needs a session except the views marked @login_not_required: sign-in, /healthz,
+    # /metrics and the REST API (which authenticates by API key).
+    "django.contrib.auth.middleware.LoginRequiredMiddleware",
 ]
 
 ROOT_URLCONF = "mailgate.urls"

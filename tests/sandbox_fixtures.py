@@ -16,6 +16,7 @@ from __future__ import annotations
 import html
 import re
 import shutil
+import ssl
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,12 @@ def sandbox_factory(
 @pytest.fixture
 def sandbox(sandbox_factory: Callable[..., Sandbox]) -> Sandbox:
     return sandbox_factory()
+
+
+def ca_context(ca_file: Path | str) -> ssl.SSLContext:
+    """A client TLS context trusting `ca_file` (e.g. the sandbox CA): httpx's `verify=` takes a
+    context, a path there is deprecated."""
+    return ssl.create_default_context(cafile=str(ca_file))
 
 
 _CTX = re.compile(r"name='ctx' value='([^']*)'")
@@ -138,7 +145,7 @@ def demo_tokens(
         code_verifier=verifier,
         login_hint=demo["user"],
     )
-    with httpx.Client(verify=str(ca_file), timeout=10) as browser:
+    with httpx.Client(verify=ca_context(ca_file), timeout=10) as browser:
         response = complete_sign_in(browser, url, demo["user"], demo["password"])
     redemption = CodeRedemption(
         demo["client_id"],

@@ -1,5 +1,7 @@
 """The REST API, served by django-ninja with its OpenAPI document at /api/v1/openapi.json."""
 
+from functools import partial
+
 from ninja import NinjaAPI
 
 from mailgate.api.auth import APIKeyError, BearerKey, api_key_error_response
@@ -15,6 +17,6 @@ api = NinjaAPI(
     docs_url=None,
     auth=BearerKey(),
 )
-api.add_exception_handler(APIKeyError, api_key_error_response)
+api.add_exception_handler(APIKeyError, partial(api_key_error_response, api))
 api.add_router("/servers", servers_router)
 api.add_router("/messages", messages_router)

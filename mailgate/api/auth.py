@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from ninja.security import HttpBearer
 
 from mailgate.api.models import APIKey, hash_key
+
+if TYPE_CHECKING:
+    from ninja import NinjaAPI
 
 # last_used_at is written at most this often per key, so a busy client does not write on every call.
 LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
@@ -60,11 +63,13 @@ class BearerKey(HttpBearer):
 
 
 def api_key_error_response(
-    request: HttpRequest, exc: APIKeyError | type[APIKeyError]
+    api: NinjaAPI, request: HttpRequest, exc: APIKeyError | type[APIKeyError]
 ) -> HttpResponse:
-    """401 with a JSON body naming the problem (RFC 6750 §3 WWW-Authenticate challenge)."""
-    from mailgate.api.api import api
+    """401 with a JSON body naming the problem (RFC 6750 §3 WWW-Authenticate challenge).
 
+    `api` renders the body, so the answer looks like every other one of that API; it is passed in
+    (bound with functools.partial where the API is built) so this module does not import the API.
+    """
     code = exc.code if isinstance(exc, APIKeyError) else "invalid_api_key"
     response = api.create_response(request, {"detail": str(exc), "code": code}, status=401)
     response["WWW-Authenticate"] = (

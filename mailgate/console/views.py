@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.contrib.auth.decorators import login_not_required
 from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -50,6 +51,7 @@ def technical_menu(request: HttpRequest) -> HttpResponse:
     return render(request, "mailgate/technical.html")
 
 
+@login_not_required
 def healthz(request: HttpRequest) -> HttpResponse:
     """Liveness and database reachability, for load balancers."""
     try:

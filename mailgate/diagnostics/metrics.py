@@ -12,6 +12,7 @@ import datetime as dt
 import logging
 from collections.abc import Iterator
 
+from django.contrib.auth.decorators import login_not_required
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
@@ -155,6 +156,7 @@ REGISTRY = CollectorRegistry(auto_describe=False)
 REGISTRY.register(MailgateCollector())
 
 
+@login_not_required
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
     """The Prometheus text exposition of REGISTRY."""

@@ -11,6 +11,7 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema
+from ninja import Status as WithStatus
 
 from mailgate.outbox.compose import Attachment, InvalidMessage
 from mailgate.outbox.models import OutgoingMessage, Status
@@ -162,7 +163,7 @@ def _key_reused(header: str, exc: IdempotencyKeyReused) -> HttpResponse:
 )
 def create_message(
     request: HttpRequest, payload: MessageIn
-) -> tuple[int, dict[str, Any]] | HttpResponse:
+) -> WithStatus[dict[str, Any]] | HttpResponse:
     """Queue a message; with `Idempotency-Key`, a retried request returns the first message (200).
 
     The same key with a different request is refused (422) and queues nothing.
@@ -172,10 +173,13 @@ def create_message(
     if header is not None:
         header = header.strip()
         if not header or len(header) > 255 or not header.isprintable():
-            return 400, {
-                "detail": "Idempotency-Key: must be 1 to 255 printable characters",
-                "errors": {"Idempotency-Key": "must be 1 to 255 printable characters"},
-            }
+            return WithStatus(
+                400,
+                {
+                    "detail": "Idempotency-Key: must be 1 to 255 printable characters",
+                    "errors": {"Idempotency-Key": "must be 1 to 255 printable characters"},
+                },
+            )
         idempotency_key = _idempotency_scope(request) + header
     try:
         if payload.raw is not None:
@@ -213,8 +217,8 @@ def create_message(
     except IdempotencyKeyReused as exc:
         return _key_reused(str(header), exc)
     except InvalidMessage as exc:
-        return 400, {"detail": str(exc), "errors": exc.errors}
-    return (200 if message.idempotent_replay else 201), _out(message)
+        return WithStatus(400, {"detail": str(exc), "errors": exc.errors})
+    return WithStatus(200 if message.idempotent_replay else 201, _out(message))
 
 
 @router.get("", response=list[MessageOut], by_alias=True, summary="List messages")
@@ -236,10 +240,10 @@ def list_messages(
     by_alias=True,
     summary="One message with its delivery attempts",
 )
-def get_message(request: HttpRequest, message_id: int) -> tuple[int, dict[str, Any]]:
+def get_message(request: HttpRequest, message_id: int) -> WithStatus[dict[str, Any]]:
     message = OutgoingMessage.objects.select_related("server").filter(pk=message_id).first()
     if message is None:
-        return 404, {"detail": f"no message with id {message_id}"}
+        return WithStatus(404, {"detail": f"no message with id {message_id}"})
     data = _out(message)
     data["attempt_log"] = [
         {
@@ -252,4 +256,4 @@ def get_message(request: HttpRequest, message_id: int) -> tuple[int, dict[str, A
         }
         for a in message.attempt_log.all()
     ]
-    return 200, data
+    return WithStatus(200, data)

@@ -29,6 +29,34 @@ def test_every_console_page_sends_a_stranger_to_sign_in(stranger_client: Client,
     assert response["Location"].startswith(reverse("login") + "?next=")
 
 
+@pytest.mark.parametrize(
+    "path", ["/oauth/microsoft/callback?code=c&state=s", "/oauth/google/callback?code=c&state=s"]
+)
+def test_an_oauth_callback_needs_the_signed_in_administrator(
+    stranger_client: Client, path: str
+) -> None:
+    response = stranger_client.get(path)
+    assert response.status_code == 302
+    assert response["Location"].startswith(reverse("login") + "?next=")
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "content_type"),
+    [
+        ("/healthz", 200, "application/json"),
+        ("/metrics", 200, "text/plain"),
+        ("/api/v1/openapi.json", 200, "application/json"),
+        ("/api/v1/messages", 401, "application/json"),  # the API asks for its key, not a sign-in
+    ],
+)
+def test_health_metrics_and_the_api_answer_a_stranger_without_sign_in(
+    stranger_client: Client, path: str, status: int, content_type: str
+) -> None:
+    response = stranger_client.get(path)
+    assert response.status_code == status
+    assert response["Content-Type"].startswith(content_type)
+
+
 def test_the_sign_in_page_is_open_and_labels_its_fields(stranger_client: Client) -> None:
     response = stranger_client.get(reverse("login"))
     assert response.status_code == 200

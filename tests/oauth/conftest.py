@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import html
 import re
-import ssl
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +16,7 @@ from django.test import Client
 
 from mailgate.sandbox.server import Sandbox
 from mailgate.servers.models import MailServer
+from tests.sandbox_fixtures import ca_context
 
 FORM = re.compile(r"<form method='post' action='([^']+)'>(.*?)</form>", re.S)
 HIDDEN = re.compile(r"<input type='hidden' name='([^']+)' value='([^']*)'>")
@@ -102,7 +102,7 @@ class Browser:
 
     def __init__(self, ca_file: Path) -> None:
         self.http = httpx.Client(
-            verify=ssl.create_default_context(cafile=str(ca_file)),
+            verify=ca_context(ca_file),
             timeout=10,
             follow_redirects=False,
         )

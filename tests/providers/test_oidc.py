@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import time
 from pathlib import Path
@@ -9,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from mailgate.providers.oidc import IdTokenError, account_claims
+from mailgate.sandbox.server import Sandbox
 from mailgate.sandbox.tokens import SigningKey
 
 pytestmark = pytest.mark.nodb
@@ -38,6 +40,28 @@ def test_unreachable_keys_fall_back_to_the_token_endpoints_tls(tmp_path: Path) -
     url = f"http://127.0.0.1:{_closed_port()}/common/discovery/v2.0/keys"
     claims = account_claims(token, client_id="client-1", jwks_url=url)
     assert claims["preferred_username"] == "alex@contoso.example"
+
+
+def test_a_token_signed_with_the_published_key_is_verified(
+    sandbox: Sandbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = _id_token(sandbox.state_dir, aud="client-1")
+    url = f"{sandbox.http_url}/common/discovery/v2.0/keys"
+    with caplog.at_level(logging.WARNING, logger="mailgate.oauth"):
+        claims = account_claims(token, client_id="client-1", jwks_url=url)
+    assert claims["preferred_username"] == "alex@contoso.example"
+    assert caplog.records == []
+
+
+def test_a_token_signed_with_another_key_is_read_with_a_warning(
+    sandbox: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    token = _id_token(tmp_path, aud="client-1")  # a key of its own, not the sandbox's
+    url = f"{sandbox.http_url}/common/discovery/v2.0/keys"
+    with caplog.at_level(logging.WARNING, logger="mailgate.oauth"):
+        claims = account_claims(token, client_id="client-1", jwks_url=url)
+    assert claims["preferred_username"] == "alex@contoso.example"
+    assert "signature does not verify" in caplog.text
 
 
 def test_an_id_token_for_another_client_is_refused(tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import json
 import secrets
-import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -20,7 +19,7 @@ import pytest
 from mailgate.sandbox.interfaces import SubmissionLimits
 from mailgate.sandbox.server import Sandbox
 from mailgate.sandbox.tokens import InvalidToken, SigningKey
-from tests.sandbox_fixtures import complete_sign_in, redirect_params
+from tests.sandbox_fixtures import ca_context, complete_sign_in, redirect_params
 
 OUTLOOK = "https://outlook.office.com"
 GOOGLE = "https://mail.google.com/"
@@ -169,10 +168,6 @@ def wait_for(condition: Callable[[], Any], *, timeout: float = 10.0, interval: f
         time.sleep(interval)
 
 
-def client_context(ca_file: Path) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(ca_file))
-
-
 SERVICE_SCOPES = {"imap": "IMAP.AccessAsUser.All", "pop3": "POP.AccessAsUser.All"}
 
 
@@ -256,7 +251,7 @@ def outlook_token(sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch, *scopes: st
     flow = app.initiate_auth_code_flow(
         [RESOURCE + s for s in scopes], redirect_uri=MS_REDIRECT, login_hint=demo["user"]
     )
-    with httpx.Client(verify=str(sandbox.ca_file)) as browser:
+    with httpx.Client(verify=ca_context(sandbox.ca_file)) as browser:
         final = complete_sign_in(browser, flow["auth_uri"], demo["user"], demo["password"])
     result = app.acquire_token_by_auth_code_flow(flow, redirect_params(final))
     assert "access_token" in result, result
@@ -276,7 +271,7 @@ def google_token(sandbox: Sandbox) -> str:
         access_type="offline",
         state="s",
     )
-    with httpx.Client(verify=str(sandbox.ca_file)) as browser:
+    with httpx.Client(verify=ca_context(sandbox.ca_file)) as browser:
         final = complete_sign_in(
             browser,
             f"{sandbox.google_auth_url}?{query}",

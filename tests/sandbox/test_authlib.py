@@ -8,7 +8,7 @@ from authlib.common.security import generate_token
 from authlib.integrations.httpx_client import OAuth2Client
 
 from mailgate.sandbox.server import Sandbox
-from tests.sandbox_fixtures import complete_sign_in
+from tests.sandbox_fixtures import ca_context, complete_sign_in
 
 pytestmark = pytest.mark.nodb
 
@@ -32,13 +32,13 @@ def _run(
         scope=scope,
         redirect_uri=redirect,
         code_challenge_method="S256",
-        verify=str(sandbox.ca_file),
+        verify=ca_context(sandbox.ca_file),
     )
     verifier = generate_token(48)
     url, _state = client.create_authorization_url(
         authorize, code_verifier=verifier, login_hint=user, **extra
     )
-    with httpx.Client(verify=str(sandbox.ca_file)) as browser:
+    with httpx.Client(verify=ca_context(sandbox.ca_file)) as browser:
         final = complete_sign_in(browser, url, user, password)
     assert final.status_code == 302, final.text
     token = client.fetch_token(

@@ -13,6 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.sandbox_fixtures import ca_context
+
 pytestmark = pytest.mark.nodb
 
 
@@ -95,7 +97,7 @@ def test_the_sandbox_prints_the_settings_serves_them_and_stops_on_sigint(tmp_pat
         assert "client secret value " in output
         discovery = httpx.get(
             f"https://127.0.0.1:{base + 4}/contoso.example/v2.0/.well-known/openid-configuration",
-            verify=str(tmp_path / "state" / "tls" / "ca.pem"),
+            verify=ca_context(tmp_path / "state" / "tls" / "ca.pem"),
         )
         assert discovery.status_code == 200
         assert httpx.get(f"http://127.0.0.1:{base}/common/discovery/v2.0/keys").json()["keys"]

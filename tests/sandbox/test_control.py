@@ -15,6 +15,7 @@ from mailgate.sandbox.params import ControlError
 from mailgate.sandbox.seed import load_config
 from mailgate.sandbox.server import Sandbox
 from mailgate.sandbox.state import SandboxState
+from tests.sandbox_fixtures import ca_context
 
 pytestmark = pytest.mark.nodb
 
@@ -120,7 +121,7 @@ def test_the_state_survives_a_restart(
 def test_the_state_file_holds_digests_not_bearer_tokens(sandbox: Sandbox) -> None:
     from tests.sandbox.test_microsoft_errors import refresh, tokens
 
-    with httpx.Client(verify=str(sandbox.ca_file), base_url=sandbox.https_url) as browser:
+    with httpx.Client(verify=ca_context(sandbox.ca_file), base_url=sandbox.https_url) as browser:
         body = tokens(sandbox, browser)
     refresh(sandbox, body["refresh_token"])
     text = (sandbox.state_dir / "state.json").read_text()

@@ -6,7 +6,6 @@ import base64
 import imaplib
 import poplib
 import smtplib
-import ssl
 from collections.abc import Callable
 from email.message import EmailMessage
 
@@ -15,6 +14,7 @@ import pytest
 
 from mailgate.sandbox.server import Sandbox
 from tests.sandbox.test_microsoft_errors import get_code, redeem
+from tests.sandbox_fixtures import ca_context
 
 pytestmark = pytest.mark.nodb
 
@@ -30,7 +30,7 @@ def _xoauth2(user: str, token: str) -> bytes:
 
 
 def _outlook_token(sandbox: Sandbox, scope: str) -> str:
-    with httpx.Client(verify=str(sandbox.ca_file), base_url=sandbox.https_url) as browser:
+    with httpx.Client(verify=ca_context(sandbox.ca_file), base_url=sandbox.https_url) as browser:
         body = redeem(sandbox, get_code(sandbox, browser, scope=scope)).json()
     return str(body["access_token"])
 
@@ -44,7 +44,7 @@ def test_an_outlook_token_sends_over_smtp_and_the_mail_is_read_over_imap(
         "offline_access https://outlook.office.com/SMTP.Send https://outlook.office.com/IMAP.AccessAsUser.All",
     )
     user = sandbox.demo["user"]
-    context = ssl.create_default_context(cafile=str(sandbox.ca_file))
+    context = ca_context(sandbox.ca_file)
     message = EmailMessage()
     message["From"] = user
     message["To"] = "megan@contoso.example, " + user
@@ -75,7 +75,7 @@ def test_an_smtp_only_token_is_refused_by_imap_and_pop3(full_sandbox: Sandbox) -
     sandbox = full_sandbox
     token = _outlook_token(sandbox, "https://outlook.office.com/SMTP.Send")
     user = sandbox.demo["user"]
-    context = ssl.create_default_context(cafile=str(sandbox.ca_file))
+    context = ca_context(sandbox.ca_file)
     with (
         imaplib.IMAP4_SSL(
             "127.0.0.1", sandbox.ports["imap"], ssl_context=context, timeout=10
@@ -100,7 +100,7 @@ def test_a_pop_token_opens_the_pop3_mailbox(full_sandbox: Sandbox) -> None:
     sandbox = full_sandbox
     token = _outlook_token(sandbox, "https://outlook.office.com/POP.AccessAsUser.All")
     sandbox.control.call("deliver", to=sandbox.demo["user"], subject="delivered by ctl", body="hi")
-    context = ssl.create_default_context(cafile=str(sandbox.ca_file))
+    context = ca_context(sandbox.ca_file)
     pop = poplib.POP3_SSL("127.0.0.1", sandbox.ports["pop3"], context=context, timeout=10)
     try:
         pop._shortcmd("AUTH XOAUTH2")  # type: ignore[attr-defined]

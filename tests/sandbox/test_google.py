@@ -13,7 +13,7 @@ import pytest
 
 from mailgate.sandbox.server import Sandbox
 from mailgate.sandbox.tokens import InvalidToken
-from tests.sandbox_fixtures import complete_sign_in, redirect_params
+from tests.sandbox_fixtures import ca_context, complete_sign_in, redirect_params
 
 pytestmark = pytest.mark.nodb
 
@@ -26,7 +26,7 @@ CHALLENGE = (
 
 @pytest.fixture
 def browser(sandbox: Sandbox) -> Iterator[httpx.Client]:
-    with httpx.Client(verify=str(sandbox.ca_file)) as client:
+    with httpx.Client(verify=ca_context(sandbox.ca_file)) as client:
         yield client
 
 
@@ -62,7 +62,7 @@ def exchange(sandbox: Sandbox, code: str, **overrides: Any) -> httpx.Response:
     return httpx.post(
         sandbox.google_token_url,
         data={k: v for k, v in data.items() if v is not None},
-        verify=str(sandbox.ca_file),
+        verify=ca_context(sandbox.ca_file),
     )
 
 
@@ -74,7 +74,7 @@ def refresh(sandbox: Sandbox, token: str, **overrides: Any) -> httpx.Response:
         "grant_type": "refresh_token",
     }
     data.update(overrides)
-    return httpx.post(sandbox.google_token_url, data=data, verify=str(sandbox.ca_file))
+    return httpx.post(sandbox.google_token_url, data=data, verify=ca_context(sandbox.ca_file))
 
 
 def sign_in(sandbox: Sandbox, browser: httpx.Client, **overrides: Any) -> str:
@@ -185,14 +185,18 @@ def test_revoking_the_grant_kills_refresh_and_access_tokens(
 ) -> None:
     body = exchange(sandbox, sign_in(sandbox, browser)).json()
     revoke = httpx.post(
-        sandbox.google_revoke_url, data={"token": body["access_token"]}, verify=str(sandbox.ca_file)
+        sandbox.google_revoke_url,
+        data={"token": body["access_token"]},
+        verify=ca_context(sandbox.ca_file),
     )
     assert revoke.status_code == 200
     assert refresh(sandbox, body["refresh_token"]).json()["error"] == "invalid_grant"
     with pytest.raises(InvalidToken):
         sandbox.state.verify_access_token(body["access_token"])  # type: ignore[union-attr]
     again = httpx.post(
-        sandbox.google_revoke_url, data={"token": body["access_token"]}, verify=str(sandbox.ca_file)
+        sandbox.google_revoke_url,
+        data={"token": body["access_token"]},
+        verify=ca_context(sandbox.ca_file),
     )
     assert again.status_code == 400
     assert again.json()["error"] == "invalid_token"
@@ -269,13 +273,13 @@ def test_tokeninfo_describes_a_live_token(sandbox: Sandbox, browser: httpx.Clien
     info = httpx.post(
         f"{sandbox.https_url}/tokeninfo",
         data={"access_token": body["access_token"]},
-        verify=str(sandbox.ca_file),
+        verify=ca_context(sandbox.ca_file),
     )
     assert info.json()["email"] == "chris@gmail.example"
     bad = httpx.post(
         f"{sandbox.https_url}/tokeninfo",
         data={"access_token": "ya29.x"},
-        verify=str(sandbox.ca_file),
+        verify=ca_context(sandbox.ca_file),
     )
     assert bad.status_code == 400
 

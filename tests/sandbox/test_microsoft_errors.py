@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from mailgate.sandbox.server import Sandbox
-from tests.sandbox_fixtures import complete_sign_in, page_form, redirect_params
+from tests.sandbox_fixtures import ca_context, complete_sign_in, page_form, redirect_params
 
 pytestmark = pytest.mark.nodb
 
@@ -32,7 +32,7 @@ DESCRIPTION = re.compile(
 
 @pytest.fixture
 def browser(sandbox: Sandbox) -> Iterator[httpx.Client]:
-    with httpx.Client(verify=str(sandbox.ca_file), base_url=sandbox.https_url) as client:
+    with httpx.Client(verify=ca_context(sandbox.ca_file), base_url=sandbox.https_url) as client:
         yield client
 
 
@@ -111,7 +111,7 @@ def redeem(
     return httpx.post(
         f"{sandbox.https_url}/{tenant or demo['tenant_id']}/oauth2/v2.0/token",
         data=data,
-        verify=str(sandbox.ca_file),
+        verify=ca_context(sandbox.ca_file),
     )
 
 
@@ -128,7 +128,7 @@ def refresh(sandbox: Sandbox, token: str, **overrides: Any) -> httpx.Response:
     return httpx.post(
         f"{sandbox.https_url}/{demo['tenant_id']}/oauth2/v2.0/token",
         data={k: v for k, v in data.items() if v is not None},
-        verify=str(sandbox.ca_file),
+        verify=ca_context(sandbox.ca_file),
     )
 
 
@@ -199,7 +199,7 @@ def test_plain_pkce_and_http_basic_client_authentication(
             "code_verifier": "plain-verifier-" + "p" * 40,
         },
         auth=(demo["client_id"], demo["client_secret"]),
-        verify=str(sandbox.ca_file),
+        verify=ca_context(sandbox.ca_file),
     )
     assert response.status_code == 200, response.text
 

@@ -9,7 +9,7 @@ import msal
 import pytest
 
 from mailgate.sandbox.server import Sandbox
-from tests.sandbox_fixtures import complete_sign_in, redirect_params
+from tests.sandbox_fixtures import ca_context, complete_sign_in, redirect_params
 
 pytestmark = pytest.mark.nodb
 
@@ -43,7 +43,7 @@ def _sign_in(sandbox: Sandbox, app: msal.ConfidentialClientApplication) -> dict:
         SCOPES, redirect_uri=REDIRECT, login_hint=sandbox.demo["user"]
     )
     assert "code_challenge_method=S256" in flow["auth_uri"]
-    with httpx.Client(verify=str(sandbox.ca_file)) as browser:
+    with httpx.Client(verify=ca_context(sandbox.ca_file)) as browser:
         final = complete_sign_in(
             browser, flow["auth_uri"], sandbox.demo["user"], sandbox.demo["password"]
         )
