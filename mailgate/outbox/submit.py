@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from mailgate.outbox.compose import Attachment, Composed, InvalidMessage, build, parse_raw
+from mailgate.outbox.hold import is_held
 from mailgate.outbox.models import OutgoingMessage, Status
 from mailgate.outbox.routing import resolve_server
 from mailgate.outbox.wakeup import announce
@@ -156,7 +157,7 @@ def enqueue(
             f"{len(recipients)} recipients exceed server {chosen.name!r}'s limit of "
             f"{chosen.limit_recipients_per_day} recipients per day: split the message",
         )
-    held = bool(chosen.hold_reason or chosen.held_at)
+    held = is_held(chosen)
     message = OutgoingMessage(
         server=chosen,
         status=Status.HELD if held else Status.QUEUED,
