@@ -396,7 +396,7 @@ class Deliverer:
                 transport.open()
             except TransportError as exc:
                 self._drop(server.pk)
-                verdict = classify(exc)
+                verdict = classify(exc, server.provider_key)
                 for message in remaining:
                     self.record_failure(server, message, exc, verdict, 0.0)
                 if verdict.action == Action.HOLD:
@@ -423,7 +423,11 @@ class Deliverer:
                         recorder.wait()
                     self._drop(server.pk)
                     self.record_failure(
-                        server, message, exc, classify(exc), time.monotonic() - started
+                        server,
+                        message,
+                        exc,
+                        classify(exc, server.provider_key),
+                        time.monotonic() - started,
                     )
                     break
                 if result.ok:
@@ -435,7 +439,7 @@ class Deliverer:
                     assert result.error is not None
                     if recorder:
                         recorder.wait()
-                    verdict = classify(result.error)
+                    verdict = classify(result.error, server.provider_key)
                     self.record_failure(server, message, result.error, verdict, result.duration)
                     if verdict.action == Action.HOLD:
                         hold_server(server, self._reason(result.error, verdict))
