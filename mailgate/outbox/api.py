@@ -12,7 +12,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema
 
-from mailgate.outbox.compose import Attachment, InvalidMessage
+from mailgate.outbox.compose import Attachment, InvalidMessage, MessageSpec
 from mailgate.outbox.models import OutgoingMessage, Status
 from mailgate.outbox.submit import IdempotencyKeyReused, enqueue
 
@@ -42,6 +42,22 @@ class MessageIn(Schema):
     server: str | None = Field(None, description="a server name; default: chosen by From Filter")
 
     model_config = {"populate_by_name": True}
+
+    def spec(self) -> MessageSpec:
+        """The message this body asks for; an empty recipient list counts as not given."""
+        return MessageSpec(
+            from_address=self.sender,
+            to=self.to or None,
+            cc=self.cc or None,
+            bcc=self.bcc or None,
+            reply_to=self.reply_to,
+            subject=self.subject,
+            text=self.text,
+            html=self.html,
+            headers=self.headers,
+            attachments=_attachments(self.attachments),
+            raw=self.raw,
+        )
 
 
 class AttemptOut(Schema):
@@ -178,38 +194,12 @@ def create_message(
             }
         idempotency_key = _idempotency_scope(request) + header
     try:
-        if payload.raw is not None:
-            message = enqueue(
-                raw=payload.raw,
-                from_address=payload.sender,
-                to=payload.to or None,
-                cc=payload.cc or None,
-                bcc=payload.bcc or None,
-                subject=payload.subject,
-                text=payload.text,
-                html=payload.html,
-                headers=payload.headers,
-                attachments=_attachments(payload.attachments),
-                server=payload.server,
-                idempotency_key=idempotency_key,
-                source="api",
-            )
-        else:
-            message = enqueue(
-                from_address=payload.sender,
-                to=payload.to,
-                cc=payload.cc,
-                bcc=payload.bcc,
-                reply_to=payload.reply_to,
-                subject=payload.subject,
-                text=payload.text,
-                html=payload.html,
-                headers=payload.headers,
-                attachments=_attachments(payload.attachments),
-                server=payload.server,
-                idempotency_key=idempotency_key,
-                source="api",
-            )
+        message = enqueue(
+            payload.spec(),
+            server=payload.server,
+            idempotency_key=idempotency_key,
+            source="api",
+        )
     except IdempotencyKeyReused as exc:
         return _key_reused(str(header), exc)
     except InvalidMessage as exc:
