@@ -44,19 +44,13 @@ class MessageIn(Schema):
     model_config = {"populate_by_name": True}
 
     def spec(self) -> MessageSpec:
-        """The message this body asks for; an empty recipient list counts as not given."""
+        """The message this body asks for (the fields share MessageSpec's names); an empty
+        recipient list counts as not given."""
+        given = self.model_dump(exclude={"sender", "attachments", "server"})
+        for name in ("to", "cc", "bcc"):
+            given[name] = given[name] or None
         return MessageSpec(
-            from_address=self.sender,
-            to=self.to or None,
-            cc=self.cc or None,
-            bcc=self.bcc or None,
-            reply_to=self.reply_to,
-            subject=self.subject,
-            text=self.text,
-            html=self.html,
-            headers=self.headers,
-            attachments=_attachments(self.attachments),
-            raw=self.raw,
+            **given, from_address=self.sender, attachments=_attachments(self.attachments)
         )
 
 
