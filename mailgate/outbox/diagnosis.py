@@ -21,6 +21,12 @@ class Verdict:
     diagnosis: str
     pause: float = 0.0  # THROTTLE: seconds to pause the server
 
+    def hold_reason(self, error: TransportError) -> str:
+        """The server's hold reason: the diagnosis with the server's reply before its fix."""
+        reply = str(error.reply) if error.reply.code is not None else str(error)
+        head, sep, fix = self.diagnosis.partition(" Fix: ")
+        return f"{head} Server reply: {reply}{sep}{fix}"
+
 
 def classify(error: TransportError, provider_key: str | None = None) -> Verdict:
     """The action for a delivery error: the catalogue first, then the step and the reply class."""

@@ -454,8 +454,7 @@ class Deliverer:
 
     @staticmethod
     def _reason(error: TransportError, verdict: Verdict) -> str:
-        reply = str(error.reply) if error.reply.code is not None else str(error)
-        return f"{verdict.diagnosis} Server reply: {reply}"
+        return verdict.hold_reason(error)
 
     def _attempt(
         self,

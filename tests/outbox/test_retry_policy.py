@@ -107,3 +107,11 @@ def test_the_outbox_and_test_connection_explain_a_reply_in_the_same_words(provid
     explained = diagnose_reply(provider, str(error.reply))
     assert explained is not None
     assert classify(error, provider).diagnosis == explained.as_text()
+
+
+def test_a_hold_reason_gives_the_server_reply_before_the_fix():
+    error = _error(535, "5.7.8 Error: authentication failed")
+    reason = classify(error).hold_reason(error)
+    head, fix = reason.split(" Fix: ")
+    assert head.endswith("Server reply: 535 5.7.8 Error: authentication failed")
+    assert fix.startswith("Check Username and Password")
