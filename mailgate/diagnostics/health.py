@@ -26,6 +26,7 @@ from mailgate import providers
 from mailgate.core.heartbeat import STALE_AFTER, latest_heartbeat, live_workers
 from mailgate.crypto import DecryptionError, Sealed, decrypt, encrypted_fields
 from mailgate.oauth.models import Grant
+from mailgate.outbox.hold import is_held
 from mailgate.outbox.models import WAITING, OutgoingMessage, ServerState, Status
 from mailgate.servers.forms import public_url_warning
 from mailgate.servers.models import MailServer, ServerStatus
@@ -312,7 +313,7 @@ def _connection_state(
 def _held_queue(
     server: MailServer, report: ServerReport, facts: _Facts, now: dt.datetime
 ) -> list[Finding]:
-    if not (server.hold_reason or server.held_at):
+    if not is_held(server):
         return []
     reason, fix = split_fix(server.hold_reason)
     since = f" since {server.held_at:%Y-%m-%d %H:%M} UTC" if server.held_at else ""

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from mailgate.core.heartbeat import latest_heartbeat, live_workers
 from mailgate.diagnostics.health import Level, server_reports
 from mailgate.oauth.models import Grant
+from mailgate.outbox.hold import is_held
 from mailgate.outbox.models import OutgoingMessage, Status
 from mailgate.servers.models import MailServer, ServerStatus
 
@@ -95,7 +96,7 @@ class MailgateCollector(Collector):
         )
         for server in servers:
             active.add_metric([server.name], int(server.active))
-            held.add_metric([server.name], int(bool(server.hold_reason or server.held_at)))
+            held.add_metric([server.name], int(is_held(server)))
         yield active
         yield held
 

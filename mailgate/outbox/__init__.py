@@ -8,8 +8,8 @@ if TYPE_CHECKING:
     from mailgate.outbox.models import OutgoingMessage
 
 
-def enqueue(**kwargs: Any) -> OutgoingMessage:
+def enqueue(*args: Any, **kwargs: Any) -> OutgoingMessage:
     """Queue one message inside the caller's transaction (see mailgate.outbox.submit.enqueue)."""
     from mailgate.outbox.submit import enqueue as _enqueue
 
-    return _enqueue(**kwargs)
+    return _enqueue(*args, **kwargs)

@@ -13,7 +13,7 @@ from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema
 from ninja import Status as WithStatus
 
-from mailgate.outbox.compose import Attachment, InvalidMessage
+from mailgate.outbox.compose import Attachment, InvalidMessage, MessageSpec
 from mailgate.outbox.models import OutgoingMessage, Status
 from mailgate.outbox.submit import IdempotencyKeyReused, enqueue
 
@@ -43,6 +43,16 @@ class MessageIn(Schema):
     server: str | None = Field(None, description="a server name; default: chosen by From Filter")
 
     model_config = {"populate_by_name": True}
+
+    def spec(self) -> MessageSpec:
+        """The message this body asks for (the fields share MessageSpec's names); an empty
+        recipient list counts as not given."""
+        given = self.model_dump(exclude={"sender", "attachments", "server"})
+        for name in ("to", "cc", "bcc"):
+            given[name] = given[name] or None
+        return MessageSpec(
+            **given, from_address=self.sender, attachments=_attachments(self.attachments)
+        )
 
 
 class AttemptOut(Schema):
@@ -182,38 +192,12 @@ def create_message(
             )
         idempotency_key = _idempotency_scope(request) + header
     try:
-        if payload.raw is not None:
-            message = enqueue(
-                raw=payload.raw,
-                from_address=payload.sender,
-                to=payload.to or None,
-                cc=payload.cc or None,
-                bcc=payload.bcc or None,
-                subject=payload.subject,
-                text=payload.text,
-                html=payload.html,
-                headers=payload.headers,
-                attachments=_attachments(payload.attachments),
-                server=payload.server,
-                idempotency_key=idempotency_key,
-                source="api",
-            )
-        else:
-            message = enqueue(
-                from_address=payload.sender,
-                to=payload.to,
-                cc=payload.cc,
-                bcc=payload.bcc,
-                reply_to=payload.reply_to,
-                subject=payload.subject,
-                text=payload.text,
-                html=payload.html,
-                headers=payload.headers,
-                attachments=_attachments(payload.attachments),
-                server=payload.server,
-                idempotency_key=idempotency_key,
-                source="api",
-            )
+        message = enqueue(
+            payload.spec(),
+            server=payload.server,
+            idempotency_key=idempotency_key,
+            source="api",
+        )
     except IdempotencyKeyReused as exc:
         return _key_reused(str(header), exc)
     except InvalidMessage as exc:

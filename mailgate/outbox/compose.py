@@ -58,6 +58,55 @@ class Attachment:
     content_type: str = "application/octet-stream"
 
 
+@dataclass(frozen=True, kw_only=True)
+class MessageSpec:
+    """What a caller asks mailgate to send: the fields of a message, or a complete RFC 5322
+    message in `raw` (then from_address/to/cc/bcc, when given, are its envelope).
+
+    The one definition of a message's fields: the REST API's body maps into it, enqueue() takes
+    it, the idempotency fingerprint hashes it and compose() builds the bytes from it.
+    """
+
+    from_address: str | None = None
+    to: str | Sequence[str] | None = None
+    cc: str | Sequence[str] | None = None
+    bcc: str | Sequence[str] | None = None
+    reply_to: str | Sequence[str] | None = None
+    subject: str = ""
+    text: str | None = None
+    html: str | None = None
+    headers: Mapping[str, str] | None = None
+    attachments: Sequence[Attachment] = ()
+    raw: bytes | str | None = None
+
+    def compose(self) -> Composed:
+        """Validate and build the message (or check the raw one); InvalidMessage names the field."""
+        if self.raw is not None:
+            if (
+                any(v is not None for v in (self.text, self.html))
+                or self.headers
+                or self.attachments
+                or self.subject
+            ):
+                raise InvalidMessage.one(
+                    "raw",
+                    "give either a raw message or the fields subject/text/html/headers/attachments",
+                )
+            return parse_raw(
+                self.raw, sender=self.from_address, to=self.to, cc=self.cc, bcc=self.bcc
+            )
+        if not self.from_address:
+            raise InvalidMessage.one("from", "is required: the sender's address")
+        return build(self)
+
+    @property
+    def body_field(self) -> str:
+        """The field that makes the message large, for an error about its size."""
+        if self.raw is not None:
+            return "raw"
+        return "attachments" if self.attachments else "text"
+
+
 @dataclass(frozen=True)
 class Mailbox:
     """A parsed address: display name and the address with an ASCII (IDNA) domain."""
@@ -241,31 +290,20 @@ def _plain_ascii_bytes(message: EmailMessage, text: str) -> bytes | None:
     return head + b"\r\n" + b"\r\n".join(lines) + b"\r\n"
 
 
-def build(
-    *,
-    sender: str,
-    to: str | Sequence[str] | None,
-    cc: str | Sequence[str] | None = None,
-    bcc: str | Sequence[str] | None = None,
-    reply_to: str | Sequence[str] | None = None,
-    subject: str = "",
-    text: str | None = None,
-    html: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    attachments: Sequence[Attachment] = (),
-) -> Composed:
+def build(spec: MessageSpec) -> Composed:
     """Validate every field and build the RFC 5322 bytes (Bcc is never written into the headers)."""
-    from_box = parse_mailbox("from", sender)
-    to_boxes = parse_mailboxes("to", to)
-    cc_boxes = parse_mailboxes("cc", cc)
-    bcc_boxes = parse_mailboxes("bcc", bcc)
-    reply_boxes = parse_mailboxes("reply_to", reply_to)
+    from_box = parse_mailbox("from", spec.from_address or "")
+    to_boxes = parse_mailboxes("to", spec.to)
+    cc_boxes = parse_mailboxes("cc", spec.cc)
+    bcc_boxes = parse_mailboxes("bcc", spec.bcc)
+    reply_boxes = parse_mailboxes("reply_to", spec.reply_to)
     if not (to_boxes or cc_boxes or bcc_boxes):
         raise InvalidMessage.one("to", "no recipient: give at least one address in to, cc or bcc")
+    subject, text, html, attachments = spec.subject, spec.text, spec.html, spec.attachments
     if not isinstance(subject, str):
         raise InvalidMessage.one("subject", "must be a string")
     _no_line_breaks("subject", subject)
-    extra = _check_headers(headers)
+    extra = _check_headers(spec.headers)
     kinds = [_check_attachment(i, a) for i, a in enumerate(attachments)]
 
     message = EmailMessage(policy=POLICY)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from django.db import transaction
+from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from mailgate.outbox.models import WAITING, OutgoingMessage, ServerState, Status
@@ -53,5 +54,21 @@ def release_server(server: MailServer) -> int:
     return count
 
 
+# A server is held while it has a hold reason or a hold time: hold_server() sets both,
+# release_server() clears both, and the three functions below are the only ones that decide it.
+
+
 def is_held(server: MailServer) -> bool:
+    """Whether the server's outgoing mail is held."""
     return bool(server.hold_reason or server.held_at)
+
+
+def not_held(prefix: str = "") -> Q:
+    """The servers whose mail is not held; `prefix` reaches the server from another model
+    ("server__" for messages), so the worker's query stays one join."""
+    return Q(**{f"{prefix}held_at__isnull": True, f"{prefix}hold_reason": ""})
+
+
+def held_servers() -> QuerySet[MailServer]:
+    """Every server whose outgoing mail is held."""
+    return MailServer.objects.exclude(not_held())

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from typing import Any
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from mailgate.outbox.compose import Attachment, Composed, InvalidMessage, build, parse_raw
+from mailgate.outbox.compose import Attachment, InvalidMessage, MessageSpec
+from mailgate.outbox.hold import is_held
 from mailgate.outbox.models import OutgoingMessage, Status
 from mailgate.outbox.routing import resolve_server
 from mailgate.outbox.wakeup import announce
@@ -52,12 +55,14 @@ def _canonical(value: object) -> object:
     return value
 
 
-def request_fingerprint(**fields: object) -> str:
-    """SHA-256 (hex) of a request's fields as canonical JSON.
+def request_fingerprint(spec: MessageSpec, server: MailServer | str | int | None = None) -> str:
+    """SHA-256 (hex) of a request (the message's fields and the server asked for) as canonical JSON.
 
     Keys sorted, empty fields (None, "", [], {}) left out, a raw message by its bytes and
     attachments by their name, type and bytes; a server by its id, or as the name given.
     """
+    fields: dict[str, object] = {f.name: getattr(spec, f.name) for f in dataclasses.fields(spec)}
+    fields["server"] = server
     raw = fields.get("raw")
     if isinstance(raw, str):
         fields["raw"] = raw.encode("utf-8", "surrogatepass")
@@ -75,77 +80,39 @@ def _same_request(first: OutgoingMessage, fingerprint: str | None) -> OutgoingMe
 
 
 def enqueue(
+    spec: MessageSpec | None = None,
+    /,
     *,
-    from_address: str | None = None,
-    to: str | Sequence[str] | None = None,
-    cc: str | Sequence[str] | None = None,
-    bcc: str | Sequence[str] | None = None,
-    reply_to: str | Sequence[str] | None = None,
-    subject: str = "",
-    text: str | None = None,
-    html: str | None = None,
-    headers: Mapping[str, str] | None = None,
-    attachments: Sequence[Attachment] = (),
-    raw: bytes | str | None = None,
     server: MailServer | str | int | None = None,
     idempotency_key: str | None = None,
     source: str = "python",
+    **fields: Any,
 ) -> OutgoingMessage:
     """Validate, route and queue one message; raise InvalidMessage naming the field on bad input.
 
-    With an idempotency key already used, nothing is queued: a retry of the same request gets the
-    first message (with `idempotent_replay` set), different content raises IdempotencyKeyReused.
+    The message is a MessageSpec, or its fields as keywords (from_address=, to=, subject=, text=,
+    attachments=, raw=, ...). With an idempotency key already used, nothing is queued: a retry of
+    the same request gets the first message (with `idempotent_replay` set), different content
+    raises IdempotencyKeyReused.
     """
+    if spec is None:
+        spec = MessageSpec(**fields)
+    elif fields:
+        raise TypeError("enqueue() takes a MessageSpec or its fields as keywords, not both")
     fingerprint = None
     if idempotency_key is not None:
         if not idempotency_key or len(idempotency_key) > 400:
             raise InvalidMessage.one("idempotency_key", "must be 1 to 400 characters")
-        fingerprint = request_fingerprint(
-            from_address=from_address,
-            to=to,
-            cc=cc,
-            bcc=bcc,
-            reply_to=reply_to,
-            subject=subject,
-            text=text,
-            html=html,
-            headers=headers,
-            attachments=attachments,
-            raw=raw,
-            server=server,
-        )
+        fingerprint = request_fingerprint(spec, server)
         existing = OutgoingMessage.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:
             return _same_request(existing, fingerprint)
-    composed: Composed
-    if raw is not None:
-        if any(v is not None for v in (text, html)) or headers or attachments or subject:
-            raise InvalidMessage.one(
-                "raw",
-                "give either a raw message or the fields subject/text/html/headers/attachments",
-            )
-        composed = parse_raw(raw, sender=from_address, to=to, cc=cc, bcc=bcc)
-    else:
-        if not from_address:
-            raise InvalidMessage.one("from", "is required: the sender's address")
-        composed = build(
-            sender=from_address,
-            to=to,
-            cc=cc,
-            bcc=bcc,
-            reply_to=reply_to,
-            subject=subject,
-            text=text,
-            html=html,
-            headers=headers,
-            attachments=attachments,
-        )
+    composed = spec.compose()
     chosen = resolve_server(server, composed.sender.address)
     size = len(composed.raw)
     if size > chosen.max_message_bytes:
-        field_name = "raw" if raw is not None else ("attachments" if attachments else "text")
         raise InvalidMessage.one(
-            field_name,
+            spec.body_field,
             f"the message is {_human(size)}, over the {_human(chosen.max_message_bytes)} limit of "
             f"server {chosen.name!r}: make it smaller or send large files as links",
         )
@@ -156,7 +123,7 @@ def enqueue(
             f"{len(recipients)} recipients exceed server {chosen.name!r}'s limit of "
             f"{chosen.limit_recipients_per_day} recipients per day: split the message",
         )
-    held = bool(chosen.hold_reason or chosen.held_at)
+    held = is_held(chosen)
     message = OutgoingMessage(
         server=chosen,
         status=Status.HELD if held else Status.QUEUED,

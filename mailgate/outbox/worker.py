@@ -27,7 +27,7 @@ from django.utils import timezone
 from mailgate.connections import smtp_transport
 from mailgate.outbox import conf, retry
 from mailgate.outbox.diagnosis import Action, Verdict, classify
-from mailgate.outbox.hold import hold_server, release_server
+from mailgate.outbox.hold import held_servers, hold_server, is_held, not_held, release_server
 from mailgate.outbox.models import (
     WAITING,
     ConnectionLease,
@@ -80,7 +80,7 @@ def due_candidates(server_id: int, now: datetime, limit: int) -> list[tuple[int,
 def servers_with_due_mail(now: datetime) -> list[int]:
     return list(
         OutgoingMessage.objects.filter(due_filter(now))
-        .filter(server__active=True, server__held_at__isnull=True, server__hold_reason="")
+        .filter(not_held("server__"), server__active=True)
         .order_by()
         .values_list("server_id", flat=True)
         .distinct()
@@ -254,7 +254,7 @@ class Deliverer:
             if state.next_allowed_at and state.next_allowed_at > now:
                 return None
             server = MailServer.objects.get(pk=server_id)
-            if not server.active or server.held_at or server.hold_reason:
+            if not server.active or is_held(server):
                 return None
             in_flight = OutgoingMessage.objects.filter(
                 server_id=server_id, status=Status.SENDING, claimed_until__gte=now
@@ -396,7 +396,7 @@ class Deliverer:
                 transport.open()
             except TransportError as exc:
                 self._drop(server.pk)
-                verdict = classify(exc)
+                verdict = classify(exc, server.provider_key)
                 for message in remaining:
                     self.record_failure(server, message, exc, verdict, 0.0)
                 if verdict.action == Action.HOLD:
@@ -423,7 +423,11 @@ class Deliverer:
                         recorder.wait()
                     self._drop(server.pk)
                     self.record_failure(
-                        server, message, exc, classify(exc), time.monotonic() - started
+                        server,
+                        message,
+                        exc,
+                        classify(exc, server.provider_key),
+                        time.monotonic() - started,
                     )
                     break
                 if result.ok:
@@ -435,7 +439,7 @@ class Deliverer:
                     assert result.error is not None
                     if recorder:
                         recorder.wait()
-                    verdict = classify(result.error)
+                    verdict = classify(result.error, server.provider_key)
                     self.record_failure(server, message, result.error, verdict, result.duration)
                     if verdict.action == Action.HOLD:
                         hold_server(server, self._reason(result.error, verdict))
@@ -450,8 +454,7 @@ class Deliverer:
 
     @staticmethod
     def _reason(error: TransportError, verdict: Verdict) -> str:
-        reply = str(error.reply) if error.reply.code is not None else str(error)
-        return f"{verdict.diagnosis} Server reply: {reply}"
+        return verdict.hold_reason(error)
 
     def _attempt(
         self,
@@ -641,12 +644,10 @@ class Deliverer:
         now = timezone.now()
         probe_before = now - timedelta(seconds=config.probe_seconds)
         did = False
-        for server in MailServer.objects.filter(active=True, held_at__isnull=False).exclude(
-            smtp_host=""
+        # Held a while ago: a server held just now is not probed at once.
+        for server in (
+            held_servers().filter(active=True, held_at__lte=probe_before).exclude(smtp_host="")
         ):
-            assert server.held_at is not None
-            if server.held_at > probe_before:
-                continue
             ServerState.objects.get_or_create(server=server)
             # Compare-and-swap on last_probe_at: one worker probes, the others skip.
             taken = (

@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any, Generic, Self, TypeVar
 
 from mailgate.conf import is_loopback_host
+from mailgate.providers.replies import diagnose_reply
 from mailgate.transports.credentials import (
     BearerToken,
     ClientCertificate,
@@ -23,8 +24,6 @@ from mailgate.transports.credentials import (
 
 # An enhanced status code (RFC 3463) at the start of a reply text: "5.7.139 Authentication ...".
 ENHANCED_RE = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})\b")
-
-UNTRUSTED_FIX = "Add the issuing CA to SSL_CERT_FILE or fix the server's certificate."
 
 
 @dataclass(frozen=True)
@@ -164,10 +163,10 @@ class Transport:
 
     def untrusted(self, exc: ssl.SSLCertVerificationError) -> TransportError:
         """The server's certificate failed verification: say whose and how to fix it."""
+        message = f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}"
+        explained = diagnose_reply(None, message)
         return TransportError(
-            f"the TLS certificate of {self.address} is not trusted: {exc.verify_message}",
-            step="tls",
-            diagnosis=UNTRUSTED_FIX,
+            message, step="tls", diagnosis=explained.as_text() if explained else ""
         )
 
     def open(self) -> bool:

@@ -105,13 +105,20 @@ def sign_in(facts: dict[str, Any]) -> Any:
 
 
 def build_messages(sender: str, count: int, body_bytes: int) -> list[tuple[str, bytes]]:
-    from mailgate.outbox.compose import build
+    from mailgate.outbox.compose import MessageSpec, build
 
     body = ("0123456789abcdef" * 4 + "\n") * (body_bytes // 65)
     return [
         (
             f"bench{i}@example.org",
-            build(sender=sender, to=[f"bench{i}@example.org"], subject=f"bench {i}", text=body).raw,
+            build(
+                MessageSpec(
+                    from_address=sender,
+                    to=[f"bench{i}@example.org"],
+                    subject=f"bench {i}",
+                    text=body,
+                )
+            ).raw,
         )
         for i in range(count)
     ]

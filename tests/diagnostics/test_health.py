@@ -26,12 +26,12 @@ from mailgate.diagnostics.health import (
 )
 from mailgate.oauth.models import Grant
 from mailgate.oauth.tokens import get_fresh_access_token
-from mailgate.outbox.diagnosis import CATALOGUE
 from mailgate.outbox.hold import hold_server
 from mailgate.outbox.models import OutgoingMessage, ServerState, Status
 from mailgate.providers.errors import ClientCredentialsInvalid, ReconnectRequired
 from mailgate.providers.google.errors import CLIENT_FIX
 from mailgate.providers.microsoft.errors import RECONNECT_FIX, SECRET_VALUE_FIX
+from mailgate.providers.replies import diagnose_reply
 from mailgate.sandbox.server import Sandbox
 from mailgate.servers.models import MailServer, ServerStatus
 from tests.oauth.conftest import Browser, connect, own_app, own_server  # noqa: F401
@@ -149,13 +149,16 @@ def test_a_held_queue_is_an_error_with_the_hold_reason_and_the_held_count(frozen
     server = make_server()
     for _ in range(2):
         add_message(server)
-    reason = next(r.diagnosis for r in CATALOGUE if "535" in r.pattern.pattern)
-    assert hold_server(server, reason) == 2
+    diagnosis = diagnose_reply(None, "535 5.7.8 Error: authentication failed")
+    assert diagnosis is not None
+    assert hold_server(server, diagnosis.as_text()) == 2
     server.refresh_from_db()
     finding = by_check(server_findings(server), "queue_held")
     assert finding.level == Level.ERROR
     assert finding.title == "Outgoing queue held (2 messages)"
-    assert reason in finding.detail and "2026-03-02 09:00" in finding.detail
+    assert diagnosis.explanation in finding.detail and "2026-03-02 09:00" in finding.detail
+    # The catalogue's fix comes first, then how the queue is released.
+    assert finding.fix.startswith(diagnosis.fix)
     assert "Test Connection" in finding.fix and "nothing held is lost" in finding.fix
 
 

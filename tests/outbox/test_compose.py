@@ -6,14 +6,28 @@ import email
 import email.policy
 import email.utils
 from email.message import EmailMessage
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailgate.outbox.compose import POLICY, Attachment, InvalidMessage, _set_body, build
+from mailgate.outbox import compose
+from mailgate.outbox.compose import (
+    POLICY,
+    Attachment,
+    Composed,
+    InvalidMessage,
+    MessageSpec,
+    _set_body,
+)
 
 pytestmark = pytest.mark.nodb
+
+
+def build(**fields: Any) -> Composed:
+    """compose.build() of a MessageSpec with these fields."""
+    return compose.build(MessageSpec(**fields))
 
 
 def _parse(raw: bytes) -> EmailMessage:
@@ -33,7 +47,10 @@ def _header_lines(raw: bytes) -> list[bytes]:
 
 def test_a_plain_ascii_message_has_exactly_the_expected_headers_and_body() -> None:
     built = build(
-        sender="App <app@example.com>", to=["a@example.org"], subject="Invoice 42", text="hi\n"
+        from_address="App <app@example.com>",
+        to=["a@example.org"],
+        subject="Invoice 42",
+        text="hi\n",
     )
     head, _, body = built.raw.partition(b"\r\n\r\n")
     names = [line.split(b":", 1)[0] for line in _lines(head)]
@@ -59,7 +76,7 @@ def test_a_plain_ascii_message_has_exactly_the_expected_headers_and_body() -> No
 
 def test_non_ascii_subjects_and_names_are_rfc_2047_words_that_decode_back() -> None:
     built = build(
-        sender="Zoë Müller <zoe@example.com>",
+        from_address="Zoë Müller <zoe@example.com>",
         to=["Jürgen Groß <j@example.org>", "山田太郎 <taro@example.jp>"],
         cc=["Ἀθηνᾶ <a@example.gr>"],
         reply_to=['"Renée, Support" <help@example.com>'],
@@ -84,7 +101,10 @@ def test_non_ascii_subjects_and_names_are_rfc_2047_words_that_decode_back() -> N
 
 def test_an_international_domain_is_written_in_its_ascii_form_in_headers_and_envelope() -> None:
     built = build(
-        sender="Büro <info@bücher.example>", to=["kunde@müller.example"], subject="x", text="x"
+        from_address="Büro <info@bücher.example>",
+        to=["kunde@müller.example"],
+        subject="x",
+        text="x",
     )
     assert built.sender.address == "info@xn--bcher-kva.example"
     assert built.recipients == ["kunde@xn--mller-kva.example"]
@@ -97,7 +117,7 @@ def test_an_international_domain_is_written_in_its_ascii_form_in_headers_and_env
 def test_long_headers_are_folded_within_78_characters_and_unfold_to_the_same_text() -> None:
     subject = " ".join(f"word{i}" for i in range(80))
     recipients = [f"Recipient Number {i} <recipient.{i}@example.org>" for i in range(40)]
-    built = build(sender="app@example.com", to=recipients, subject=subject, text="x")
+    built = build(from_address="app@example.com", to=recipients, subject=subject, text="x")
     assert all(len(line) <= 78 for line in _header_lines(built.raw))
     parsed = _parse(built.raw)
     assert parsed["Subject"] == subject
@@ -108,14 +128,17 @@ def test_long_headers_are_folded_within_78_characters_and_unfold_to_the_same_tex
 
 def test_a_subject_with_one_overlong_word_stays_within_the_998_limit() -> None:
     subject = "x" * 2000
-    built = build(sender="app@example.com", to=["a@example.org"], subject=subject, text="x")
+    built = build(from_address="app@example.com", to=["a@example.org"], subject=subject, text="x")
     assert all(len(line) <= 998 for line in _lines(built.raw))
     assert _parse(built.raw)["Subject"] == subject
 
 
 def test_text_that_looks_like_an_encoded_word_arrives_as_it_was_meant() -> None:
     built = build(
-        sender="app@example.com", to=["a@example.org"], subject="=?utf-8?q?caf=C3=A9?=", text="x"
+        from_address="app@example.com",
+        to=["a@example.org"],
+        subject="=?utf-8?q?caf=C3=A9?=",
+        text="x",
     )
     assert _parse(built.raw)["Subject"] == "café"
 
@@ -123,7 +146,7 @@ def test_text_that_looks_like_an_encoded_word_arrives_as_it_was_meant() -> None:
 def test_a_unique_header_given_twice_is_refused_with_its_name() -> None:
     with pytest.raises(InvalidMessage) as caught:
         build(
-            sender="app@example.com",
+            from_address="app@example.com",
             to=["a@example.org"],
             text="x",
             headers={"Sender": "a@example.com", "sender": "b@example.com"},
@@ -133,7 +156,7 @@ def test_a_unique_header_given_twice_is_refused_with_its_name() -> None:
 
 def test_html_alternative_and_an_attachment_with_a_non_ascii_name() -> None:
     built = build(
-        sender="app@example.com",
+        from_address="app@example.com",
         to=["a@example.org"],
         subject="Report",
         text="plain ✓\n",
@@ -171,7 +194,7 @@ def test_any_one_line_subject_and_display_name_decode_back_to_themselves(
     subject: str, name: str
 ) -> None:
     built = build(
-        sender=email.utils.formataddr((name, "app@example.com")),
+        from_address=email.utils.formataddr((name, "app@example.com")),
         to=["a@example.org"],
         subject=subject,
         text="x",
@@ -184,7 +207,9 @@ def test_any_one_line_subject_and_display_name_decode_back_to_themselves(
 
 def _through_the_email_package(text: str, **fields: str) -> tuple[bytes, bytes]:
     """(build()'s bytes, the bytes of the same message with its body set by the email package)."""
-    built = build(sender="app@example.com", to=["a@example.org"], subject="s", text=text, **fields)
+    built = build(
+        from_address="app@example.com", to=["a@example.org"], subject="s", text=text, **fields
+    )
     head = built.raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
     message = EmailMessage(policy=POLICY)
     for line in head:

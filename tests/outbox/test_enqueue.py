@@ -10,7 +10,7 @@ from django.core import mail
 from django.db import transaction
 
 from mailgate.outbox import enqueue
-from mailgate.outbox.compose import Attachment, InvalidMessage
+from mailgate.outbox.compose import Attachment, InvalidMessage, MessageSpec
 from mailgate.outbox.models import OutgoingMessage, Status
 from mailgate.outbox.submit import IdempotencyKeyReused, request_fingerprint
 
@@ -203,12 +203,44 @@ def test_a_request_that_lost_the_race_for_its_key_is_judged_the_same_way(make_se
 @pytest.mark.nodb
 def test_the_fingerprint_leaves_out_empty_fields_and_ignores_order():
     fields = {"from_address": "a@example.com", "to": ["b@example.org"], "text": "x"}
-    same = request_fingerprint(**fields)
-    assert request_fingerprint(**dict(reversed(fields.items()))) == same
-    assert request_fingerprint(**fields, cc=[], html=None, subject="", headers={}) == same
-    assert request_fingerprint(**{**fields, "to": ("b@example.org",)}) == same
-    assert request_fingerprint(**{**fields, "text": "y"}) != same
-    assert request_fingerprint(**{**fields, "to": ["b@example.org", "c@example.org"]}) != same
+
+    def fingerprint(**given):
+        return request_fingerprint(MessageSpec(**given))
+
+    same = fingerprint(**fields)
+    assert fingerprint(**dict(reversed(fields.items()))) == same
+    assert fingerprint(**fields, cc=[], html=None, subject="", headers={}) == same
+    assert fingerprint(**{**fields, "to": ("b@example.org",)}) == same
+    assert fingerprint(**{**fields, "text": "y"}) != same
+    assert fingerprint(**{**fields, "to": ["b@example.org", "c@example.org"]}) != same
+    assert request_fingerprint(MessageSpec(**fields), "Sales") != same
+
+
+@pytest.mark.nodb
+def test_the_fingerprint_is_the_one_stored_with_messages_queued_before():
+    # Fingerprints of a request are kept with its message: a retry must still match them.
+    spec = MessageSpec(from_address="a@example.com", to=["b@example.org"], text="x")
+    assert request_fingerprint(spec) == (
+        "cc5e02172f183e57e65eeabbfa6648dadfb8fe0bb0ba874fcc986a1ce20f4673"
+    )
+    spec = MessageSpec(
+        from_address="a@example.com",
+        to="b@example.org",
+        cc=["c@x.org"],
+        reply_to="r@x.org",
+        subject="s",
+        text="x",
+        html="<p>",
+        headers={"X-A": "1"},
+        attachments=[Attachment("a.txt", b"hi", "text/plain")],
+    )
+    assert request_fingerprint(spec, "Sales") == (
+        "0f03dee1db2384632caaedd690fe75bc043933204717950a6de815aba7a653c2"
+    )
+    spec = MessageSpec(raw="From: a@b.c\r\n\r\nhi", to=["x@y.z"])
+    assert request_fingerprint(spec) == (
+        "ee1b99efcfb2de4a31148f54c7397d19365ab4dc387a87448bd2945df28a527b"
+    )
 
 
 def test_the_django_email_backend_queues_send_mail(make_server, settings):
@@ -226,3 +258,16 @@ def test_the_django_email_backend_queues_send_mail(make_server, settings):
     assert second.bcc == ["z@example.org"] and b"z@example.org" not in second.raw_bytes
     with pytest.raises(InvalidMessage):
         mail.send_mail("Hi", "Body", "app@example.com", ["broken@@example.org"])
+
+
+def test_enqueue_takes_a_message_spec_or_its_fields_but_not_both(make_server):
+    make_server()
+    spec = MessageSpec(from_address="app@example.com", to=["a@example.org"], subject="s", text="x")
+    message = enqueue(spec, idempotency_key="spec-1")
+    again = enqueue(**vars(spec), idempotency_key="spec-1")
+    assert (again.pk, again.idempotent_replay) == (message.pk, True)
+    assert (message.subject, message.to, message.source) == ("s", ["a@example.org"], "python")
+    with pytest.raises(TypeError, match="not both"):
+        enqueue(spec, subject="other")
+    with pytest.raises(TypeError, match="sender"):
+        enqueue(sender="app@example.com", to=["a@example.org"], text="x")

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from mailgate.outbox.diagnosis import Action, classify
 from mailgate.outbox.retry import backoff_delay, next_attempt
+from mailgate.providers.replies import diagnose_reply
 from mailgate.transports.base import Reply, TransportError
 
 pytestmark = pytest.mark.nodb
@@ -86,3 +87,31 @@ def test_token_errors_hold_when_permanent_and_defer_when_transient():
 def test_connection_and_tls_errors_defer():
     assert classify(TransportError("refused", step="connect")).action == Action.DEFER
     assert classify(TransportError("bad cert", step="tls")).action == Action.DEFER
+
+
+@pytest.mark.parametrize(
+    ("provider", "code", "text"),
+    [
+        (
+            "microsoft",
+            535,
+            "5.7.139 Authentication unsuccessful, SmtpClientAuthentication is disabled for the Mailbox.",
+        ),
+        (None, 554, "5.2.252 SendAsDenied; a not allowed to send as b"),
+        ("google", 550, "5.4.5 Daily user sending limit exceeded."),
+        (None, 550, "5.1.1 User unknown"),
+    ],
+)
+def test_the_outbox_and_test_connection_explain_a_reply_in_the_same_words(provider, code, text):
+    error = _error(code, text)
+    explained = diagnose_reply(provider, str(error.reply))
+    assert explained is not None
+    assert classify(error, provider).diagnosis == explained.as_text()
+
+
+def test_a_hold_reason_gives_the_server_reply_before_the_fix():
+    error = _error(535, "5.7.8 Error: authentication failed")
+    reason = classify(error).hold_reason(error)
+    head, fix = reason.split(" Fix: ")
+    assert head.endswith("Server reply: 535 5.7.8 Error: authentication failed")
+    assert fix.startswith("Check Username and Password")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mailgate.providers.replies import diagnose_reply
+from mailgate.providers.replies import GENERIC, Effect, diagnose_reply, match_reply
 
 pytestmark = pytest.mark.nodb
 
@@ -42,3 +42,31 @@ def test_it_diagnoses_known_replies(provider: str | None, reply: str, needle: st
 
 def test_an_unknown_reply_has_no_invented_diagnosis() -> None:
     assert diagnose_reply("microsoft", "250 2.0.0 OK") is None
+
+
+def test_an_exchange_reply_is_recognised_on_a_password_server_too() -> None:
+    # A password server at Exchange Online has no provider; Exchange's own texts still name it.
+    reply = "535 5.7.139 Authentication unsuccessful, basic authentication is disabled."
+    rule = match_reply(None, reply)
+    assert rule is not None and rule.effect == Effect.HOLD
+    assert "Outlook OAuth Authentication" in rule.diagnosis.fix
+
+
+def test_words_other_servers_use_count_only_on_the_providers_own_servers() -> None:
+    reply = "NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)"
+    google = diagnose_reply("google", reply)
+    other = diagnose_reply(None, reply)
+    assert google is not None and "Gmail" in google.title
+    assert other is not None and "Gmail" not in other.as_text()
+    assert diagnose_reply("microsoft", "NO AUTHENTICATE failed.") is not None
+    assert diagnose_reply("google", "NO AUTHENTICATE failed.") is None
+
+
+def test_every_rule_says_what_it_means_and_throttles_name_their_pause() -> None:
+    from mailgate import providers
+
+    rules = [*GENERIC, *(r for p in providers.REGISTRY.values() for r in p.replies)]
+    for rule in rules:
+        assert rule.diagnosis.title and rule.diagnosis.explanation and rule.diagnosis.fix
+        assert (rule.pause > 0) == (rule.effect == Effect.THROTTLE), rule.pattern
+    assert all(rule.anywhere for rule in GENERIC)

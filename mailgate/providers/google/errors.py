@@ -10,7 +10,7 @@ from mailgate.providers.errors import (
     TokenUnavailable,
 )
 from mailgate.providers.http import TokenEndpointError, TransientHTTPError
-from mailgate.providers.replies import ReplyRule, transient_diagnosis
+from mailgate.providers.replies import Effect, ReplyRule, transient_diagnosis
 
 CONSOLE = "Google Cloud console > APIs & Services"
 RECONNECT_FIX = "Press Connect your Gmail account and sign in again as the mailbox's user."
@@ -112,6 +112,8 @@ def classify(exc: Exception) -> TokenError:
     return TokenError(diagnosis.title, diagnosis=diagnosis.as_text(), code=exc.error)
 
 
+# Gmail replies. The sending limit's text is Gmail's own and recognised on any server; the others
+# use words other servers use too. Reference: https://support.google.com/a/answer/3726730
 # Reference: https://developers.google.com/workspace/gmail/imap/xoauth2-protocol
 REPLIES: tuple[ReplyRule, ...] = (
     ReplyRule(
@@ -124,6 +126,8 @@ REPLIES: tuple[ReplyRule, ...] = (
             "Check that Username is the connected Google account, that IMAP is enabled in Gmail > "
             "Settings > Forwarding and POP/IMAP, then press Connect your Gmail account again.",
         ),
+        Effect.HOLD,
+        anywhere=False,
     ),
     ReplyRule(
         r"5\.7\.9|Application-specific password required",
@@ -132,21 +136,28 @@ REPLIES: tuple[ReplyRule, ...] = (
             "The account has 2-Step Verification; Gmail refuses its normal password over SMTP.",
             "Use Gmail OAuth Authentication instead of a password.",
         ),
+        anywhere=False,
     ),
     ReplyRule(
-        r"5\.4\.5|Daily user sending limit",
+        r"\b5\.4\.5\b|Daily (user )?sending (quota|limit)",
         Diagnosis(
             "Gmail daily sending limit reached",
-            "The account reached Google's daily sending limit.",
-            "Wait up to 24 hours; see https://support.google.com/a/answer/166852.",
+            "The account reached Google's daily sending limit (5.4.5).",
+            "Sending resumes within 24 hours; the limits are listed at "
+            "https://support.google.com/a/answer/166852.",
         ),
+        Effect.THROTTLE,
+        3600,
     ),
     ReplyRule(
         r"4\.7\.0.*Too many login attempts",
         Diagnosis(
             "Too many login attempts",
             "Gmail is throttling logins for this account.",
-            "Wait a few minutes before trying again.",
+            "Wait a few minutes before trying again; mailgate pauses sending meanwhile.",
         ),
+        Effect.THROTTLE,
+        60,
+        anywhere=False,
     ),
 )

@@ -14,7 +14,7 @@ from mailgate.providers.errors import (
     TokenUnavailable,
 )
 from mailgate.providers.http import TokenEndpointError, TransientHTTPError, aadsts_codes
-from mailgate.providers.replies import ReplyRule, transient_diagnosis
+from mailgate.providers.replies import Effect, ReplyRule, transient_diagnosis
 
 APP = "Azure portal > Microsoft Entra ID > App registrations > (your app)"
 REDIRECT_FIX = (
@@ -291,84 +291,144 @@ SMTP_AUTH_FIX = (
     "-SmtpClientAuthenticationDisabled $false). Security defaults also block it."
 )
 
-# Exchange Online replies. Reference: https://learn.microsoft.com/exchange/clients-and-mobile-in-exchange-online/authenticated-client-smtp-submission
+# Exchange Online replies, recognised on any server (their texts are Exchange's own), except the
+# IMAP/POP one, whose words other servers use too.
+# Reference: https://learn.microsoft.com/exchange/clients-and-mobile-in-exchange-online/authenticated-client-smtp-submission
+# Reference: https://learn.microsoft.com/exchange/mail-flow-best-practices/how-to-set-up-a-multifunction-device-or-application-to-send-email-using-microsoft-365-or-office-365
+# Reference: https://learn.microsoft.com/office365/servicedescriptions/exchange-online-service-description/exchange-online-limits
 REPLIES: tuple[ReplyRule, ...] = (
     ReplyRule(
-        r"5\.7\.139.*disabled for the Tenant",
+        r"SmtpClientAuthentication is disabled for the Tenant",
         Diagnosis(
             "SMTP AUTH is disabled for this tenant",
-            "Exchange Online refuses authenticated SMTP submission for the whole organisation.",
-            SMTP_AUTH_FIX,
+            "Exchange Online refuses authenticated SMTP submission for the whole organisation "
+            "(5.7.139).",
+            "In Exchange admin center > Settings > Mail flow uncheck 'Turn off SMTP AUTH protocol "
+            "for your organization' (PowerShell: Set-TransportConfig "
+            "-SmtpClientAuthenticationDisabled $false), or allow it for this mailbox alone: "
+            "Set-CASMailbox -Identity <mailbox> -SmtpClientAuthenticationDisabled $false "
+            "(https://aka.ms/smtp_auth_disabled).",
         ),
+        Effect.HOLD,
     ),
     ReplyRule(
-        r"5\.7\.139.*disabled for the Mailbox",
+        r"SmtpClientAuthentication is disabled for the Mailbox",
         Diagnosis(
             "SMTP AUTH is disabled for this mailbox",
-            "Exchange Online refuses authenticated SMTP submission for this mailbox.",
-            SMTP_AUTH_FIX,
+            "Exchange Online refuses authenticated SMTP submission for this mailbox (5.7.139).",
+            "Check Authenticated SMTP in Microsoft 365 admin center > Users > Active users > (the "
+            "user) > Mail > Manage email apps (PowerShell: Set-CASMailbox -Identity <mailbox> "
+            "-SmtpClientAuthenticationDisabled $false).",
         ),
+        Effect.HOLD,
     ),
     ReplyRule(
-        r"5\.7\.139.*security defaults",
+        r"security defaults",
         Diagnosis(
             "Blocked by security defaults",
             "The tenant's security defaults block SMTP AUTH.",
             "Replace security defaults with Conditional Access policies that allow SMTP AUTH for "
             "this mailbox, then " + SMTP_AUTH_FIX,
         ),
+        Effect.HOLD,
     ),
     ReplyRule(
-        r"5\.7\.139",
+        r"5\.7\.139.*basic authentication is disabled",
         Diagnosis(
-            "SMTP AUTH is disabled for this tenant or mailbox",
-            "Exchange Online refused the authentication (5.7.139).",
+            "Password sign-in is turned off",
+            "Exchange Online no longer accepts a password for SMTP AUTH in this tenant (5.7.139).",
+            "Set Authenticate Using to Outlook OAuth Authentication and press Connect your "
+            "Outlook account.",
+        ),
+        Effect.HOLD,
+    ),
+    ReplyRule(
+        r"\b5\.7\.139\b",
+        Diagnosis(
+            "SMTP AUTH is refused for this account",
+            "Exchange Online refused the authentication (5.7.139): SMTP AUTH is disabled for the "
+            "tenant or the mailbox, or a policy blocks it.",
             SMTP_AUTH_FIX,
         ),
+        Effect.HOLD,
     ),
     ReplyRule(
-        r"5\.7\.3\b",
-        Diagnosis(
-            "Exchange rejected the token",
-            "The access token was not accepted for this mailbox: the Username is not the "
-            "signed-in user's mailbox (or one it may send as), or the app lacks the SMTP.Send "
-            "permission.",
-            f"Check that Username is the mailbox of the account that connected, that {APP} > API "
-            "permissions lists Office 365 Exchange Online > SMTP.Send, then press Connect again.",
-        ),
-    ),
-    ReplyRule(
-        r"5\.7\.57",
-        Diagnosis(
-            "Not authenticated",
-            "Exchange refused the sender because the session was not authenticated.",
-            "Use Connection Security TLS (STARTTLS) on port 587 and OAuth authentication.",
-        ),
-    ),
-    ReplyRule(
-        r"SendAsDenied|5\.2\.252",
+        r"SendAsDenied|not allowed to send as|5\.2\.252",
         Diagnosis(
             "Send As denied",
             "The mailbox may not send with this From address.",
             "Grant Send As on the address (Exchange admin center > Recipients > Mailboxes > "
-            "Delegation) or send From the mailbox itself.",
+            "Delegation, or Add-RecipientPermission <from> -AccessRights SendAs -Trustee "
+            "<mailbox>) and list it in the server's Send As Addresses, or send From the mailbox's "
+            "own address.",
         ),
+        Effect.HOLD,
     ),
     ReplyRule(
-        r"4\.3\.2",
+        r"Sender throttled due to continuous",
         Diagnosis(
-            "Too many connections",
-            "Exchange allows 3 concurrent SMTP connections per mailbox.",
-            "Wait a moment and try again; lower Concurrent Connections if it recurs.",
+            "Mailbox throttled by Exchange",
+            "Exchange throttles this mailbox after repeated errors; Microsoft decides how long.",
+            "Fix what keeps failing (see the failed messages: often bad recipients or a refused "
+            "Send As); mailgate pauses the server for an hour.",
         ),
+        Effect.THROTTLE,
+        3600,
     ),
     ReplyRule(
-        r"SubmissionQuotaExceeded",
+        r"SubmissionQuotaExceeded|submission quota",
         Diagnosis(
             "Daily recipient quota reached",
-            "The mailbox has sent to 10,000 recipients within 24 hours.",
-            "Wait for the 24-hour window to pass, or spread mail over more mailboxes.",
+            "The mailbox reached its recipient rate limit (10,000 recipients in 24 hours for "
+            "Exchange Online).",
+            "Sending resumes when the rolling 24-hour window allows it; spread mail over more "
+            "mailboxes if this recurs.",
         ),
+        Effect.THROTTLE,
+        3600,
+    ),
+    ReplyRule(
+        r"Concurrent connections limit|sender thread limit",
+        Diagnosis(
+            "Too many connections",
+            "Exchange allows 3 concurrent SMTP connections per mailbox (4.3.2).",
+            "Wait a minute before trying again (mailgate pauses sending meanwhile); set "
+            "Concurrent Connections to 3 or fewer if this recurs.",
+        ),
+        Effect.THROTTLE,
+        60,
+    ),
+    ReplyRule(
+        r"\b5\.7\.57\b|not authenticated to send",
+        Diagnosis(
+            "Not authenticated",
+            "Exchange refused the sender because the session was not authenticated (5.7.57).",
+            "Use Connection Security TLS (STARTTLS) on port 587 and OAuth authentication, with a "
+            "mailbox that has an Exchange Online licence.",
+        ),
+        Effect.HOLD,
+    ),
+    ReplyRule(
+        r"\b5\.7\.3\b",
+        Diagnosis(
+            "Exchange rejected the token",
+            "The access token was not accepted for this mailbox (5.7.3): the Username is not the "
+            "signed-in user's mailbox (or one it may send as), the app lacks the SMTP.Send "
+            "permission, or the grant was revoked.",
+            f"Check that Username is the mailbox of the account that connected, that {APP} > API "
+            "permissions lists Office 365 Exchange Online > SMTP.Send, then press Connect again.",
+        ),
+        Effect.HOLD,
+    ),
+    ReplyRule(
+        r"\b5\.2\.2\b.*(mailbox full|QuotaExceeded)",
+        Diagnosis(
+            "Sending mailbox full",
+            "The sending mailbox is over its storage quota; Exchange keeps a copy of each sent "
+            "message in Sent Items (5.2.2).",
+            "Free space in the mailbox (Sent Items, Deleted Items) or raise its quota.",
+        ),
+        Effect.HOLD,
     ),
     ReplyRule(
         r"AUTHENTICATE failed|Authentication failure: unknown user name",
@@ -381,5 +441,7 @@ REPLIES: tuple[ReplyRule, ...] = (
             "email apps (Outlook.com: Settings > Mail > Forwarding and IMAP), check the API "
             "permissions, then press Connect again.",
         ),
+        Effect.HOLD,
+        anywhere=False,
     ),
 )
