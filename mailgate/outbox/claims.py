@@ -1,0 +1,167 @@
+"""Which messages are due, and taking a batch of one server's within its limits.
+
+Claims are serialized per server by a row lock on its ServerState (and, on PostgreSQL, rows are taken
+with SKIP LOCKED); on SQLite the IMMEDIATE transactions give one writer at a time, and the claim is a
+compare-and-swap UPDATE. Limits (messages per minute, recipients per day, concurrent connections) are
+computed from the database inside that lock, so they hold across any number of workers.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db import connection, transaction
+from django.db.models import Q, Sum
+from django.utils import timezone
+
+from mailgate.outbox import conf
+from mailgate.outbox.connection_pool import ConnectionPool
+from mailgate.outbox.hold import is_held, not_held
+from mailgate.outbox.models import (
+    WAITING,
+    DeliveryAttempt,
+    Outcome,
+    OutgoingMessage,
+    ServerState,
+    Status,
+)
+from mailgate.servers.models import MailServer
+
+MINUTE = timedelta(minutes=1)
+DAY = timedelta(days=1)
+
+
+def due_filter(now: datetime) -> Q:
+    """Messages a worker may take: waiting and due, or "sending" with an expired claim (a dead worker)."""
+    return Q(status__in=WAITING, next_attempt_at__lte=now) | Q(
+        status=Status.SENDING, claimed_until__lt=now
+    )
+
+
+def due_candidates(server_id: int, now: datetime, limit: int) -> list[tuple[int, int, int]]:
+    """(id, recipients, size) of up to `limit` due messages of one server, the longest waiting first.
+
+    The two halves of due_filter() are separate queries so that each one is an index range on
+    outbox_server_due_idx: one query with the OR scanned every message the server ever had (on
+    SQLite reading each row's overflow pages for next_attempt_at, stored after the message bytes).
+    """
+    waiting = OutgoingMessage.objects.filter(
+        server_id=server_id, status__in=WAITING, next_attempt_at__lte=now
+    )
+    abandoned = OutgoingMessage.objects.filter(
+        server_id=server_id, status=Status.SENDING, claimed_until__lt=now
+    )
+    rows: list[tuple[datetime, int, int, int]] = []
+    for query in (waiting, abandoned):
+        query = query.order_by("next_attempt_at", "id")
+        if connection.features.has_select_for_update_skip_locked:
+            query = query.select_for_update(skip_locked=True)
+        rows += query.values_list("next_attempt_at", "id", "recipients_count", "size")[:limit]
+    rows.sort()
+    return [(pk, count, size) for _, pk, count, size in rows[:limit]]
+
+
+def servers_with_due_mail(now: datetime) -> list[int]:
+    return list(
+        OutgoingMessage.objects.filter(due_filter(now))
+        .filter(not_held("server__"), server__active=True)
+        .order_by()
+        .values_list("server_id", flat=True)
+        .distinct()
+    )
+
+
+class Claimer:
+    """Takes batches for one worker (`holder`), leasing a connection slot in `pool` for each."""
+
+    def __init__(self, holder: str, pool: ConnectionPool) -> None:
+        self.holder = holder
+        self.pool = pool
+
+    def claim(self, server_id: int) -> tuple[MailServer, list[OutgoingMessage]] | None:
+        """Take up to a batch of due messages of one server within its limits; None when nothing."""
+        config = conf.get()
+        now = timezone.now()
+        lease_until = now + timedelta(seconds=config.lease_seconds)
+        with transaction.atomic():
+            ServerState.objects.get_or_create(server_id=server_id)
+            state = ServerState.objects.select_for_update().get(pk=server_id)
+            if state.next_allowed_at and state.next_allowed_at > now:
+                return None
+            server = MailServer.objects.get(pk=server_id)
+            if not server.active or is_held(server):
+                return None
+            in_flight = OutgoingMessage.objects.filter(
+                server_id=server_id, status=Status.SENDING, claimed_until__gte=now
+            ).exclude(claimed_by=self.holder)
+            attempts_in_minute = DeliveryAttempt.objects.filter(
+                server_id=server_id, started_at__gt=now - MINUTE
+            )
+            per_minute_left = (
+                server.limit_per_minute - attempts_in_minute.count() - in_flight.count()
+            )
+            sent_today = (
+                DeliveryAttempt.objects.filter(
+                    server_id=server_id, started_at__gt=now - DAY, outcome=Outcome.SENT
+                ).aggregate(n=Sum("recipients"))["n"]
+                or 0
+            )
+            in_flight_recipients = in_flight.aggregate(n=Sum("recipients_count"))["n"] or 0
+            day_left = server.limit_recipients_per_day - sent_today - in_flight_recipients
+            if per_minute_left <= 0 or day_left <= 0:
+                oldest = attempts_in_minute.order_by("started_at").first()
+                wait_until = oldest.started_at + MINUTE if oldest and per_minute_left <= 0 else None
+                state.next_allowed_at = wait_until or now + MINUTE
+                state.throttle_reason = (
+                    f"limit of {server.limit_per_minute} messages per minute reached"
+                    if per_minute_left <= 0
+                    else f"limit of {server.limit_recipients_per_day} recipients per day reached"
+                )
+                state.save(update_fields=["next_allowed_at", "throttle_reason"])
+                return None
+            picked: list[int] = []
+            recipients = size = 0
+            for pk, count, nbytes in due_candidates(
+                server_id, now, min(config.batch_size, per_minute_left)
+            ):
+                if recipients + count > day_left:
+                    break
+                # A batch is held in memory while it is sent: bounded in bytes as well (a message
+                # larger than the bound goes alone).
+                if picked and size + nbytes > config.batch_bytes:
+                    break
+                picked.append(pk)
+                recipients += count
+                size += nbytes
+            if not picked:
+                return None
+            if not self.pool.lease(server, now, lease_until):
+                return None
+            # Compare-and-swap: only rows still due are taken (what makes SQLite safe as well).
+            OutgoingMessage.objects.filter(pk__in=picked).filter(due_filter(now)).update(
+                status=Status.SENDING,
+                claimed_by=self.holder,
+                claimed_at=now,
+                claimed_until=lease_until,
+                updated_at=now,
+            )
+        messages = list(
+            OutgoingMessage.objects.filter(
+                pk__in=picked, status=Status.SENDING, claimed_by=self.holder
+            ).order_by("next_attempt_at", "id")
+        )
+        return server, messages
+
+    def release(self, messages: list[OutgoingMessage]) -> None:
+        """Give claimed, unattempted messages back to the queue as they were."""
+        ids = [m.pk for m in messages]
+        if not ids:
+            return
+        mine = OutgoingMessage.objects.filter(
+            pk__in=ids, claimed_by=self.holder, status=Status.SENDING
+        )
+        now = timezone.now()
+        mine.filter(attempts=0).update(
+            status=Status.QUEUED, claimed_by="", claimed_until=None, updated_at=now
+        )
+        mine.update(status=Status.DEFERRED, claimed_by="", claimed_until=None, updated_at=now)
