@@ -193,6 +193,14 @@ class OutcomeRecorder:
     def _mine(self, message: OutgoingMessage) -> Q:
         return Q(pk=message.pk, claimed_by=self.holder, status=Status.SENDING)
 
+    def _write(
+        self, message: OutgoingMessage, changes: dict[str, object], attempt: DeliveryAttempt
+    ) -> None:
+        """The message's new state (if this worker still holds its claim) and its attempt row."""
+        with transaction.atomic():
+            OutgoingMessage.objects.filter(self._mine(message)).update(**changes)
+            attempt.save()
+
     def sent(self, server: MailServer, message: OutgoingMessage, result: SendResult) -> None:
         later = [
             rcpt for rcpt, reply in result.refused.items() if reply.code is None or reply.code < 500
@@ -269,18 +277,17 @@ class OutcomeRecorder:
                 diagnosis="Some recipients were refused for now (4xx); only they are retried.",
             )
             outcome = Outcome.DEFERRED
-        with transaction.atomic():
-            OutgoingMessage.objects.filter(self._mine(message)).update(**changes)
-            self._attempt(
-                server,
-                message,
-                outcome,
-                result.duration,
-                reply=str(result.reply),
-                code=result.reply.code,
-                error=error,
-                step="rcpt",
-            ).save()
+        attempt = self._attempt(
+            server,
+            message,
+            outcome,
+            result.duration,
+            reply=str(result.reply),
+            code=result.reply.code,
+            error=error,
+            step="rcpt",
+        )
+        self._write(message, changes, attempt)
 
     def failure(
         self,
@@ -331,15 +338,14 @@ class OutcomeRecorder:
                 outcome = Outcome.FAILED
             else:
                 changes.update(status=Status.DEFERRED, retries=retries, next_attempt_at=when)
-        with transaction.atomic():
-            OutgoingMessage.objects.filter(self._mine(message)).update(**changes)
-            self._attempt(
-                server,
-                message,
-                outcome,
-                duration,
-                reply=reply,
-                code=error.reply.code,
-                error=str(error),
-                step=error.step,
-            ).save()
+        attempt = self._attempt(
+            server,
+            message,
+            outcome,
+            duration,
+            reply=reply,
+            code=error.reply.code,
+            error=str(error),
+            step=error.step,
+        )
+        self._write(message, changes, attempt)

@@ -22,7 +22,7 @@ from mailgate.connections import smtp_transport
 from mailgate.outbox import conf
 from mailgate.outbox.claims import Claimer, due_candidates, due_filter, servers_with_due_mail
 from mailgate.outbox.connection_pool import ConnectionPool
-from mailgate.outbox.diagnosis import Action, Verdict, classify
+from mailgate.outbox.diagnosis import Action, classify
 from mailgate.outbox.hold import held_servers, hold_server, release_server
 from mailgate.outbox.models import OutgoingMessage, ServerState
 from mailgate.outbox.outcomes import BackgroundRecorder, OutcomeRecorder
@@ -65,16 +65,6 @@ class Deliverer:
     def record_sent(self, server: MailServer, message: OutgoingMessage, result: SendResult) -> None:
         self.outcomes.sent(server, message, result)
 
-    def record_failure(
-        self,
-        server: MailServer,
-        message: OutgoingMessage,
-        error: TransportError,
-        verdict: Verdict,
-        duration: float,
-    ) -> None:
-        self.outcomes.failure(server, message, error, verdict, duration)
-
     # -- sending -----------------------------------------------------------------------------
 
     def deliver(
@@ -91,7 +81,7 @@ class Deliverer:
                 self.pool.drop(server.pk)
                 verdict = classify(exc, server.provider_key)
                 for message in remaining:
-                    self.record_failure(server, message, exc, verdict, 0.0)
+                    self.outcomes.failure(server, message, exc, verdict, 0.0)
                 if verdict.action == Action.HOLD:
                     hold_server(server, verdict.hold_reason(exc))
                 return
@@ -115,7 +105,7 @@ class Deliverer:
                     if recorder:
                         recorder.wait()
                     self.pool.drop(server.pk)
-                    self.record_failure(
+                    self.outcomes.failure(
                         server,
                         message,
                         exc,
@@ -133,7 +123,7 @@ class Deliverer:
                     if recorder:
                         recorder.wait()
                     verdict = classify(result.error, server.provider_key)
-                    self.record_failure(server, message, result.error, verdict, result.duration)
+                    self.outcomes.failure(server, message, result.error, verdict, result.duration)
                     if verdict.action == Action.HOLD:
                         hold_server(server, verdict.hold_reason(result.error))
                         break
