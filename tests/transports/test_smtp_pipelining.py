@@ -89,8 +89,10 @@ def test_turned_off_or_not_offered_it_goes_step_by_step() -> None:
             with SMTPTransport(plain_server(sink.port), pipelining=wanted) as transport:
                 writes = spy_writes(transport)
                 assert transport.send_message(envelope()).ok
-            assert writes[0].startswith(b"mail FROM:<app@example.com>")
-            assert writes[1] == b"rcpt TO:<a@example.org>\r\n"
+            # smtplib writes "FROM:"/"TO:" before Python 3.13 and "from:"/"to:" since; SMTP
+            # does not mind.
+            assert writes[0].lower().startswith(b"mail from:<app@example.com>")
+            assert writes[1].lower() == b"rcpt to:<a@example.org>\r\n"
             assert len(sink.received) == 1
 
 
