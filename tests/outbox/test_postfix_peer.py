@@ -31,7 +31,7 @@ from mailgate.outbox.models import DeliveryAttempt, OutgoingMessage, Status
 from mailgate.outbox.worker import get_deliverer
 from mailgate.sandbox.server import Sandbox
 from mailgate.servers.models import MailServer
-from tests.peers.postfix import PostfixDovecotPeer, trust_bundle
+from tests.peers.postfix import PostfixDovecotPeer, trust_bundle, wait_until
 from tests.sandbox_fixtures import SMTP_SCOPE, demo_tokens
 
 PASSWORD_USER = "relay@example.net"
@@ -424,5 +424,6 @@ def test_with_chunking_a_message_costs_about_what_a_raw_smtplib_loop_pays(
         f"{raw / count * 1000:.1f} ms ({ratio:.1f}x; at most {MAX_RATIO_TO_RAW}x expected)"
     )
     get_deliverer().close_all()  # Postfix logs each command's count when the client disconnects
-    # The content went as BDAT, one chunk and BDAT LAST per message after the question.
-    assert env.postfix_log_lines(rf"disconnect from .* mail={count} rcpt={count} bdat=")
+    # The content went as BDAT (Postfix's log is written by another process: wait for the line).
+    bdat = rf"disconnect from .* mail={count} rcpt={count} bdat="
+    assert wait_until(lambda: bool(env.postfix_log_lines(bdat)), 10), bdat
