@@ -378,7 +378,17 @@ def mailgate_run(
         )
         timing = json.loads(enqueued.stdout)
         started = timing["started"]
-        wait_for(lambda: database.sent() >= count, 900, f"{count} messages sent", pause=0.02)
+
+        def all_sent() -> bool:
+            for process in processes:
+                if process.poll() is not None:
+                    raise SystemExit(
+                        f"bench: a worker exited with status {process.returncode} before "
+                        "sending everything (BENCH_WORKER_LOG_DIR=<folder> keeps their logs)"
+                    )
+            return database.sent() >= count
+
+        wait_for(all_sent, 900, f"{count} messages sent", pause=0.02)
         finished = time.time()
         first_sent = database.first_attempt()
         rss = max(peak_rss_kb(p.pid) for p in processes)
