@@ -8,6 +8,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema
@@ -47,12 +48,16 @@ class MessageIn(Schema):
     def spec(self) -> MessageSpec:
         """The message this body asks for (the fields share MessageSpec's names); an empty
         recipient list counts as not given."""
-        given = self.model_dump(exclude={"sender", "attachments", "server"})
+        given = self.model_dump(include=set(MessageIn.model_fields) - NOT_MESSAGE_FIELDS)
         for name in ("to", "cc", "bcc"):
             given[name] = given[name] or None
         return MessageSpec(
             **given, from_address=self.sender, attachments=_attachments(self.attachments)
         )
+
+
+# Request fields that say how to queue the message rather than what it is.
+NOT_MESSAGE_FIELDS = {"sender", "attachments", "server"}
 
 
 class AttemptOut(Schema):
@@ -149,6 +154,26 @@ def _idempotency_scope(request: HttpRequest) -> str:
     return f"apikey:{getattr(key, 'pk', '-')}:"
 
 
+KEY_RULE = "must be 1 to 255 printable characters"
+
+
+def _scoped_key(request: HttpRequest, value: str | None) -> str | None:
+    """The stored idempotency key for a client's key (None without one); ValueError if malformed."""
+    if value is None:
+        return None
+    value = value.strip()
+    if not value or len(value) > 255 or not value.isprintable():
+        raise ValueError(KEY_RULE)
+    return _idempotency_scope(request) + value
+
+
+def _enqueue(payload: MessageIn, idempotency_key: str | None) -> OutgoingMessage:
+    """Queue one message of the API's shape; InvalidMessage (or IdempotencyKeyReused) otherwise."""
+    return enqueue(
+        payload.spec(), server=payload.server, idempotency_key=idempotency_key, source="api"
+    )
+
+
 def _key_reused(header: str, exc: IdempotencyKeyReused) -> HttpResponse:
     problem = (
         f"{header!r} was already used for message {exc.first.pk}, queued from a different "
@@ -179,30 +204,95 @@ def create_message(
     The same key with a different request is refused (422) and queues nothing.
     """
     header = request.headers.get("Idempotency-Key")
-    idempotency_key = None
-    if header is not None:
-        header = header.strip()
-        if not header or len(header) > 255 or not header.isprintable():
-            return WithStatus(
-                400,
-                {
-                    "detail": "Idempotency-Key: must be 1 to 255 printable characters",
-                    "errors": {"Idempotency-Key": "must be 1 to 255 printable characters"},
-                },
-            )
-        idempotency_key = _idempotency_scope(request) + header
     try:
-        message = enqueue(
-            payload.spec(),
-            server=payload.server,
-            idempotency_key=idempotency_key,
-            source="api",
+        idempotency_key = _scoped_key(request, header)
+    except ValueError as exc:
+        return WithStatus(
+            400, {"detail": f"Idempotency-Key: {exc}", "errors": {"Idempotency-Key": str(exc)}}
         )
+    try:
+        message = _enqueue(payload, idempotency_key)
     except IdempotencyKeyReused as exc:
-        return _key_reused(str(header), exc)
+        return _key_reused(str(header).strip(), exc)
     except InvalidMessage as exc:
         return WithStatus(400, {"detail": str(exc), "errors": exc.errors})
     return WithStatus(200 if message.idempotent_replay else 201, _out(message))
+
+
+MAX_BATCH = 500
+
+
+class BatchItemIn(MessageIn):
+    idempotency_key: str | None = Field(
+        None, description="as the Idempotency-Key header of POST /messages, for this message"
+    )
+
+
+class BatchIn(Schema):
+    messages: list[BatchItemIn]
+
+
+class BatchResultOut(Schema):
+    """One message's outcome: 201 queued, 200 a retry of an idempotency key, 400 invalid, 422 a key
+    already used for other content. `id` and `message_id` only when queued (or replayed)."""
+
+    status: int
+    id: int | None = None
+    message_id: str | None = None
+    detail: str = ""
+    errors: dict[str, str] = Field(default_factory=dict)
+
+
+class BatchOut(Schema):
+    queued: int
+    refused: int
+    results: list[BatchResultOut]
+
+
+def _batch_item(request: HttpRequest, index: int, item: BatchItemIn) -> dict[str, Any]:
+    field = f"messages[{index}]"
+    try:
+        idempotency_key = _scoped_key(request, item.idempotency_key)
+    except ValueError as exc:
+        name = f"{field}.idempotency_key"
+        return {"status": 400, "detail": f"{name}: {exc}", "errors": {name: str(exc)}}
+    try:
+        message = _enqueue(item, idempotency_key)
+    except IdempotencyKeyReused as exc:
+        name = f"{field}.idempotency_key"
+        problem = exc.errors["idempotency_key"]
+        return {"status": 422, "detail": f"{name}: {problem}", "errors": {name: problem}}
+    except InvalidMessage as exc:
+        errors = {f"{field}.{name}": text for name, text in exc.errors.items()}
+        detail = "; ".join(f"{name}: {text}" for name, text in errors.items())
+        return {"status": 400, "detail": detail, "errors": errors}
+    return {
+        "status": 200 if message.idempotent_replay else 201,
+        "id": message.pk,
+        "message_id": message.message_id,
+    }
+
+
+@router.post(
+    "/batch",
+    response={200: BatchOut, 400: ErrorOut},
+    summary="Queue up to 500 messages",
+)
+def create_messages(request: HttpRequest, payload: BatchIn) -> WithStatus[dict[str, Any]]:
+    """Queue each message of `messages` (up to 500) as POST /messages would, in one transaction.
+
+    Each message gets its own result, in order: the valid ones are queued (committed together),
+    the others name the fields at fault (`messages[<index>].<field>`) and queue nothing.
+    Per-message `idempotency_key`s work as the Idempotency-Key header does.
+    """
+    count = len(payload.messages)
+    if not 1 <= count <= MAX_BATCH:
+        problem = f"must hold 1 to {MAX_BATCH} messages (it holds {count})"
+        return WithStatus(400, {"detail": f"messages: {problem}", "errors": {"messages": problem}})
+    with transaction.atomic():
+        results = [_batch_item(request, i, item) for i, item in enumerate(payload.messages)]
+    queued = sum(1 for result in results if result["status"] in (200, 201))
+    return WithStatus(200, {"queued": queued, "refused": count - queued, "results": results})
 
 
 @router.get("", response=list[MessageOut], by_alias=True, summary="List messages")

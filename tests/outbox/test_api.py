@@ -192,3 +192,122 @@ def test_get_returns_a_message_with_its_attempts_and_list_filters_by_status(api,
 def test_the_api_needs_a_key(db, server):
     response = Client().post("/api/v1/messages", {}, content_type="application/json")
     assert response.status_code == 401
+
+
+def post_batch(api, messages):
+    return api.post(
+        "/api/v1/messages/batch", {"messages": messages}, content_type="application/json"
+    )
+
+
+def test_a_batch_queues_each_message_and_answers_each_in_order(api, server):
+    good = {"from": "app@example.com", "to": ["a@example.org"], "text": "hello"}
+    raw = "From: app@example.com\r\nTo: b@example.org\r\nSubject: raw\r\n\r\nhi\r\n"
+    response = post_batch(
+        api,
+        [
+            good,
+            {"from": "app@example.com", "to": ["not an address"], "text": "x"},
+            {"raw": raw},
+            {**good, "attachments": [{"filename": "a", "content_base64": "%%%"}]},
+        ],
+    )
+    assert response.status_code == 200, response.content
+    data = response.json()
+    assert (data["queued"], data["refused"]) == (2, 2)
+    first, bad_to, from_raw, bad_attachment = data["results"]
+    assert first["status"] == 201 and from_raw["status"] == 201
+    assert bad_to["status"] == 400 and bad_to["id"] is None
+    assert set(bad_to["errors"]) == {"messages[1].to[0]"}
+    assert bad_to["detail"].startswith("messages[1].to[0]: ")
+    assert bad_attachment["errors"] == {
+        "messages[3].attachments[0].content_base64": "is not valid base64"
+    }
+    queued = {m.pk: m for m in OutgoingMessage.objects.all()}
+    assert set(queued) == {first["id"], from_raw["id"]}
+    assert queued[first["id"]].message_id == first["message_id"]
+    assert queued[from_raw["id"]].to == ["b@example.org"]
+    assert {m.source for m in queued.values()} == {"api"}
+
+
+def test_batch_idempotency_keys_work_per_message_within_and_across_batches(api, server):
+    body = {"from": "app@example.com", "to": ["a@example.org"], "text": "once"}
+    first = post_batch(
+        api,
+        [
+            {**body, "idempotency_key": "k-1"},
+            {**body, "idempotency_key": "k-1"},  # the same request twice in one batch
+            {**body, "text": "other", "idempotency_key": "k-1"},
+            {**body, "idempotency_key": " "},
+        ],
+    ).json()
+    statuses = [r["status"] for r in first["results"]]
+    assert statuses == [201, 200, 422, 400]
+    assert first["results"][1]["id"] == first["results"][0]["id"]
+    assert "messages[2].idempotency_key" in first["results"][2]["errors"]
+    assert first["results"][3]["errors"] == {
+        "messages[3].idempotency_key": "must be 1 to 255 printable characters"
+    }
+    # A retried batch queues nothing new; the header's keys and the batch's share one namespace.
+    again = post_batch(api, [{**body, "idempotency_key": "k-1"}]).json()
+    assert again["results"][0] == {**first["results"][0], "status": 200}
+    single = post(api, body, HTTP_IDEMPOTENCY_KEY="k-1")
+    assert single.status_code == 200 and single.json()["id"] == first["results"][0]["id"]
+    assert OutgoingMessage.objects.count() == 1
+
+
+def test_a_batch_holds_1_to_500_messages(api, server):
+    body = {"from": "app@example.com", "to": ["a@example.org"], "text": "x"}
+    for messages in ([], [body] * 501):
+        response = post_batch(api, messages)
+        assert response.status_code == 400
+        assert "must hold 1 to 500 messages" in response.json()["errors"]["messages"]
+    response = post_batch(api, [body] * 500)
+    assert response.status_code == 200 and response.json()["queued"] == 500
+    assert OutgoingMessage.objects.count() == 500
+
+
+REFUSE_THIRD_INSERT = {
+    "sqlite": [
+        "CREATE TRIGGER refuse_third BEFORE INSERT ON outbox_outgoingmessage "
+        "WHEN (SELECT COUNT(*) FROM outbox_outgoingmessage) >= 2 "
+        "BEGIN SELECT RAISE(ABORT, 'no room for a third message'); END"
+    ],
+    "postgresql": [
+        "CREATE FUNCTION refuse_third() RETURNS trigger AS $$ BEGIN "
+        "IF (SELECT COUNT(*) FROM outbox_outgoingmessage) >= 2 THEN "
+        "RAISE EXCEPTION 'no room for a third message'; END IF; RETURN NEW; END $$ "
+        "LANGUAGE plpgsql",
+        "CREATE TRIGGER refuse_third BEFORE INSERT ON outbox_outgoingmessage "
+        "FOR EACH ROW EXECUTE FUNCTION refuse_third()",
+    ],
+}
+DROP_REFUSE_THIRD = {
+    "sqlite": ["DROP TRIGGER refuse_third"],
+    "postgresql": [
+        "DROP TRIGGER refuse_third ON outbox_outgoingmessage",
+        "DROP FUNCTION refuse_third()",
+    ],
+}
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_is_committed_together(api, server):
+    """A failure the API does not answer per message (here the database refusing the third
+    insert, through a trigger) leaves none of the batch queued."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        for sql in REFUSE_THIRD_INSERT[connection.vendor]:
+            cursor.execute(sql)
+    try:
+        body = {"from": "app@example.com", "to": ["a@example.org"], "text": "x"}
+        api.raise_request_exception = False
+        response = post_batch(api, [body] * 4)
+        assert response.status_code == 500
+        assert OutgoingMessage.objects.count() == 0
+        assert post_batch(api, [body] * 2).json()["queued"] == 2  # the trigger allows two
+    finally:
+        with connection.cursor() as cursor:
+            for sql in DROP_REFUSE_THIRD[connection.vendor]:
+                cursor.execute(sql)

@@ -125,7 +125,7 @@ def _unix_socket_open(path: Path) -> bool:
     return True
 
 
-def _wait(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
+def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 0.02) -> bool:
     """Poll `condition` until it holds or `timeout` seconds pass; the result of the last check."""
     deadline = time.monotonic() + timeout
     while not condition():
@@ -152,10 +152,10 @@ def _stop_group(pgid: int, timeout: float) -> None:
     """SIGTERM a process group, then SIGKILL whatever is left after `timeout` seconds."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
-    if not _wait(lambda: not _group_members(pgid), timeout):
+    if not wait_until(lambda: not _group_members(pgid), timeout):
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-        _wait(lambda: not _group_members(pgid), timeout)
+        wait_until(lambda: not _group_members(pgid), timeout)
 
 
 def _tail(path: Path, lines: int = 8) -> str:
@@ -366,7 +366,7 @@ class PostfixDovecotPeer:
                 start_new_session=True,
             )
         process = self._dovecot
-        ready = _wait(
+        ready = wait_until(
             lambda: process.poll() is not None or _unix_socket_open(self._auth_socket), timeout
         )
         if process.poll() is not None:
@@ -404,12 +404,12 @@ class PostfixDovecotPeer:
                 f"postfix start failed: {(started.stderr + again.stdout).strip()}\n"
                 f"{_tail(self.postfix_log)}"
             )
-        if not _wait(lambda: self._read_master_pid() is not None, timeout):
+        if not wait_until(lambda: self._read_master_pid() is not None, timeout):
             raise PeerError(f"Postfix wrote no {self._master_pid_file} within {timeout:.0f} s")
         # The master calls setsid(): its process group holds every Postfix daemon it starts.
         self._postfix_pgid = self._read_master_pid()
         ports = (self.submission_port, self.submissions_port)
-        if not _wait(lambda: all(_port_open(p) for p in ports), timeout):
+        if not wait_until(lambda: all(_port_open(p) for p in ports), timeout):
             raise PeerError(
                 f"Postfix did not listen on {HOST}:{ports} within {timeout:.0f} s:\n"
                 f"{_tail(self.postfix_log)}"
@@ -437,7 +437,7 @@ class PostfixDovecotPeer:
                 timeout=timeout,
                 check=False,
             )
-        if not _wait(lambda: not _group_members(pgid), timeout):
+        if not wait_until(lambda: not _group_members(pgid), timeout):
             _stop_group(pgid, timeout)
 
     def stop(self, *, timeout: float = 15.0) -> None:
@@ -502,7 +502,7 @@ class PostfixDovecotPeer:
         self, recipient: str, count: int, *, timeout: float = 10.0
     ) -> list[EmailMessage]:
         """The messages for `recipient` once there are at least `count` (bounded by `timeout`)."""
-        if not _wait(lambda: len(self.messages(recipient)) >= count, timeout, interval=0.05):
+        if not wait_until(lambda: len(self.messages(recipient)) >= count, timeout, interval=0.05):
             found = len(self.messages(recipient))
             raise AssertionError(
                 f"{found} of {count} messages for {recipient} reached {self.maildir} within "

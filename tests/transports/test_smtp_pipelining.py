@@ -309,6 +309,51 @@ def test_chunking_turned_off_uses_data() -> None:
         assert sink.bdat_commands == 0 and sink.received[0].data == CONTENT
 
 
+class QuickAckSpy:
+    """A connection's socket that notes, at each TCP_QUICKACK setting, how many writes had gone out."""
+
+    def __init__(self, sock: socket.socket, writes: list[bytes]) -> None:
+        self._sock = sock
+        self._writes = writes
+        self.after_writes: list[int] = []
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        if (level, option, value) == (socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1):
+            self.after_writes.append(len(self._writes))
+        self._sock.setsockopt(level, option, value)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._sock, name)
+
+
+@pytest.mark.parametrize("chunking", ["yes", ""], ids=["bdat", "data"])
+def test_replies_are_acknowledged_at_once_once_the_groups_last_write_is_out(chunking: str) -> None:
+    """A server may answer a group in several writes and hold the later ones until the earlier
+    are acknowledged (Nagle's algorithm); the client acknowledges at once rather than 40 ms later."""
+    with SMTPSink(pipelining=True, chunking=chunking) as sink:
+        with SMTPTransport(plain_server(sink.port)) as transport:
+            assert transport.send_message(envelope()).ok  # BDAT is confirmed (or DATA used)
+            writes = spy_writes(transport)
+            assert transport.connection is not None
+            spy = QuickAckSpy(transport.connection.sock, writes)
+            transport.connection.sock = spy  # type: ignore[assignment]
+            assert transport.send_message(envelope()).ok
+        # BDAT: envelope + chunk, then LAST, then the replies. DATA: the commands, their replies;
+        # the content, ".", its reply.
+        assert spy.after_writes == ([2] if chunking else [1, 3])
+        assert len(sink.received) == 2
+
+
+def test_without_tcp_quickack_chunking_is_not_used(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the system cannot acknowledge at once (no TCP_QUICKACK), BDAT's split replies could
+    each wait for a delayed acknowledgement: DATA is used."""
+    monkeypatch.setattr("mailgate.transports.smtp.TCP_QUICKACK", None)
+    with SMTPSink(pipelining=True, chunking="yes") as sink:
+        with SMTPTransport(plain_server(sink.port)) as transport:
+            assert transport.send_message(envelope()).ok
+        assert sink.bdat_commands == 0 and sink.received[0].data == CONTENT
+
+
 def test_a_failure_before_bdat_last_drops_the_connection_and_sends_nothing() -> None:
     with SMTPSink(pipelining=True, chunking="yes") as sink:
         with SMTPTransport(plain_server(sink.port)) as transport:
