@@ -131,20 +131,14 @@ def demo_tokens(
 ) -> Any:
     """Sign in as the demo user on the sandbox's pages and redeem the code, as the callback does;
     the TokenSet. The token request trusts the sandbox through SSL_CERT_FILE, as mailgate does."""
-    from mailgate.providers.http import CodeRedemption
+    from mailgate.providers.http import AuthorizationRequest, CodeRedemption
     from mailgate.providers.microsoft import client
 
     verifier = "v" * 64
-    url = client.authorize_url(
-        login_url,
-        "organizations",
-        client_id=demo["client_id"],
-        redirect_uri=redirect_uri,
-        scope=scope,
-        state=state,
-        code_verifier=verifier,
-        login_hint=demo["user"],
+    request = AuthorizationRequest(
+        demo["client_id"], redirect_uri, scope, state, verifier, demo["user"]
     )
+    url = client.authorize_url(login_url, "organizations", request)
     with httpx.Client(verify=ca_context(ca_file), timeout=10) as browser:
         response = complete_sign_in(browser, url, demo["user"], demo["password"])
     redemption = CodeRedemption(

@@ -196,6 +196,33 @@ def get_json(url: str) -> dict[str, Any]:
 
 
 @dataclass(frozen=True)
+class AuthorizationRequest:
+    """The parameters of an authorization code request with PKCE (RFC 6749 4.1.1, RFC 7636 4.3)."""
+
+    client_id: str
+    redirect_uri: str
+    scope: str
+    state: str = field(repr=False)
+    code_verifier: str = field(repr=False)
+    login_hint: str = ""
+
+
+def authorization_url(endpoint: str, request: AuthorizationRequest, **params: str) -> str:
+    """`endpoint` with the request's parameters, the S256 code challenge and provider `params`."""
+    client = oauth_client(
+        client_id=request.client_id, client_secret="", redirect_uri=request.redirect_uri
+    )
+    extra = {"scope": request.scope, **params}
+    if request.login_hint:
+        extra["login_hint"] = request.login_hint
+    url, _ = client.create_authorization_url(
+        endpoint, state=request.state, code_verifier=request.code_verifier, **extra
+    )
+    client.close()
+    return str(url)
+
+
+@dataclass(frozen=True)
 class CodeRedemption:
     """An authorization code to redeem, with the PKCE verifier and the app's credentials."""
 

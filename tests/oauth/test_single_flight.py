@@ -63,22 +63,16 @@ def race_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 def refresh_token_from_sign_in(sandbox: Sandbox) -> str:
     """A real refresh token of the demo user, through the sandbox's pages."""
-    from mailgate.providers.http import CodeRedemption
+    from mailgate.providers.http import AuthorizationRequest, CodeRedemption
     from mailgate.providers.microsoft import client
 
     demo = sandbox.demo
     scope = "offline_access openid https://outlook.office.com/SMTP.Send"
     verifier = "v" * 64
-    url = client.authorize_url(
-        sandbox.login_url,
-        "contoso.example",
-        client_id=demo["client_id"],
-        redirect_uri=REDIRECT,
-        scope=scope,
-        state="race",
-        code_verifier=verifier,
-        login_hint=demo["user"],
+    request = AuthorizationRequest(
+        demo["client_id"], REDIRECT, scope, "race", verifier, demo["user"]
     )
+    url = client.authorize_url(sandbox.login_url, "contoso.example", request)
     browser = Browser(sandbox.ca_file)
     try:
         location = browser.sign_in(url, demo["user"], demo["password"])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from mailgate.providers.base import TokenSet
 from mailgate.providers.http import (
+    AuthorizationRequest,
     CodeRedemption,
     TokenEndpointError,
     TransientHTTPError,
+    authorization_url,
     call_token_endpoint,
     oauth_client,
     post_form,
@@ -14,27 +16,10 @@ from mailgate.providers.http import (
 )
 
 
-def authorize_url(
-    auth_url: str,
-    *,
-    client_id: str,
-    redirect_uri: str,
-    scope: str,
-    state: str,
-    code_verifier: str,
-    login_hint: str,
-) -> str:
+def authorize_url(auth_url: str, request: AuthorizationRequest) -> str:
     """The authorization request URL: offline access, consent forced so a refresh token is issued."""
     # Reference: https://developers.google.com/identity/protocols/oauth2/web-server#creatingclient
-    client = oauth_client(client_id=client_id, client_secret="", redirect_uri=redirect_uri)
-    params = {"scope": scope, "access_type": "offline", "prompt": "consent"}
-    if login_hint:
-        params["login_hint"] = login_hint
-    url, _ = client.create_authorization_url(
-        auth_url, state=state, code_verifier=code_verifier, **params
-    )
-    client.close()
-    return str(url)
+    return authorization_url(auth_url, request, access_type="offline", prompt="consent")
 
 
 def redeem_code(token_url: str, redemption: CodeRedemption) -> TokenSet:

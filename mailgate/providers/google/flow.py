@@ -9,7 +9,7 @@ from django.conf import settings
 from mailgate.providers.base import Diagnosis, TokenSet, revealed
 from mailgate.providers.errors import TokenError
 from mailgate.providers.google import client, errors
-from mailgate.providers.http import CodeRedemption
+from mailgate.providers.http import AuthorizationRequest, CodeRedemption
 from mailgate.providers.oidc import account_claims, signed_in_account
 
 if TYPE_CHECKING:
@@ -39,15 +39,10 @@ class GoogleFlow:
     def authorization_url(
         self, server: MailServer, *, state: str, code_verifier: str, redirect_uri: str
     ) -> str:
-        return client.authorize_url(
-            str(settings.MAILGATE_GOOGLE_AUTH_URL),
-            client_id=server.client_id,
-            redirect_uri=redirect_uri,
-            scope=" ".join(SCOPES),
-            state=state,
-            code_verifier=code_verifier,
-            login_hint=server.username,
+        request = AuthorizationRequest(
+            server.client_id, redirect_uri, " ".join(SCOPES), state, code_verifier, server.username
         )
+        return client.authorize_url(str(settings.MAILGATE_GOOGLE_AUTH_URL), request)
 
     def exchange_code(
         self, server: MailServer, *, code: str, code_verifier: str, redirect_uri: str

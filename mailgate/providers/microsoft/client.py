@@ -3,34 +3,21 @@
 from __future__ import annotations
 
 from mailgate.providers.base import TokenSet
-from mailgate.providers.http import CodeRedemption, call_token_endpoint, oauth_client, redeem
+from mailgate.providers.http import (
+    AuthorizationRequest,
+    CodeRedemption,
+    authorization_url,
+    call_token_endpoint,
+    oauth_client,
+    redeem,
+)
 
 
-def authorize_url(
-    login_url: str,
-    tenant: str,
-    *,
-    client_id: str,
-    redirect_uri: str,
-    scope: str,
-    state: str,
-    code_verifier: str,
-    login_hint: str,
-) -> str:
+def authorize_url(login_url: str, tenant: str, request: AuthorizationRequest) -> str:
     """The authorization code request URL, with PKCE S256 and the code returned in the query."""
     # Reference: https://learn.microsoft.com/entra/identity-platform/v2-oauth2-auth-code-flow#request-an-authorization-code
-    client = oauth_client(client_id=client_id, client_secret="", redirect_uri=redirect_uri)
-    params: dict[str, str] = {"scope": scope, "response_mode": "query"}
-    if login_hint:
-        params["login_hint"] = login_hint
-    url, _ = client.create_authorization_url(
-        f"{login_url}/{tenant}/oauth2/v2.0/authorize",
-        state=state,
-        code_verifier=code_verifier,
-        **params,
-    )
-    client.close()
-    return str(url)
+    endpoint = f"{login_url}/{tenant}/oauth2/v2.0/authorize"
+    return authorization_url(endpoint, request, response_mode="query")
 
 
 def redeem_code(login_url: str, tenant: str, redemption: CodeRedemption, *, scope: str) -> TokenSet:

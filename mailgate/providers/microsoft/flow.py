@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from mailgate.providers.base import Diagnosis, TokenSet, revealed
 from mailgate.providers.errors import TokenError
-from mailgate.providers.http import CodeRedemption
+from mailgate.providers.http import AuthorizationRequest, CodeRedemption
 from mailgate.providers.microsoft import client, errors
 from mailgate.providers.microsoft.tenant import cloud, is_valid_tenant, login_url, resolve_tenant
 from mailgate.providers.oidc import account_claims, signed_in_account
@@ -58,16 +58,11 @@ class MicrosoftFlow:
     def authorization_url(
         self, server: MailServer, *, state: str, code_verifier: str, redirect_uri: str
     ) -> str:
-        return client.authorize_url(
-            login_url(server.cloud),
-            self.tenant(server),
-            client_id=server.client_id,
-            redirect_uri=redirect_uri,
-            scope=" ".join(self.scopes(server)),
-            state=state,
-            code_verifier=code_verifier,
-            login_hint=server.username,
+        scope = " ".join(self.scopes(server))
+        request = AuthorizationRequest(
+            server.client_id, redirect_uri, scope, state, code_verifier, server.username
         )
+        return client.authorize_url(login_url(server.cloud), self.tenant(server), request)
 
     def exchange_code(
         self, server: MailServer, *, code: str, code_verifier: str, redirect_uri: str
