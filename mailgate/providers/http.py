@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
-import httpx
+import httpx2 as httpx  # Authlib 1.9 builds its OAuth client on httpx2
 from authlib.integrations.httpx_client import OAuth2Client
 from django.conf import settings
 
