@@ -303,3 +303,49 @@ def load(env: dict[str, str] | None = None) -> Config:
         google_revoke_url=google_revoke,
         debug=_bool("MAILGATE_DEBUG", env.get("MAILGATE_DEBUG", "")),
     )
+
+
+LOG_FORMATS = ("plain", "json")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+@dataclass(frozen=True)
+class Operations:
+    """How the processes run: logging and the web server's capacity."""
+
+    log_format: str = "plain"
+    log_level: str = "INFO"
+    web_threads: int = 8
+    web_connection_limit: int = 100
+
+
+def _int(env: dict[str, str], variable: str, default: int, low: int, high: int) -> int:
+    value = env.get(variable, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = low - 1
+    if not low <= number <= high:
+        raise SettingsError(variable, f"{value!r} is out of range", f"a whole number {low}-{high}")
+    return number
+
+
+def load_operations(env: dict[str, str] | None = None) -> Operations:
+    """MAILGATE_LOG_FORMAT, MAILGATE_LOG_LEVEL, MAILGATE_WEB_THREADS, MAILGATE_WEB_CONNECTION_LIMIT."""
+    env = dict(os.environ if env is None else env)
+    log_format = env.get("MAILGATE_LOG_FORMAT", "").strip().lower() or "plain"
+    if log_format not in LOG_FORMATS:
+        raise SettingsError("MAILGATE_LOG_FORMAT", f"{log_format!r} is not known", "plain or json")
+    log_level = env.get("MAILGATE_LOG_LEVEL", "").strip().upper() or "INFO"
+    if log_level not in LOG_LEVELS:
+        raise SettingsError(
+            "MAILGATE_LOG_LEVEL", f"{log_level!r} is not a level", " / ".join(LOG_LEVELS)
+        )
+    return Operations(
+        log_format=log_format,
+        log_level=log_level,
+        web_threads=_int(env, "MAILGATE_WEB_THREADS", 8, 1, 256),
+        web_connection_limit=_int(env, "MAILGATE_WEB_CONNECTION_LIMIT", 100, 1, 10_000),
+    )

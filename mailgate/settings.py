@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mailgate import conf
+from mailgate import conf, logs
 
 CONFIG = conf.load()
 
@@ -115,13 +115,5 @@ CACHES = {
     }
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "loggers": {
-        "mailgate": {"handlers": ["console"], "level": "INFO", "propagate": False},
-        "django": {"handlers": ["console"], "level": "WARNING"},
-    },
-}
+OPERATIONS = conf.load_operations()
+LOGGING = logs.logging_config(OPERATIONS.log_format, OPERATIONS.log_level)

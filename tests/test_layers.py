@@ -23,7 +23,10 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mailgate"
 # Lowest first. A package may import from its own layer's packages only in the shell; everything
 # else imports strictly from lower layers. A new package must be placed here.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("base: settings parsing, secrets, the worker loop", {"conf", "crypto", "worker"}),
+    (
+        "base: settings parsing, secrets, logging, the worker loop",
+        {"conf", "crypto", "logs", "worker"},
+    ),
     ("people and process state", {"accounts", "core"}),
     ("providers: endpoints, scopes, error catalogues", {"providers"}),
     ("mail server settings", {"servers"}),

@@ -8,6 +8,7 @@ import signal
 import threading
 from types import FrameType
 
+from django.conf import settings
 from django.core.management import call_command
 from waitress.server import create_server
 
@@ -23,7 +24,15 @@ def migrate() -> None:
 
 def serve(host: str, port: int, *, with_worker: bool) -> None:
     """Serve until SIGTERM/SIGINT; with_worker runs the worker loop in a thread of this process."""
-    server = create_server(application, host=host, port=port, threads=8, ident="mailgate")
+    operations = settings.OPERATIONS
+    server = create_server(
+        application,
+        host=host,
+        port=port,
+        threads=operations.web_threads,
+        connection_limit=operations.web_connection_limit,
+        ident="mailgate",
+    )
     worker = None
     thread = None
     if with_worker:

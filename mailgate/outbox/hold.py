@@ -26,7 +26,13 @@ def hold_server(server: MailServer, reason: str) -> int:
         )
     server.hold_reason, server.held_at = reason, now
     forget_servers()
-    log.warning("server %s held: %s (%d messages held)", server.name, reason, count)
+    log.warning(
+        "server %s held: %s (%d messages held)",
+        server.name,
+        reason,
+        count,
+        extra={"server": server.name},
+    )
     return count
 
 
@@ -50,7 +56,12 @@ def release_server(server: MailServer) -> int:
     if count:
         announce()
     if count:
-        log.info("server %s released: %d held messages queued again", server.name, count)
+        log.info(
+            "server %s released: %d held messages queued again",
+            server.name,
+            count,
+            extra={"server": server.name},
+        )
     return count
 
 
