@@ -8,6 +8,7 @@ for pkg in chromium dovecot-imapd dovecot-pop3d postfix; do
   have "$pkg" || need+=("$pkg")
 done
 command -v pg_dump >/dev/null 2>&1 || need+=(postgresql-client)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)  # checks deploy/*.service
 if ! have postgresql && ! pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; then
   need+=(postgresql)
 fi
