@@ -28,6 +28,8 @@ from mailgate.outbox.models import (
 from mailgate.servers.models import MailServer
 
 MINUTE = timedelta(minutes=1)
+# What is left of a limit set to 0 (none): more than any batch or day can use.
+UNLIMITED = 1 << 62
 DAY = timedelta(days=1)
 
 
@@ -99,6 +101,8 @@ class Claimer:
             )
             per_minute_left = (
                 server.limit_per_minute - attempts_in_minute.count() - in_flight.count()
+                if server.limit_per_minute
+                else UNLIMITED
             )
             sent_today = (
                 DeliveryAttempt.objects.filter(
@@ -107,15 +111,23 @@ class Claimer:
                 or 0
             )
             in_flight_recipients = in_flight.aggregate(n=Sum("recipients_count"))["n"] or 0
-            day_left = server.limit_recipients_per_day - sent_today - in_flight_recipients
+            day_left = (
+                server.limit_recipients_per_day - sent_today - in_flight_recipients
+                if server.limit_recipients_per_day
+                else UNLIMITED
+            )
             if per_minute_left <= 0 or day_left <= 0:
                 oldest = attempts_in_minute.order_by("started_at").first()
                 wait_until = oldest.started_at + MINUTE if oldest and per_minute_left <= 0 else None
                 state.next_allowed_at = wait_until or now + MINUTE
                 state.throttle_reason = (
-                    f"limit of {server.limit_per_minute} messages per minute reached"
+                    f"The server's limit of {server.limit_per_minute} messages per minute is "
+                    "reached. Fix: raise Messages per Minute on the server's page if the mail "
+                    "server allows more (0 = no limit)."
                     if per_minute_left <= 0
-                    else f"limit of {server.limit_recipients_per_day} recipients per day reached"
+                    else f"The server's limit of {server.limit_recipients_per_day} recipients per "
+                    "day is reached. Fix: raise Recipients per Day on the server's page if the mail "
+                    "server allows more (0 = no limit)."
                 )
                 state.save(update_fields=["next_allowed_at", "throttle_reason"])
                 return None

@@ -117,7 +117,7 @@ def enqueue(
             f"server {chosen.name!r}: make it smaller or send large files as links",
         )
     recipients = composed.recipients
-    if len(recipients) > chosen.limit_recipients_per_day:
+    if chosen.limit_recipients_per_day and len(recipients) > chosen.limit_recipients_per_day:
         raise InvalidMessage.one(
             "to",
             f"{len(recipients)} recipients exceed server {chosen.name!r}'s limit of "

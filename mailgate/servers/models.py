@@ -46,10 +46,12 @@ CLOUD_CHOICES = [
     ("china", "China (21Vianet)"),
 ]
 
-# Generic limits for password / certificate servers (editable per server).
+# Password / certificate servers (a company's own relay, a hosting provider): no rate limit unless the
+# administrator sets one (0 = none); provider servers get their documented limits instead.
 GENERIC_LIMITS = Limits(
-    per_minute=60, recipients_per_day=10_000, connections=3, max_message_bytes=25 * 1024 * 1024
+    per_minute=0, recipients_per_day=0, connections=3, max_message_bytes=25 * 1024 * 1024
 )
+NO_LIMIT_HELP = "0 = no limit."
 
 
 class ServerStatus(models.TextChoices):
@@ -108,8 +110,12 @@ class MailServer(models.Model):
     )
     move_to_folder = models.CharField("Move To Folder", max_length=255, blank=True)
 
-    limit_per_minute = models.PositiveIntegerField("Messages per Minute", default=60)
-    limit_recipients_per_day = models.PositiveIntegerField("Recipients per Day", default=10_000)
+    limit_per_minute = models.PositiveIntegerField(
+        "Messages per Minute", default=0, help_text=NO_LIMIT_HELP
+    )
+    limit_recipients_per_day = models.PositiveIntegerField(
+        "Recipients per Day", default=0, help_text=NO_LIMIT_HELP
+    )
     limit_connections = models.PositiveIntegerField("Concurrent Connections", default=3)
     max_message_bytes = models.PositiveIntegerField(
         "Maximum Message Size (bytes)", default=25 * 1024 * 1024

@@ -230,8 +230,11 @@ def validate_server(
 
     for name in LIMIT_FIELDS:
         number = v.get(name)
-        if not isinstance(number, int) or number < 1:
-            verdict.error(name, "Enter a whole number of at least 1.")
+        if name == "limit_connections":
+            if not isinstance(number, int) or number < 1:
+                verdict.error(name, "Enter a whole number of at least 1.")
+        elif not isinstance(number, int) or number < 0:
+            verdict.error(name, "Enter a whole number: 0 for no limit, or the most allowed.")
 
     host = v.get("smtp_host") or ""
     if v.get("smtp_security") == "none" and host and not is_loopback_host(host):

@@ -199,8 +199,11 @@ def test_moving_needs_a_folder_and_imap(db: None) -> None:
     )
 
 
-def test_limits_must_be_positive(db: None) -> None:
-    assert "limit_per_minute" in errors_of(outlook_data(limit_per_minute="0"))
+def test_limits_are_whole_numbers_and_zero_means_none_except_for_connections(db: None) -> None:
+    assert "limit_per_minute" in errors_of(outlook_data(limit_per_minute="-1"))
+    assert "limit_recipients_per_day" in errors_of(outlook_data(limit_recipients_per_day="x"))
+    assert "limit_connections" in errors_of(outlook_data(limit_connections="0"))
+    assert errors_of(password_data(limit_per_minute="0", limit_recipients_per_day="0")) == {}
 
 
 def test_plain_smtp_to_a_remote_host_warns(db: None) -> None:
