@@ -31,6 +31,7 @@ INSTALLED_APPS = [
     "mailgate.servers",
     "mailgate.oauth",
     "mailgate.outbox",
+    "mailgate.inbox",
     "mailgate.api",
     "mailgate.diagnostics",
 ]

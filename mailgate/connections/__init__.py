@@ -43,7 +43,7 @@ def incoming_endpoint(server: MailServer) -> Endpoint:
         server.incoming_host,
         server.incoming_port or 0,
         server.incoming_security,
-        "Incoming Encryption",
+        "Incoming Security",
     )
 
 
@@ -112,7 +112,7 @@ def imap_transport(server: MailServer, *, timeout: float = 30.0) -> IMAPTranspor
         incoming_endpoint(server),
         credential_for(server, incoming=True),
         timeout=timeout,
-        folder=server.incoming_folder or "INBOX",
+        folder=server.folder_list()[0],
     )
 
 

@@ -221,8 +221,11 @@ def _imap_steps(run: _Runner, server: MailServer) -> None:
         )
         method = "XOAUTH2" if server.is_oauth else "password"
         run.step(f"IMAP authenticate ({method})", lambda: str(transport.authenticate()) or "ok")
-        folder = server.incoming_folder or "INBOX"
-        run.step(f"IMAP select folder {folder}", lambda: str(transport.select_folder(folder)))
+        for folder in server.folder_list():
+            run.step(
+                f"IMAP select folder {folder}",
+                lambda folder=folder: str(transport.select_folder(folder)),  # type: ignore[misc]
+            )
     finally:
         transport.close()
 

@@ -136,8 +136,11 @@ class DovecotServer:
         key_file: Path,
         introspection_url_base: str,
         hostname: str = "sandbox.outlook.localhost",
+        password_users: dict[str, str] | None = None,
     ) -> None:
         self.state_dir = Path(state_dir).resolve()
+        # Mailboxes that log in with a password (PLAIN / LOGIN, over TLS only), beside OAuth.
+        self.password_users = {k.lower(): v for k, v in (password_users or {}).items()}
         # Dovecot wants addresses, and resolves names through its own DNS service
         # (docs/test-peers.md note 17): "localhost" becomes 127.0.0.1.
         self.host = "127.0.0.1" if host == "localhost" else host
@@ -282,7 +285,8 @@ class DovecotServer:
             f"ssl_key = <{self.key_file}",
             "ssl_min_protocol = TLSv1.2",
             "disable_plaintext_auth = yes",
-            "auth_mechanisms = xoauth2 oauthbearer",
+            "auth_mechanisms = xoauth2 oauthbearer"
+            + (" plain login" if self.password_users else ""),
             # Failed logins must not slow the next ones (docs/test-peers.md note 1), and no cache
             # may keep a revoked token working (note 3).
             "auth_failure_delay = 0",
@@ -293,6 +297,17 @@ class DovecotServer:
             # Entra ID access tokens are long (often 1.5-3 KB, docs/test-peers.md note 9).
             "imap_max_line_length = 65536",
             f"mail_location = maildir:{self.mail_root}/%Lu/Maildir",
+            *(
+                [
+                    "passdb {",
+                    "  driver = passwd-file",
+                    "  mechanisms = plain login",
+                    f"  args = scheme=PLAIN username_format=%Lu {self.dir}/passwd",
+                    "}",
+                ]
+                if self.password_users
+                else []
+            ),
             "userdb {",
             "  driver = static",
             f"  args = uid={self.mail_uid} gid={self.mail_gid} home={self.mail_root}/%Lu allow_all_users=yes",
@@ -352,6 +367,15 @@ class DovecotServer:
             os.chown(self.mail_root, self.mail_uid, self.mail_gid)
         for service in SERVICES:
             (self.dir / f"oauth2-{service}.conf.ext").write_text(self._passdb_args(service))
+        if self.password_users:
+            for user, password in self.password_users.items():
+                if not _ADDRESS.match(user) or any(c in password for c in ":\n\r"):
+                    raise DovecotError(
+                        f"password_users: {user!r} cannot be written to a passwd file"
+                    )
+            passwd = "".join(f"{u}:{{PLAIN}}{p}\n" for u, p in self.password_users.items())
+            (self.dir / "passwd").write_text(passwd)
+            os.chmod(self.dir / "passwd", 0o644)
         self.config_path.write_text(self._config(imap_port, pop3_port))
         return self.config_path
 

@@ -38,7 +38,9 @@ class ServerOut(Schema):
     incoming_host: str
     incoming_port: int | None
     incoming_security: str
-    incoming_folder: str
+    incoming_folders: list[str]
+    poll_interval: int
+    fetch_existing: bool
     after_fetch: str
     move_to_folder: str
     limit_per_minute: int
@@ -79,7 +81,9 @@ def server_out(server: MailServer) -> ServerOut:
         incoming_host=server.incoming_host,
         incoming_port=server.incoming_port,
         incoming_security=server.incoming_security,
-        incoming_folder=server.incoming_folder,
+        incoming_folders=server.folder_list() if server.incoming_protocol == "imap" else [],
+        poll_interval=server.poll_interval,
+        fetch_existing=server.fetch_existing,
         after_fetch=server.after_fetch,
         move_to_folder=server.move_to_folder,
         limit_per_minute=server.limit_per_minute,

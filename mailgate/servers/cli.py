@@ -20,6 +20,7 @@ from mailgate.servers.models import (
     AUTH_METHODS,
     CLOUD_CHOICES,
     INCOMING_CHOICES,
+    INCOMING_SECURITY_CHOICES,
     SECURITY_CHOICES,
     MailServer,
 )
@@ -110,9 +111,12 @@ ADD_FLAGS: dict[str, str] = {
     "--incoming-host": "incoming_host",
     "--incoming-port": "incoming_port",
     "--incoming-security": "incoming_security",
-    "--folder": "incoming_folder",
+    "--folder": "incoming_folders",
+    "--poll-interval": "poll_interval",
+    "--fetch-existing": "fetch_existing",
     "--after-fetch": "after_fetch",
     "--move-to-folder": "move_to_folder",
+    "--webhook-url": "webhook_url",
     "--limit-per-minute": "limit_per_minute",
     "--limit-recipients-per-day": "limit_recipients_per_day",
     "--limit-connections": "limit_connections",
@@ -122,6 +126,7 @@ SECRET_SOURCES = {
     "password": ("--password-stdin", "--password-file"),
     "client_secret": ("--client-secret-stdin", "--client-secret-file"),
     "private_key": ("--private-key-stdin", "--private-key-file"),
+    "webhook_secret": ("--webhook-secret-stdin", "--webhook-secret-file"),
 }
 FIELD_FLAGS = {field: flag for flag, field in ADD_FLAGS.items()} | {
     "active": "--inactive",
@@ -182,10 +187,22 @@ class AddServer(Subcommand):
         a("--incoming", default="none", choices=_keys(INCOMING_CHOICES), help="Incoming Mail")
         a("--incoming-host", default="")
         a("--incoming-port", type=int, default=None)
-        a("--incoming-security", default="ssl", choices=_keys(SECURITY_CHOICES))
-        a("--folder", default="INBOX", help="IMAP folder to fetch from")
-        a("--after-fetch", default="mark_read", choices=_keys(AFTER_FETCH_CHOICES))
+        a("--incoming-security", default="ssl", choices=_keys(INCOMING_SECURITY_CHOICES))
+        a(
+            "--folder",
+            action="append",
+            default=None,
+            help="IMAP folder to fetch from (repeatable; default INBOX)",
+        )
+        a("--poll-interval", type=int, default=None, metavar="SECONDS", help="default 60")
+        a(
+            "--fetch-existing",
+            action="store_true",
+            help="also fetch the mail already in the folders (default: only new mail)",
+        )
+        a("--after-fetch", default="keep", choices=_keys(AFTER_FETCH_CHOICES))
         a("--move-to-folder", default="")
+        a("--webhook-url", default="", help="POST each new message's JSON here")
         a("--certificate-file", default="", metavar="FILE", help="client certificate (PEM)")
         for name, (stdin_flag, file_flag) in SECRET_SOURCES.items():
             group = parser.add_mutually_exclusive_group()
@@ -208,7 +225,7 @@ class AddServer(Subcommand):
         ):
             a(flag, type=int, default=None, help="default: the provider's documented limit")
         # Catch secrets typed on the command line (shell history, `ps`) without echoing them.
-        for name in SECRET_FIELDS:
+        for name in SECRET_SOURCES:
             a(
                 "--" + name.replace("_", "-"),
                 dest=f"argv_{name}",
@@ -259,6 +276,7 @@ class AddServer(Subcommand):
             field: options[flag[2:].replace("-", "_")] for flag, field in ADD_FLAGS.items()
         }
         values["active"] = not options["inactive"]
+        values["incoming_folders"] = "\n".join(options["folder"] or ["INBOX"])
         if options["certificate_file"]:
             values["certificate"] = _read_file("--certificate-file", options["certificate_file"])
         form = build_form(values, None, secrets)

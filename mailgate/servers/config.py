@@ -9,10 +9,11 @@ from typing import Any
 from django.db import models, transaction
 
 from mailgate.servers.forms import FORM_FIELDS, MailServerForm
-from mailgate.servers.models import MailServer
+from mailgate.servers.models import MailServer, split_folders
 from mailgate.servers.validation import METHOD_FIELDS, SECRET_FIELDS, SECRET_LABELS
 
 EXPORT_FIELDS: list[str] = list(FORM_FIELDS)
+LIST_FIELDS = {"incoming_folders"}  # exported as a JSON list of strings
 FORMAT_VERSION = 1
 
 
@@ -22,6 +23,7 @@ def export_server(server: MailServer) -> dict[str, Any]:
     for name in EXPORT_FIELDS:
         value = getattr(server, name)
         out[name] = value.isoformat() if isinstance(value, dt.date) else value
+    out["incoming_folders"] = split_folders(server.incoming_folders)
     return out
 
 
@@ -50,6 +52,10 @@ KIND_WORDS = {
 
 
 def _type_problem(name: str, value: Any) -> str:
+    if name in LIST_FIELDS:
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return ""
+        return f"expected a list of strings, got {value!r}"
     kind = _kind(name)
     nullable = MailServer._meta.get_field(name).null
     if value is None:
@@ -64,7 +70,10 @@ def _type_problem(name: str, value: Any) -> str:
 
 
 def _form_data(values: dict[str, Any]) -> dict[str, Any]:
-    return {k: ("" if v is None else v) for k, v in values.items()}
+    return {
+        k: ("" if v is None else "\n".join(v) if isinstance(v, list) else v)
+        for k, v in values.items()
+    }
 
 
 def _defaults() -> dict[str, Any]:

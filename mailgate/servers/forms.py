@@ -38,9 +38,12 @@ FORM_FIELDS = [
     "incoming_host",
     "incoming_port",
     "incoming_security",
-    "incoming_folder",
+    "incoming_folders",
+    "poll_interval",
+    "fetch_existing",
     "after_fetch",
     "move_to_folder",
+    "webhook_url",
     *LIMIT_FIELDS,
 ]
 
@@ -54,6 +57,7 @@ STORED_NOTES = {
         "A client secret is stored. Leave empty to keep it, or type a new one to replace it."
     ),
     "private_key": "A private key is stored. Leave empty to keep it, or paste a new one to replace it.",
+    "webhook_secret": "A signing secret is stored. Leave empty to keep it, or type a new one.",
 }
 
 
@@ -73,6 +77,13 @@ class MailServerForm(forms.ModelForm):
         help_text="The secret's Value (not its Secret ID).",
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
     )
+    webhook_secret = forms.CharField(
+        label="Webhook Signing Secret",
+        required=False,
+        strip=True,
+        help_text="Signs each webhook POST (X-Mailgate-Signature: sha256=HMAC of the body).",
+        widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "off"}),
+    )
     private_key = forms.CharField(
         label="Private Key (PEM)",
         required=False,
@@ -89,6 +100,8 @@ class MailServerForm(forms.ModelForm):
             "certificate": forms.Textarea(attrs={"rows": 4, "spellcheck": "false"}),
             "from_filter": forms.TextInput(),
             "send_as": forms.TextInput(),
+            "incoming_folders": forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
+            "webhook_url": forms.URLInput(),
         }
         help_texts = {
             "tenant": TENANT_HELP,
@@ -99,7 +112,8 @@ class MailServerForm(forms.ModelForm):
             "send_as": "Further addresses the mailbox may send as (shared mailboxes, aliases).",
             "priority": "Lower numbers are tried first.",
             "client_secret_expires_on": "mailgate warns before the secret expires.",
-            "incoming_folder": "IMAP folder to fetch from.",
+            "incoming_folders": "IMAP folders to fetch from, one a line (INBOX by default).",
+            "webhook_url": "mailgate POSTs each new message's JSON here (empty: no webhook).",
         }
 
     def __init__(
@@ -112,9 +126,9 @@ class MailServerForm(forms.ModelForm):
         self.warnings: list[str] = []
         self.fields["certificate"].label = "Certificate (PEM)"
         # Empty means "the default of the chosen method", filled in by validation.
-        for name in ("smtp_port", "incoming_folder", *LIMIT_FIELDS):
+        for name in ("smtp_port", "incoming_folders", "poll_interval", *LIMIT_FIELDS):
             self.fields[name].required = False
-        for name in ("smtp_port", "incoming_port", "priority", *LIMIT_FIELDS):
+        for name in ("smtp_port", "incoming_port", "priority", "poll_interval", *LIMIT_FIELDS):
             # Range checks live in validation, with messages that name the fix.
             self.fields[name].validators = []
             self.fields[name].widget.attrs.pop("min", None)
@@ -174,6 +188,10 @@ class MailServerForm(forms.ModelForm):
                 setattr(server, name, None)
             elif value := self.cleaned_data.get(name):
                 setattr(server, name, value)
+        if value := self.cleaned_data.get("webhook_secret"):
+            server.webhook_secret = value
+        elif not server.webhook_url:
+            server.webhook_secret = None  # type: ignore[assignment]
         if commit:
             server.save()
         return server

@@ -35,11 +35,15 @@ SECURITY_CHOICES = [
     ("none", "None"),
 ]
 INCOMING_CHOICES = [("none", "None"), ("imap", "IMAP"), ("pop3", "POP3")]
+INCOMING_SECURITY_CHOICES = [("ssl", "SSL/TLS"), ("starttls", "TLS (STARTTLS)")]
+# After Fetch: what mailgate tells the server once a message is stored (POP3: keep or delete).
 AFTER_FETCH_CHOICES = [
-    ("mark_read", "Mark as read and keep"),
-    ("delete", "Delete from the server"),
-    ("move", "Move to another folder"),
+    ("keep", "Keep"),
+    ("mark_read", "Mark as read"),
+    ("move", "Move to folder"),
+    ("delete", "Delete"),
 ]
+DEFAULT_POLL_INTERVAL = 60
 CLOUD_CHOICES = [
     ("global", "Global (Microsoft 365 / Outlook.com)"),
     ("usgov", "US Government"),
@@ -102,13 +106,29 @@ class MailServer(models.Model):
         validators=[MinValueValidator(1), MaxValueValidator(65535)],
     )
     incoming_security = models.CharField(
-        "Incoming Encryption", max_length=10, choices=SECURITY_CHOICES, default="ssl"
+        "Incoming Security", max_length=10, choices=INCOMING_SECURITY_CHOICES, default="ssl"
     )
-    incoming_folder = models.CharField("Folder", max_length=255, default="INBOX", blank=True)
+    incoming_folders = models.TextField(
+        "Folders", default="INBOX", blank=True, help_text="IMAP folders to fetch from, one a line."
+    )
+    poll_interval = models.PositiveIntegerField(
+        "Poll Interval",
+        default=DEFAULT_POLL_INTERVAL,
+        validators=[MinValueValidator(1)],
+        help_text="Seconds between two fetches.",
+    )
+    fetch_existing = models.BooleanField(
+        "Fetch Existing Mail",
+        default=False,
+        help_text="Off: only mail that arrives after the server is set up. "
+        "On: everything already in the folders too.",
+    )
     after_fetch = models.CharField(
-        "After Fetching", max_length=10, choices=AFTER_FETCH_CHOICES, default="mark_read"
+        "After Fetch", max_length=10, choices=AFTER_FETCH_CHOICES, default="keep"
     )
     move_to_folder = models.CharField("Move To Folder", max_length=255, blank=True)
+    webhook_url = models.CharField("Webhook URL", max_length=2000, blank=True)
+    webhook_secret = EncryptedField("Webhook Signing Secret")
 
     limit_per_minute = models.PositiveIntegerField(
         "Messages per Minute", default=0, help_text=NO_LIMIT_HELP
@@ -158,6 +178,10 @@ class MailServer(models.Model):
     def has_incoming(self) -> bool:
         return self.incoming_protocol != "none"
 
+    def folder_list(self) -> list[str]:
+        """The IMAP folders to fetch, in the order given (INBOX when none)."""
+        return split_folders(self.incoming_folders) or ["INBOX"]
+
     @property
     def has_outgoing(self) -> bool:
         return bool(self.smtp_host)
@@ -182,6 +206,16 @@ def split_addresses(value: str) -> list[str]:
         for e in value.replace(";", ",").replace("\n", ",").split(",")
         if e.strip()
     ]
+
+
+def split_folders(value: str) -> list[str]:
+    """Folder names, one a line (or comma separated), without duplicates; names keep their case."""
+    seen: list[str] = []
+    for line in value.replace(",", "\n").splitlines():
+        name = line.strip()
+        if name and name not in seen:
+            seen.append(name)
+    return seen
 
 
 def mail_defaults(auth_method: str, cloud: str = "global") -> MailDefaults | None:

@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -18,11 +19,15 @@ from django.utils import timezone
 from mailgate.conf import is_loopback_host
 from mailgate.crypto import Sealed
 from mailgate.servers.models import (
+    AFTER_FETCH_CHOICES,
     AUTH_METHODS,
+    DEFAULT_POLL_INTERVAL,
+    INCOMING_SECURITY_CHOICES,
     MailServer,
     default_limits,
     mail_defaults,
     split_addresses,
+    split_folders,
 )
 
 SECRET_FIELDS = ("password", "client_secret", "private_key")
@@ -134,8 +139,12 @@ def apply_defaults(values: dict[str, Any]) -> None:
             )
         if values.get("incoming_port") in (None, ""):
             values["incoming_port"] = DEFAULT_INCOMING_PORTS[(protocol, in_security == "ssl")]
-        if protocol == "imap" and not values.get("incoming_folder"):
-            values["incoming_folder"] = "INBOX"
+        if protocol == "imap" and not split_folders(values.get("incoming_folders") or ""):
+            values["incoming_folders"] = "INBOX"
+    if values.get("poll_interval") in (None, ""):
+        values["poll_interval"] = DEFAULT_POLL_INTERVAL
+    if not values.get("after_fetch"):
+        values["after_fetch"] = "keep"
     limits = default_limits(method)
     for name, attr in LIMIT_FIELDS.items():
         if values.get(name) in (None, ""):
@@ -205,15 +214,7 @@ def validate_server(
     if protocol != "none":
         if not v.get("incoming_host"):
             verdict.error("incoming_host", f"Enter the {protocol.upper()} server's host name.")
-        after = v.get("after_fetch") or "mark_read"
-        if after == "move":
-            if protocol == "pop3":
-                verdict.error(
-                    "after_fetch",
-                    "POP3 cannot move messages to a folder: choose keep or delete, or use IMAP.",
-                )
-            elif not (v.get("move_to_folder") or "").strip():
-                verdict.error("move_to_folder", "Enter the folder to move fetched messages to.")
+        _check_incoming(verdict, protocol)
 
     for entry in split_addresses(v.get("from_filter") or ""):
         if not (is_email(entry) or is_domain(entry.lstrip("@"))):
@@ -243,6 +244,57 @@ def validate_server(
             "Use STARTTLS or SSL/TLS unless the server is on this machine."
         )
     return verdict
+
+
+def _check_incoming(verdict: Verdict, protocol: str) -> None:
+    """Incoming Security, Folders, Poll Interval, After Fetch and its folder."""
+    v = verdict.values
+    if v.get("incoming_security") not in dict(INCOMING_SECURITY_CHOICES):
+        verdict.error(
+            "incoming_security",
+            "Incoming Security must be SSL/TLS (ssl) or TLS (STARTTLS) (starttls): "
+            "mail is fetched over TLS only.",
+        )
+    folders = split_folders(v.get("incoming_folders") or "")
+    v["incoming_folders"] = "\n".join(folders) or "INBOX"
+    for folder in folders:
+        if not folder.isprintable() or '"' in folder or len(folder) > 255:
+            verdict.error(
+                "incoming_folders",
+                f"{folder!r} is not a folder name (printable characters without quotes, "
+                "one folder a line).",
+            )
+    interval = v.get("poll_interval")
+    if not isinstance(interval, int) or isinstance(interval, bool) or not 1 <= interval <= 86400:
+        verdict.error("poll_interval", "Poll Interval must be a number of seconds from 1 to 86400.")
+    after = v.get("after_fetch") or "keep"
+    if after not in dict(AFTER_FETCH_CHOICES):
+        verdict.error("after_fetch", "After Fetch must be keep, mark_read, move or delete.")
+    elif protocol == "pop3" and after in ("move", "mark_read"):
+        verdict.error(
+            "after_fetch",
+            "POP3 can only keep or delete fetched messages: choose Keep or Delete, or use IMAP.",
+        )
+    elif after == "move":
+        target = (v.get("move_to_folder") or "").strip()
+        v["move_to_folder"] = target
+        if not target:
+            verdict.error("move_to_folder", "Enter the folder to move fetched messages to.")
+        elif target in folders:
+            verdict.error(
+                "move_to_folder",
+                f"{target!r} is one of the Folders fetched from: choose another folder.",
+            )
+    url = (v.get("webhook_url") or "").strip()
+    v["webhook_url"] = url
+    if url:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            verdict.error("webhook_url", "Webhook URL must be an http:// or https:// address.")
+        elif parts.scheme == "http" and not is_loopback_host(parts.hostname):
+            verdict.warnings.append(
+                f"Webhook URL {url} is plain http: messages travel unencrypted; use https."
+            )
 
 
 def _check_oauth(

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from mailgate.conf import is_loopback_host
 from mailgate.providers.replies import diagnose_reply
@@ -89,6 +89,12 @@ class TransportError(Exception):
 
     def __str__(self) -> str:
         return self.message
+
+
+class Sink(Protocol):
+    """Where a fetched message is streamed (a file, or a wrapper that hashes as it writes)."""
+
+    def write(self, data: bytes, /) -> int: ...
 
 
 @dataclass

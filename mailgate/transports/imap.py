@@ -7,7 +7,10 @@ run them one by one. Certificate verification is always on (system store + SSL_C
 from __future__ import annotations
 
 import ssl
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, TypeVar
 
 import imapclient
 from imapclient import exceptions as imap_errors
@@ -15,6 +18,7 @@ from imapclient import exceptions as imap_errors
 from mailgate.transports.base import (
     IncomingTransport,
     Reply,
+    Sink,
     TransportError,
     tls_context,
 )
@@ -25,6 +29,8 @@ from mailgate.transports.credentials import (
     Password,
     bearer_response,
 )
+
+T = TypeVar("T")
 
 
 def _text(exc: BaseException) -> str:
@@ -87,7 +93,7 @@ class IMAPTransport(IncomingTransport[imapclient.IMAPClient]):
         try:
             if b"STARTTLS" not in client.capabilities():
                 raise TransportError(
-                    f"{self.address} does not offer STARTTLS: choose another Incoming Encryption",
+                    f"{self.address} does not offer STARTTLS: choose another Incoming Security",
                     permanent=True,
                     step="tls",
                 )
@@ -160,3 +166,130 @@ class IMAPTransport(IncomingTransport[imapclient.IMAPClient]):
                 reply=reply,
             ) from None
         return Reply.parse(None, f"{name}: {info.get(b'EXISTS', 0)} messages")
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        """Run one IMAP command; a failure becomes a TransportError naming the command."""
+        self._require()
+        try:
+            return call()
+        except imap_errors.IMAPClientAbortError as exc:
+            raise TransportError(f"{what}: connection lost: {_text(exc)}", step=what) from None
+        except (imap_errors.IMAPClientError, OSError, ssl.SSLError) as exc:
+            reply = Reply.parse(None, _text(exc))
+            raise TransportError(f"{what} failed: {reply}", step=what, reply=reply) from None
+
+    def open_folder(self, folder: str, *, readonly: bool) -> FolderStatus:
+        """SELECT (or EXAMINE when `readonly`) a folder: its UIDVALIDITY, UIDNEXT and size."""
+        client = self._require()
+        try:
+            info = client.select_folder(folder, readonly=readonly)
+        except (imap_errors.IMAPClientError, OSError, ssl.SSLError) as exc:
+            reply = Reply.parse(None, _text(exc))
+            raise TransportError(
+                f"cannot open folder {folder!r}: {reply}", step="folder", reply=reply
+            ) from None
+        return FolderStatus(
+            folder,
+            int(info.get(b"UIDVALIDITY", 0)),
+            int(info.get(b"UIDNEXT", 0)),
+            int(info.get(b"EXISTS", 0)),
+        )
+
+    def uids_after(self, last_uid: int) -> list[int]:
+        """UID SEARCH for the UIDs above `last_uid`, ascending ("n:*" always names the last
+        message, even below n, so it is filtered)."""
+        client = self._require()
+        found = self._call("search", lambda: client.search(["UID", f"{last_uid + 1}:*"]))
+        return sorted(int(u) for u in found if int(u) > last_uid)
+
+    def summaries(self, uids: list[int]) -> dict[int, MessageSummary]:
+        """Size, INTERNALDATE and Message-ID of each UID (for batching and for matching messages
+        whose UIDs changed)."""
+        client = self._require()
+        wanted = ["RFC822.SIZE", "INTERNALDATE", "BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)]"]
+        answer = self._call("fetch", lambda: client.fetch(uids, wanted))
+        out = {}
+        for uid, data in answer.items():
+            header = data.get(b"BODY[HEADER.FIELDS (MESSAGE-ID)]") or b""
+            message_id = header.partition(b":")[2].strip().decode("utf-8", "replace")
+            out[int(uid)] = MessageSummary(
+                int(uid), int(data.get(b"RFC822.SIZE", 0)), data.get(b"INTERNALDATE"), message_id
+            )
+        return out
+
+    def fetch_messages(self, uids: list[int]) -> dict[int, bytes]:
+        """UID FETCH BODY.PEEK[] (no flag changes) for a batch of UIDs; vanished UIDs are absent."""
+        client = self._require()
+        answer = self._call("fetch", lambda: client.fetch(uids, ["BODY.PEEK[]"]))
+        return {int(uid): data[b"BODY[]"] for uid, data in answer.items() if b"BODY[]" in data}
+
+    def fetch_to_file(self, uid: int, size: int, out: Sink, *, chunk: int) -> int:
+        """Stream one large message into `out` with partial fetches of `chunk` bytes each, so it is
+        never held in memory whole; return the number of bytes written (0: the UID vanished)."""
+        client = self._require()
+        written = 0
+        for _ in range(size // chunk + 2):
+            answer = self._call(
+                "fetch", partial(client.fetch, [uid], [f"BODY.PEEK[]<{written}.{chunk}>"])
+            )
+            data = answer.get(uid, {}).get(f"BODY[]<{written}>".encode())
+            if not data:
+                return written
+            out.write(data)
+            written += len(data)
+            if len(data) < chunk:
+                return written
+        return written
+
+    def mark_seen(self, uids: list[int]) -> None:
+        client = self._require()
+        self._call("store", lambda: client.add_flags(uids, [imapclient.SEEN], silent=True))
+
+    def move(self, uids: list[int], folder: str) -> None:
+        """MOVE, or COPY + \\Deleted + (UID) EXPUNGE where MOVE is not offered."""
+        client = self._require()
+        if client.has_capability("MOVE"):
+            self._call("move", lambda: client.move(uids, folder))
+            return
+        self._call("copy", lambda: client.copy(uids, folder))
+        self.delete(uids)
+
+    def delete(self, uids: list[int]) -> None:
+        """\\Deleted + UID EXPUNGE (UIDPLUS); plain EXPUNGE only where UIDPLUS is missing."""
+        client = self._require()
+        self._call("store", lambda: client.add_flags(uids, [imapclient.DELETED], silent=True))
+        if client.has_capability("UIDPLUS"):
+            self._call("expunge", lambda: client.uid_expunge(uids))
+        else:
+            self._call("expunge", lambda: client.expunge())
+
+    def idle_wait(self, seconds: float) -> bool:
+        """IDLE up to `seconds`; True when the server announced a change (new mail)."""
+        client = self._require()
+
+        def wait() -> bool:
+            client.idle()
+            try:
+                return bool(client.idle_check(timeout=seconds))
+            finally:
+                client.idle_done()
+
+        return self._call("idle", wait)
+
+
+@dataclass(frozen=True)
+class FolderStatus:
+    name: str
+    uidvalidity: int
+    uidnext: int
+    exists: int
+
+
+@dataclass(frozen=True)
+class MessageSummary:
+    uid: int
+    size: int
+    internal_date: Any
+    message_id: str

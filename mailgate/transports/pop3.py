@@ -10,11 +10,12 @@ import base64
 import poplib
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from mailgate.transports.base import (
     IncomingTransport,
     Reply,
+    Sink,
     TransportError,
     tls_context,
 )
@@ -23,6 +24,10 @@ from mailgate.transports.credentials import (
     Password,
     bearer_response,
 )
+
+T = TypeVar("T")
+READ_BYTES = 65536
+MAX_READS = 50_000_000  # bounds one RETR
 
 
 def _text(value: bytes | BaseException) -> str:
@@ -130,3 +135,76 @@ class POP3Transport(IncomingTransport[poplib.POP3]):
             reply = Reply.parse(None, _text(exc))
             raise TransportError(f"STAT failed: {reply}", step="folder", reply=reply) from None
         return Reply.parse(None, f"{count} messages, {size} bytes")
+
+    # -- fetching ----------------------------------------------------------------------------
+
+    def _call(self, what: str, call: Callable[[], T]) -> T:
+        self._require()
+        try:
+            return call()
+        except poplib.error_proto as exc:
+            reply = Reply.parse(None, _text(exc))
+            raise TransportError(f"{what} failed: {reply}", step=what, reply=reply) from None
+        except (OSError, ssl.SSLError, EOFError) as exc:
+            raise TransportError(f"{what}: connection lost: {exc}", step=what) from None
+
+    def unique_ids(self) -> dict[int, str]:
+        """UIDL: message number -> unique id of every message in the maildrop."""
+        connection = self._require()
+        _, lines, _ = self._call("uidl", connection.uidl)
+        out: dict[int, str] = {}
+        for line in lines:
+            number, _, uid = line.decode("utf-8", "replace").partition(" ")
+            out[int(number)] = uid.strip()
+        return out
+
+    def sizes(self) -> dict[int, int]:
+        """LIST: message number -> size in octets."""
+        connection = self._require()
+        _, lines, _ = self._call("list", connection.list)
+        out: dict[int, int] = {}
+        for line in lines:
+            number, _, size = line.decode().partition(" ")
+            out[int(number)] = int(size.split()[0])
+        return out
+
+    def retrieve(self, number: int, out: Sink) -> int:
+        """RETR one message into `out` as it arrives (dot-unstuffed, line endings as sent), never
+        whole in memory; return the number of bytes written."""
+        connection = self._require()
+        raw: Any = connection
+
+        def read() -> int:
+            raw._putcmd(f"RETR {number}")
+            raw._getresp()
+            written, line_start = 0, True
+            for _ in range(MAX_READS):
+                # Long lines arrive in pieces; only a piece at a line start can be the final
+                # "." or carry a stuffed dot (RFC 1939 section 3).
+                piece: bytes = raw.file.readline(READ_BYTES)
+                if not piece:
+                    raise EOFError("the server closed the connection during RETR")
+                if line_start and piece in (b".\r\n", b".\n"):
+                    return written
+                if line_start and piece.startswith(b".."):
+                    piece = piece[1:]
+                out.write(piece)
+                written += len(piece)
+                line_start = piece.endswith(b"\n")
+            raise poplib.error_proto(b"-ERR message too long")
+
+        return self._call("retr", read)
+
+    def delete(self, number: int) -> None:
+        """DELE (takes effect when the session ends with QUIT)."""
+        connection = self._require()
+        self._call("dele", lambda: connection.dele(number))
+
+    def commit(self) -> None:
+        """QUIT: the server removes the messages marked with DELE; the connection is closed."""
+        connection = self._require()
+        try:
+            self._call("quit", connection.quit)
+        finally:
+            self.connection = None
+            self._ready = False

@@ -1,0 +1,495 @@
+"""Fetching: per server a claim in the database, per folder a UID cursor (IMAP) or the UIDL list
+(POP3), bounded batches, each committed before the After Fetch action goes to the server.
+
+Order for every batch: fetch (BODY.PEEK / RETR: nothing changes on the server) -> commit the rows
+and the cursor -> mark read / move / delete -> record that as done. A kill after the commit leaves
+rows whose action is pending; the next fetch applies it first. A kill before leaves the cursor
+where it was; the messages are fetched again and stored once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.db.models import Q
+from django.utils import timezone
+
+from mailgate.connections import imap_transport, pop3_transport
+from mailgate.inbox.models import (
+    FetchState,
+    FolderCursor,
+    IncomingMessage,
+    RemoteAction,
+    SkippedUidl,
+)
+from mailgate.inbox.store import FILE_BYTES, Fetched, keep, spool, store
+from mailgate.providers.replies import diagnose_reply
+from mailgate.servers.models import MailServer
+from mailgate.transports.base import TransportError
+from mailgate.transports.imap import IMAPTransport, MessageSummary
+
+log = logging.getLogger("mailgate.inbox")
+
+BATCH_MESSAGES = int(os.environ.get("MAILGATE_INBOX_BATCH") or 200)
+BATCH_BYTES = int(os.environ.get("MAILGATE_INBOX_BATCH_BYTES") or 16 * 1024 * 1024)
+SUMMARY_CHUNK = 1000  # UIDs per FETCH of sizes
+CHUNK_BYTES = 1024 * 1024  # piece size of a streamed large message
+LEASE = timedelta(minutes=5)
+FLAG_AFTER_FAILURES = 5  # consecutive failures before the server is flagged
+MAX_BACKOFF = timedelta(hours=1)
+MAX_ROUNDS = 10_000  # batches per folder and fetch (bounds one fetch)
+TIMEOUT_SECONDS = 60.0
+
+
+class LostClaim(Exception):
+    """Another worker took the server over (our lease expired): stop without touching it."""
+
+
+@dataclass
+class FetchReport:
+    server: str
+    counts: dict[str, int] = field(default_factory=dict)  # folder (POP3: "") -> new messages
+    error: str = ""
+    diagnosis: str = ""
+    skipped: str = ""  # why the server was not fetched (claimed by another worker)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def holder_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _pause_after_store() -> None:
+    """Tests kill the process here (between the commit and the server's flags)."""
+    pause = os.environ.get("MAILGATE_INBOX_PAUSE_AFTER_STORE")
+    if pause:
+        time.sleep(float(pause))
+
+
+# -- the per-server claim ---------------------------------------------------------------------
+
+
+def _dead_here(holder: str) -> bool:
+    """True when `holder` names a process of this host that no longer runs."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def claim(server: MailServer, holder: str, *, due_only: bool) -> bool:
+    """Take the server for one fetch (compare-and-swap on its FetchState row)."""
+    FetchState.objects.get_or_create(server=server)
+    now = timezone.now()
+    rows = FetchState.objects.filter(pk=server.pk)
+    if due_only:
+        rows = rows.filter(Q(next_fetch_at__isnull=True) | Q(next_fetch_at__lte=now))
+    free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now) | Q(claimed_by="")
+    if rows.filter(free).update(claimed_by=holder, claimed_until=now + LEASE):
+        return True
+    state = FetchState.objects.filter(pk=server.pk).first()
+    if state is not None and state.claimed_by and _dead_here(state.claimed_by):
+        taken = rows.filter(claimed_by=state.claimed_by).update(
+            claimed_by=holder, claimed_until=now + LEASE
+        )
+        return bool(taken)
+    return False
+
+
+def renew(server: MailServer, holder: str) -> None:
+    updated = FetchState.objects.filter(pk=server.pk, claimed_by=holder).update(
+        claimed_until=timezone.now() + LEASE
+    )
+    if not updated:
+        raise LostClaim(f"the fetch claim on {server.name!r} was taken over")
+
+
+def claimed_by(server: MailServer) -> str:
+    state = FetchState.objects.filter(pk=server.pk).first()
+    return state.claimed_by if state else ""
+
+
+# -- one server -------------------------------------------------------------------------------
+
+
+def fetch_server(
+    server: MailServer, *, holder: str | None = None, due_only: bool = False
+) -> FetchReport:
+    """Claim, fetch every folder, record the outcome; never raises for a mailbox problem."""
+    holder = holder or holder_name()
+    report = FetchReport(server.name)
+    if not claim(server, holder, due_only=due_only):
+        report.skipped = f"being fetched by {claimed_by(server) or 'another worker'}"
+        return report
+    try:
+        if server.incoming_protocol == "pop3":
+            report.counts[""] = _fetch_pop3(server, holder)
+        else:
+            _fetch_imap(server, holder, report.counts)
+    except LostClaim as exc:
+        report.skipped = str(exc)
+        return report
+    except TransportError as exc:
+        report.error = str(exc)
+        report.diagnosis = exc.diagnosis or _diagnose(server, exc)
+    except Exception as exc:  # a bug or an unexpected reply must not stop the other servers
+        log.exception("fetching %s failed", server.name)
+        report.error = f"{type(exc).__name__}: {exc}"
+    _finish(server, holder, report)
+    return report
+
+
+def _diagnose(server: MailServer, exc: TransportError) -> str:
+    found = diagnose_reply(server.provider_key, f"{exc.text} {exc}")
+    return found.as_text() if found else ""
+
+
+def _finish(server: MailServer, holder: str, report: FetchReport) -> None:
+    now = timezone.now()
+    state = FetchState.objects.get(pk=server.pk)
+    state.claimed_by, state.claimed_until = "", None
+    state.last_fetch_at = now
+    state.last_count = report.total
+    state.fetched_total += report.total
+    if report.ok:
+        state.last_success_at = now
+        state.last_error = state.diagnosis = ""
+        state.failures = 0
+        state.flagged = False
+        state.next_fetch_at = now + timedelta(seconds=server.poll_interval)
+    else:
+        state.failures += 1
+        state.errors_total += 1
+        state.last_error = report.error[:2000]
+        state.diagnosis = report.diagnosis
+        state.flagged = state.flagged or state.failures >= FLAG_AFTER_FAILURES
+        backoff = timedelta(seconds=server.poll_interval) * (2 ** min(state.failures, 10))
+        state.next_fetch_at = now + min(backoff, MAX_BACKOFF)
+        log.warning(
+            "fetching %s failed (%d in a row): %s", server.name, state.failures, report.error
+        )
+    FetchState.objects.filter(pk=server.pk, claimed_by=holder).update(
+        **{
+            f: getattr(state, f)
+            for f in (
+                "claimed_by",
+                "claimed_until",
+                "last_fetch_at",
+                "last_count",
+                "fetched_total",
+                "last_success_at",
+                "last_error",
+                "diagnosis",
+                "failures",
+                "flagged",
+                "errors_total",
+                "next_fetch_at",
+            )
+        }
+    )
+
+
+# -- IMAP -------------------------------------------------------------------------------------
+
+
+def _fetch_imap(server: MailServer, holder: str, counts: dict[str, int]) -> None:
+    with imap_transport(server, timeout=TIMEOUT_SECONDS) as transport:
+        for folder in server.folder_list():
+            counts[folder] = _fetch_folder(transport, server, folder, holder)
+
+
+def _fetch_folder(transport: IMAPTransport, server: MailServer, folder: str, holder: str) -> int:
+    status = transport.open_folder(folder, readonly=server.after_fetch == "keep")
+    cursor = FolderCursor.objects.filter(server=server, folder=folder).first()
+    stored = 0
+    if cursor is None:
+        start = 0
+        if not server.fetch_existing:
+            start = status.uidnext - 1 if status.uidnext else max(transport.uids_after(0) or [0])
+        cursor, _ = FolderCursor.objects.get_or_create(
+            server=server,
+            folder=folder,
+            defaults={"uidvalidity": status.uidvalidity, "last_uid": max(start, 0)},
+        )
+    if cursor.uidvalidity != status.uidvalidity:
+        stored += _resync(transport, server, cursor, status.uidvalidity, holder)
+    _finish_pending(transport, server, folder, cursor.uidvalidity)
+    uids = transport.uids_after(cursor.last_uid)
+    stored += _take(transport, server, cursor, uids, holder)
+    return stored
+
+
+def _take(
+    transport: IMAPTransport,
+    server: MailServer,
+    cursor: FolderCursor,
+    uids: list[int],
+    holder: str,
+) -> int:
+    """Fetch, store and then act on `uids` (ascending) in bounded batches."""
+    stored = 0
+    for start in range(0, len(uids), SUMMARY_CHUNK):
+        chunk = uids[start : start + SUMMARY_CHUNK]
+        summaries = transport.summaries(chunk)
+        for batch in _batches([summaries[u] for u in chunk if u in summaries]):
+            renew(server, holder)
+            items = _download(transport, server, cursor, batch)
+            rows = store(server, items, cursor=cursor, remote_pending=server.after_fetch != "keep")
+            stored += len(rows)
+            if rows and server.after_fetch != "keep":
+                _pause_after_store()
+                _act(transport, server, [r.uid for r in rows if r.uid is not None])
+                IncomingMessage.objects.filter(pk__in=[r.pk for r in rows]).update(
+                    remote_action=RemoteAction.DONE
+                )
+    return stored
+
+
+def _batches(summaries: list[MessageSummary]) -> list[list[MessageSummary]]:
+    """Groups of at most BATCH_MESSAGES / BATCH_BYTES; a message above FILE_BYTES goes alone."""
+    batches: list[list[MessageSummary]] = []
+    current: list[MessageSummary] = []
+    size = 0
+    for summary in summaries:
+        if summary.size > FILE_BYTES:
+            if current:
+                batches.append(current)
+                current, size = [], 0
+            batches.append([summary])
+            continue
+        if current and (len(current) >= BATCH_MESSAGES or size + summary.size > BATCH_BYTES):
+            batches.append(current)
+            current, size = [], 0
+        current.append(summary)
+        size += summary.size
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _download(
+    transport: IMAPTransport, server: MailServer, cursor: FolderCursor, batch: list[MessageSummary]
+) -> list[Fetched]:
+    where = {"folder": cursor.folder, "uidvalidity": cursor.uidvalidity}
+    if len(batch) == 1 and batch[0].size > FILE_BYTES:
+        summary = batch[0]
+        with spool() as out:
+            written = transport.fetch_to_file(summary.uid, summary.size, out, chunk=CHUNK_BYTES)
+        if not written:
+            out.path.unlink(missing_ok=True)
+            return []
+        return [keep(out, uid=summary.uid, **where)]
+    bodies = transport.fetch_messages([s.uid for s in batch])
+    return [Fetched.from_bytes(bodies[s.uid], uid=s.uid, **where) for s in batch if s.uid in bodies]
+
+
+def _act(transport: IMAPTransport, server: MailServer, uids: list[int]) -> None:
+    """The After Fetch action for stored messages (the folder is selected read-write)."""
+    if not uids:
+        return
+    if server.after_fetch == "mark_read":
+        transport.mark_seen(uids)
+    elif server.after_fetch == "move":
+        transport.move(uids, server.move_to_folder)
+    elif server.after_fetch == "delete":
+        transport.delete(uids)
+
+
+def _finish_pending(
+    transport: IMAPTransport, server: MailServer, folder: str, uidvalidity: int
+) -> None:
+    """Apply the After Fetch action a previous fetch committed but did not get to do."""
+    pending = IncomingMessage.objects.filter(
+        server=server, folder=folder, remote_action=RemoteAction.PENDING
+    )
+    if server.after_fetch == "keep":
+        pending.update(remote_action=RemoteAction.NONE)
+        return
+    uids = list(pending.filter(uidvalidity=uidvalidity).values_list("uid", flat=True))
+    for start in range(0, len(uids), BATCH_MESSAGES):
+        _act(transport, server, [u for u in uids[start : start + BATCH_MESSAGES] if u])
+    pending.filter(uidvalidity=uidvalidity).update(remote_action=RemoteAction.DONE)
+    # Rows of an older UIDVALIDITY that a resync could not match: their UIDs mean nothing now.
+    pending.update(remote_action=RemoteAction.NONE)
+
+
+def _resync(
+    transport: IMAPTransport,
+    server: MailServer,
+    cursor: FolderCursor,
+    uidvalidity: int,
+    holder: str,
+) -> int:
+    """UIDVALIDITY changed: the UIDs we hold mean nothing. Every message now in the folder is
+    matched against what is stored (by its new UID from an interrupted resync, by Message-ID and
+    size, else by the SHA-256 of its bytes); only unmatched ones are stored, the cursor moves last.
+    """
+    log.warning(
+        "%s: UIDVALIDITY of %s changed (%s -> %s); matching stored messages",
+        server.name,
+        cursor.folder,
+        cursor.uidvalidity,
+        uidvalidity,
+    )
+    uids = transport.uids_after(0)
+    stored_rows = IncomingMessage.objects.filter(server=server, folder=cursor.folder)
+    by_new_uid = set(stored_rows.filter(uidvalidity=uidvalidity).values_list("uid", flat=True))
+    by_id: dict[tuple[str, int], int] = {}
+    hashes = set()
+    for pk, message_id, size, sha in stored_rows.values_list("pk", "message_id", "size", "sha256"):
+        if message_id:
+            by_id[(message_id, size)] = pk
+        hashes.add(sha)
+    since = FetchState.objects.get(pk=server.pk).set_up_at
+    candidates: list[int] = []
+    for start in range(0, len(uids), SUMMARY_CHUNK):
+        summaries = transport.summaries(uids[start : start + SUMMARY_CHUNK])
+        for uid, summary in sorted(summaries.items()):
+            if uid in by_new_uid:
+                continue
+            match = by_id.get((summary.message_id, summary.size)) if summary.message_id else None
+            if match is not None:
+                # The same message under its new UID (its pending action applies to that UID).
+                IncomingMessage.objects.filter(pk=match).update(uidvalidity=uidvalidity, uid=uid)
+                continue
+            arrived = summary.internal_date
+            if not server.fetch_existing and arrived is not None and _before(arrived, since):
+                continue
+            candidates.append(uid)
+    highest = max(uids, default=0)
+    work = FolderCursor(pk=cursor.pk, server=server, folder=cursor.folder, uidvalidity=uidvalidity)
+    work.last_uid = 0
+    stored = 0
+    for start in range(0, len(candidates), BATCH_MESSAGES):
+        renew(server, holder)
+        bodies = transport.fetch_messages(candidates[start : start + BATCH_MESSAGES])
+        items = [
+            Fetched.from_bytes(bodies[u], folder=cursor.folder, uidvalidity=uidvalidity, uid=u)
+            for u in sorted(bodies)
+            if u not in by_new_uid
+        ]
+        fresh = [i for i in items if i.sha256 not in hashes]
+        stored += len(store(server, fresh, remote_pending=server.after_fetch != "keep"))
+    FolderCursor.objects.filter(pk=cursor.pk).update(
+        uidvalidity=uidvalidity, last_uid=highest, resynced_at=timezone.now()
+    )
+    cursor.uidvalidity, cursor.last_uid = uidvalidity, highest
+    return stored
+
+
+def _before(internal_date: object, since: object) -> bool:
+    import datetime as dt
+
+    if not isinstance(internal_date, dt.datetime) or not isinstance(since, dt.datetime):
+        return False
+    if internal_date.tzinfo is None:
+        internal_date = internal_date.replace(tzinfo=dt.UTC)
+    return internal_date < since - timedelta(minutes=1)
+
+
+# -- POP3 -------------------------------------------------------------------------------------
+
+
+def _fetch_pop3(server: MailServer, holder: str) -> int:
+    transport = pop3_transport(server, timeout=TIMEOUT_SECONDS)
+    with transport:
+        ids = transport.unique_ids()
+        known = set(
+            IncomingMessage.objects.filter(server=server)
+            .exclude(uidl="")
+            .values_list("uidl", flat=True)
+        )
+        state = FetchState.objects.get(pk=server.pk)
+        first_time = not state.last_success_at and not known
+        if (
+            first_time
+            and not server.fetch_existing
+            and not SkippedUidl.objects.filter(server=server).exists()
+        ):
+            # Fetch Existing Mail off: what is in the maildrop now is not ours to take.
+            SkippedUidl.objects.bulk_create(
+                [SkippedUidl(server=server, uidl=u) for u in ids.values()], ignore_conflicts=True
+            )
+        skipped = set(SkippedUidl.objects.filter(server=server).values_list("uidl", flat=True))
+        delete = server.after_fetch == "delete"
+        to_delete = [n for n, u in ids.items() if u in known] if delete else []
+        stored = 0
+        for number, uidl in sorted(ids.items())[: MAX_ROUNDS * BATCH_MESSAGES]:
+            if uidl in known or uidl in skipped:
+                continue
+            renew(server, holder)
+            with spool() as out:
+                transport.retrieve(number, out)
+            if out.size <= FILE_BYTES:
+                data = out.path.read_bytes()
+                out.path.unlink()
+                item = Fetched.from_bytes(data, uidl=uidl)
+            else:
+                item = keep(out, uidl=uidl)
+            stored += len(store(server, [item], remote_pending=delete))
+            if delete:
+                to_delete.append(number)
+        if delete and to_delete:
+            _pause_after_store()
+            for number in to_delete:
+                transport.delete(number)
+            transport.commit()
+            IncomingMessage.objects.filter(
+                server=server, remote_action=RemoteAction.PENDING
+            ).update(remote_action=RemoteAction.DONE)
+        if server.after_fetch != "delete":
+            IncomingMessage.objects.filter(
+                server=server, remote_action=RemoteAction.PENDING
+            ).update(remote_action=RemoteAction.NONE)
+    return stored
+
+
+# -- the worker step --------------------------------------------------------------------------
+
+
+def incoming_servers() -> list[MailServer]:
+    return list(MailServer.objects.filter(active=True).exclude(incoming_protocol="none"))
+
+
+def fetch_all(
+    *,
+    servers: list[MailServer] | None = None,
+    due_only: bool = False,
+    stop: Callable[[], bool] | None = None,
+) -> list[FetchReport]:
+    reports = []
+    for server in servers if servers is not None else incoming_servers():
+        if stop is not None and stop():
+            break
+        reports.append(fetch_server(server, due_only=due_only))
+    return reports
+
+
+def fetch_step() -> bool:
+    """Worker step: fetch each server whose Poll Interval has passed; True when mail came in."""
+    from mailgate.worker import current_stop_event
+
+    stop = current_stop_event()
+    reports = fetch_all(due_only=True, stop=stop.is_set)
+    return any(r.total for r in reports)

@@ -1,0 +1,254 @@
+"""IMAP fetching against a real Dovecot (password login): exactly once, durably, each After Fetch."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mailgate.inbox import fetcher, store
+from mailgate.inbox.fetcher import fetch_server
+from mailgate.inbox.models import FetchState, FolderCursor, IncomingMessage, RemoteAction
+from mailgate.servers.models import MailServer
+from tests.inbox.conftest import Mailbox, PasswordDovecot, make_server, message
+
+
+def subjects(server: MailServer) -> list[str]:
+    return list(
+        IncomingMessage.objects.filter(server=server)
+        .order_by("seq")
+        .values_list("subject", flat=True)
+    )
+
+
+def fetched(server: MailServer) -> dict[str, int]:
+    server.refresh_from_db()
+    report = fetch_server(server)
+    assert report.ok, report.error
+    return report.counts
+
+
+def test_only_mail_arriving_after_set_up_is_taken_by_default(
+    imap_server: MailServer, mailbox: Mailbox
+) -> None:
+    mailbox.append(message("old one"))
+    assert fetched(imap_server) == {"INBOX": 0}
+    mailbox.append(message("new one"))
+    mailbox.append(message("newer one"))
+    assert fetched(imap_server) == {"INBOX": 2}
+    assert fetched(imap_server) == {"INBOX": 0}
+    assert subjects(imap_server) == ["new one", "newer one"]
+    first = IncomingMessage.objects.filter(server=imap_server).order_by("seq").first()
+    assert first is not None and first.raw_bytes() == message("new one")
+    assert first.sender == "billing@supplier.example"
+    assert first.to == ["sales@contoso.example"]
+    assert first.message_id == "<new.one@supplier.example>"
+
+
+def test_fetch_existing_mail_takes_what_is_already_there(
+    imap_server: MailServer, mailbox: Mailbox
+) -> None:
+    mailbox.append(message("old one"))
+    mailbox.append(message("old two"))
+    imap_server.fetch_existing = True
+    imap_server.save()
+    assert fetched(imap_server) == {"INBOX": 2}
+    assert fetched(imap_server) == {"INBOX": 0}
+    assert subjects(imap_server) == ["old one", "old two"]
+
+
+def test_keep_leaves_every_flag_as_it_was(imap_server: MailServer, mailbox: Mailbox) -> None:
+    imap_server.fetch_existing = True
+    imap_server.save()
+    mailbox.append(message("unread"))
+    mailbox.append(message("read"), flags="(\\Seen)")
+    mailbox.append(message("flagged"), flags="(\\Flagged $Label1)")
+    before = mailbox.flags()
+    assert fetched(imap_server) == {"INBOX": 3}
+    assert mailbox.flags() == before
+    assert not any("\\Seen" in f for uid, f in before.items() if uid == min(before))
+    assert set(IncomingMessage.objects.values_list("remote_action", flat=True)) == {
+        RemoteAction.NONE
+    }
+
+
+def test_mark_as_read_sets_seen_only_on_fetched_mail(
+    imap_server: MailServer, mailbox: Mailbox
+) -> None:
+    mailbox.append(message("before set-up"))
+    imap_server.after_fetch = "mark_read"
+    imap_server.save()
+    assert fetched(imap_server) == {"INBOX": 0}
+    mailbox.append(message("fresh"), flags="(\\Flagged)")
+    assert fetched(imap_server) == {"INBOX": 1}
+    flags = mailbox.flags()
+    old, new = sorted(flags)
+    assert "\\Seen" not in flags[old]
+    assert {"\\Seen", "\\Flagged"} <= flags[new]
+    assert IncomingMessage.objects.get().remote_action == RemoteAction.DONE
+
+
+def test_move_to_folder(imap_server: MailServer, mailbox: Mailbox) -> None:
+    mailbox.create("Processed")
+    imap_server.after_fetch = "move"
+    imap_server.move_to_folder = "Processed"
+    imap_server.fetch_existing = True
+    imap_server.save()
+    for i in range(3):
+        mailbox.append(message(f"invoice {i}"))
+    assert fetched(imap_server) == {"INBOX": 3}
+    assert mailbox.count("INBOX") == 0
+    assert mailbox.count("Processed") == 3
+    assert fetched(imap_server) == {"INBOX": 0}
+
+
+def test_delete(imap_server: MailServer, mailbox: Mailbox) -> None:
+    imap_server.after_fetch = "delete"
+    imap_server.fetch_existing = True
+    imap_server.save()
+    mailbox.append(message("to delete"))
+    mailbox.append(message("kept by someone"), flags="(\\Deleted)")
+    assert fetched(imap_server) == {"INBOX": 2}
+    # UID EXPUNGE removes only what mailgate stored (both here); nothing is left.
+    assert mailbox.count("INBOX") == 0
+    assert len(subjects(imap_server)) == 2
+
+
+def test_several_folders(imap_server: MailServer, mailbox: Mailbox) -> None:
+    mailbox.create("Invoices")
+    mailbox.create("Support")
+    imap_server.incoming_folders = "INBOX\nInvoices\nSupport"
+    imap_server.save()
+    assert fetched(imap_server) == {"INBOX": 0, "Invoices": 0, "Support": 0}
+    mailbox.append(message("a"), folder="Invoices")
+    mailbox.append(message("b"), folder="Support")
+    mailbox.append(message("c"), folder="Support")
+    assert fetched(imap_server) == {"INBOX": 0, "Invoices": 1, "Support": 2}
+    folders = dict(IncomingMessage.objects.values_list("subject", "folder"))
+    assert folders == {"a": "Invoices", "b": "Support", "c": "Support"}
+
+
+def test_a_changed_uidvalidity_stores_nothing_twice(
+    imap_server: MailServer, mailbox: Mailbox
+) -> None:
+    mailbox.create("Orders")
+    imap_server.incoming_folders = "Orders"
+    imap_server.fetch_existing = True
+    imap_server.save()
+    mailbox.append(message("one"), folder="Orders")
+    mailbox.append(message("two"), folder="Orders")
+    assert fetched(imap_server) == {"Orders": 2}
+    old = mailbox.uidvalidity("Orders")
+    # The folder is rebuilt (as after a server migration): same messages, new UIDs and UIDVALIDITY.
+    mailbox.delete_folder("Orders")
+    time.sleep(1.1)
+    mailbox.create("Orders")
+    mailbox.append(message("one"), folder="Orders")
+    mailbox.append(message("two"), folder="Orders")
+    no_id = message("three").replace(b"Message-ID: <three@supplier.example>\r\n", b"")
+    mailbox.append(no_id, folder="Orders")
+    assert mailbox.uidvalidity("Orders") != old
+    assert fetched(imap_server) == {"Orders": 1}
+    assert subjects(imap_server) == ["one", "two", "three"]
+    cursor = FolderCursor.objects.get(server=imap_server, folder="Orders")
+    assert cursor.uidvalidity == mailbox.uidvalidity("Orders") and cursor.last_uid == 3
+    # The message without a Message-ID is recognised by its bytes on the next rebuild.
+    mailbox.delete_folder("Orders")
+    time.sleep(1.1)
+    mailbox.create("Orders")
+    mailbox.append(no_id, folder="Orders")
+    assert fetched(imap_server) == {"Orders": 0}
+    mailbox.append(message("four"), folder="Orders")
+    assert fetched(imap_server) == {"Orders": 1}
+    assert subjects(imap_server) == ["one", "two", "three", "four"]
+
+
+def test_mail_arriving_during_a_fetch_is_taken_once(
+    imap_server: MailServer, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    imap_server.fetch_existing = True
+    imap_server.after_fetch = "mark_read"
+    imap_server.save()
+    for i in range(5):
+        mailbox.append(message(f"early {i}"))
+    monkeypatch.setattr(fetcher, "BATCH_MESSAGES", 2)
+    real_store = fetcher.store
+    arrived: list[int] = []
+
+    def store_then_deliver(*args: Any, **kwargs: Any) -> Any:
+        rows = real_store(*args, **kwargs)
+        if len(arrived) < 2:
+            arrived.append(1)
+            mailbox.append(message(f"during {len(arrived)}"))
+        return rows
+
+    monkeypatch.setattr(fetcher, "store", store_then_deliver)
+    first = fetched(imap_server)["INBOX"]
+    second = fetched(imap_server)["INBOX"]
+    assert first + second == 7
+    assert sorted(subjects(imap_server)) == sorted(
+        [f"early {i}" for i in range(5)] + ["during 1", "during 2"]
+    )
+    assert all("\\Seen" in f for f in mailbox.flags().values())
+
+
+def test_a_large_message_is_streamed_to_a_file(
+    imap_server: MailServer, mailbox: Mailbox, inbox_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fetcher, "CHUNK_BYTES", 4 * 1024 * 1024)
+    imap_server.fetch_existing = True
+    imap_server.save()
+    big = message("big", body="x" * 76 + "\n")
+    line = b"y" * 998 + b"\r\n"
+    raw = big + line * (20 * 1024 * 1024 // len(line))
+    mailbox.append(raw)
+    mailbox.append(message("small after"))
+    assert fetched(imap_server) == {"INBOX": 2}
+    row = IncomingMessage.objects.get(subject="big")
+    assert row.raw is None and row.raw_file.startswith("inbox/")
+    assert (inbox_home / row.raw_file).stat().st_size == len(raw) == row.size
+    assert row.raw_bytes() == raw
+    assert IncomingMessage.objects.get(subject="small after").raw_file == ""
+    assert not list((inbox_home / store.STORE_DIR / "tmp").iterdir())
+
+
+def test_malformed_mime_is_stored_raw_and_does_not_stop_the_mailbox(
+    imap_server: MailServer, mailbox: Mailbox
+) -> None:
+    imap_server.fetch_existing = True
+    imap_server.save()
+    broken = (
+        b"From: =?utf-8?q?broken?= <<<@@>\r\nSubject: =?x-unknown?B?!!!?=\r\n"
+        b'Date: not a date\r\nContent-Type: multipart/mixed; boundary="never"\r\n\r\n'
+        b"--nope\r\n\xff\xfe garbage \x80 bytes\r\n"
+    )
+    mailbox.append(broken)
+    mailbox.append(message("fine"))
+    assert fetched(imap_server) == {"INBOX": 2}
+    row = IncomingMessage.objects.order_by("seq").first()
+    assert row is not None and row.raw_bytes() == broken
+    assert row.date is None and row.parse_error
+    assert subjects(imap_server)[1] == "fine"
+
+
+def test_a_wrong_password_fails_with_a_diagnosis_and_flags_the_server_when_it_repeats(
+    password_dovecot: PasswordDovecot, mailbox: Mailbox, trust: None, inbox_home: Path, db: None
+) -> None:
+    server = make_server(password_dovecot, mailbox, password="wrong")
+    for _ in range(fetcher.FLAG_AFTER_FAILURES):
+        report = fetch_server(server)
+        assert not report.ok and "authentication failed" in report.error
+        assert "Check Username and Password" in report.diagnosis
+    state = FetchState.objects.get(pk=server.pk)
+    assert state.flagged and state.failures == fetcher.FLAG_AFTER_FAILURES
+    assert state.next_fetch_at is not None and state.claimed_by == ""
+
+
+def test_two_fetchers_never_take_one_mailbox_at_once(imap_server: MailServer) -> None:
+    assert fetcher.claim(imap_server, "host:1:a", due_only=False)
+    report = fetch_server(imap_server)
+    assert report.skipped and not report.counts
+    FetchState.objects.filter(pk=imap_server.pk).update(claimed_by="", claimed_until=None)
+    assert fetch_server(imap_server).ok
