@@ -415,6 +415,10 @@ def _fetch_pop3(server: MailServer, holder: str) -> int:
     transport = pop3_transport(server, timeout=TIMEOUT_SECONDS)
     with transport:
         ids = transport.unique_ids()
+        # A QUIT that went out after DELE but before the outcome was recorded: those are gone.
+        IncomingMessage.objects.filter(server=server, remote_action=RemoteAction.PENDING).exclude(
+            uidl__in=list(ids.values())
+        ).update(remote_action=RemoteAction.DONE)
         known = set(
             IncomingMessage.objects.filter(server=server)
             .exclude(uidl="")
