@@ -5,6 +5,7 @@ from functools import partial
 from ninja import NinjaAPI
 
 from mailgate.api.auth import APIKeyError, BearerKey, api_key_error_response
+from mailgate.api.inbox import router as inbox_router
 from mailgate.outbox.api import router as messages_router
 from mailgate.servers.api import router as servers_router
 
@@ -20,3 +21,4 @@ api = NinjaAPI(
 api.add_exception_handler(APIKeyError, partial(api_key_error_response, api))
 api.add_router("/servers", servers_router)
 api.add_router("/messages", messages_router)
+api.add_router("/inbox", inbox_router)

@@ -254,3 +254,52 @@ def parse_summary(item: Fetched) -> dict[str, Any]:
     if problems:
         fields["parse_error"] = "; ".join(problems)[:2000]
     return fields
+
+
+@dataclass
+class Contents:
+    """What a reader needs of a stored message: headers in order, the text and HTML bodies."""
+
+    headers: list[tuple[str, str]]
+    text: str | None
+    html: str | None
+
+
+def _body(message: EmailMessage, kind: str) -> str | None:
+    try:
+        part = message.get_body(preferencelist=(kind,))
+        if part is None or part.get_content_type() != f"text/{kind}":
+            return None
+        content = part.get_content()
+        return content if isinstance(content, str) else None
+    except Exception:  # an unknown charset or a broken part: best effort, never an error
+        try:
+            payload = part.get_payload(decode=True) if part is not None else None
+        except Exception:
+            return None
+        return payload.decode("utf-8", "replace") if isinstance(payload, bytes) else None
+
+
+def contents(stored: IncomingMessage) -> Contents:
+    message = open_message(stored)
+    headers: list[tuple[str, str]] = []
+    for name, raw in message.raw_items():
+        try:
+            value = str(message.policy.header_fetch_parse(name, raw))
+        except Exception:  # an undecodable header is shown as it came
+            value = str(raw)
+        headers.append((name, " ".join(value.split())))
+    return Contents(headers, _body(message, "plain"), _body(message, "html"))
+
+
+def attachment(stored: IncomingMessage, n: int) -> tuple[str, str, bytes] | None:
+    """The n-th attachment (0-based, the order of `attachments`): filename, type, bytes."""
+    parts = attachment_parts(open_message(stored))
+    if not 0 <= n < len(parts):
+        return None
+    part = parts[n]
+    return (
+        part.get_filename() or f"attachment-{n}",
+        part.get_content_type(),
+        attachment_payload(part),
+    )

@@ -19,12 +19,27 @@ import pytest
 from mailgate.sandbox import dovecot as dovecot_module
 from mailgate.sandbox.ca import SandboxCA
 from mailgate.sandbox.dovecot import INSTALL_HINT, DovecotServer
+from mailgate.sandbox.server import Sandbox
 from mailgate.servers.models import MailServer
+from tests.oauth.conftest import (  # noqa: F401 - fixtures for the XOAUTH2 tests
+    browser,
+    fresh_user,
+    idp,
+    outlook_server,
+    revocable_server,
+)
 from tests.sandbox.mail_fixtures import IntrospectionServer, make_policy
 
 PASSWORD = "s3cret-mailbox-pw"
 USERS = [f"user{i:02d}@example.test" for i in range(60)]
 _next_user = itertools.count()
+
+
+@pytest.fixture(scope="module")
+def mg_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
+    """The sandbox (identity provider and its Dovecot with XOAUTH2), for the OAuth tests."""
+    with Sandbox(tmp_path_factory.mktemp("sandbox-inbox"), dovecot=True) as sandbox:
+        yield sandbox
 
 
 @dataclass

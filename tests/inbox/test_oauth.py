@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from django.test import Client
 
 from mailgate.inbox.fetcher import fetch_server
@@ -15,21 +13,7 @@ from mailgate.oauth.models import Grant
 from mailgate.sandbox.server import Sandbox
 from mailgate.servers.models import MailServer, ServerStatus
 from tests.inbox.conftest import message
-from tests.oauth.conftest import (  # noqa: F401 - fixtures
-    Browser,
-    browser,
-    connect,
-    fresh_user,
-    idp,
-    outlook_server,
-    revocable_server,
-)
-
-
-@pytest.fixture(scope="module")
-def mg_sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path_factory.mktemp("sandbox-inbox"), dovecot=True) as sandbox:
-        yield sandbox
+from tests.oauth.conftest import Browser, connect
 
 
 def with_imap(server: MailServer, sandbox: Sandbox, **fields: object) -> MailServer:
