@@ -33,12 +33,15 @@ CONTRACT_LABELS = [
     "Incoming Mail",
     "Incoming Server",
     "Incoming Port",
-    "Incoming Encryption",
-    "After Fetching",
+    "Incoming Security",
+    "Folders",
+    "Poll Interval",
+    "Fetch Existing Mail",
+    "After Fetch",
     "Move To Folder",
 ]
 # Contained in another contract label, so found with exact=True.
-EXACT_LABELS = ["Client Secret", "Folder"]
+EXACT_LABELS = ["Client Secret"]
 
 
 def assert_each_label_finds_one_field(page: Page) -> None:
@@ -86,8 +89,14 @@ def test_an_admin_adds_an_outlook_server_from_settings(
     page.get_by_label("Incoming Mail").select_option(label="IMAP")
     expect(page.get_by_label("Incoming Server")).to_have_value("outlook.office365.com")
     expect(page.get_by_label("Incoming Port")).to_have_value("993")
-    expect(page.get_by_label("Folder", exact=True)).to_have_value("INBOX")
+    expect(page.get_by_label("Folders")).to_have_value("INBOX")
+    expect(page.get_by_label("Incoming Security")).to_have_value("ssl")
+    expect(page.get_by_label("After Fetch")).to_have_value("keep")
+    expect(page.get_by_label("Fetch Existing Mail")).not_to_be_checked()
     expect(page.get_by_label("Move To Folder")).to_be_hidden()
+    page.get_by_label("After Fetch").select_option(label="Move to folder")
+    expect(page.get_by_label("Move To Folder")).to_be_visible()
+    page.get_by_label("After Fetch").select_option(label="Keep")
 
     redirect = page.get_by_label("OAuth2 Redirect URL")
     expect(redirect).to_have_value(REDIRECT_URL)

@@ -103,6 +103,11 @@ def test_add_takes_every_form_field_as_a_flag(db: None, tmp_path: Path) -> None:
         "ssl",
         "--folder",
         "Orders",
+        "--folder",
+        "Invoices",
+        "--poll-interval",
+        "300",
+        "--fetch-existing",
         "--after-fetch",
         "move",
         "--move-to-folder",
@@ -126,12 +131,13 @@ def test_add_takes_every_form_field_as_a_flag(db: None, tmp_path: Path) -> None:
         3,
         False,
     )
-    assert (s.incoming_port, s.incoming_folder, s.after_fetch, s.move_to_folder) == (
+    assert (s.incoming_port, s.folder_list(), s.after_fetch, s.move_to_folder) == (
         1993,
-        "Orders",
+        ["Orders", "Invoices"],
         "move",
         "Done",
     )
+    assert (s.poll_interval, s.fetch_existing) == (300, True)
     assert (
         s.limit_per_minute,
         s.limit_recipients_per_day,

@@ -59,9 +59,11 @@ CONTRACT_LABELS = [
     "Incoming Mail",
     "Incoming Server",
     "Incoming Port",
-    "Incoming Encryption",
-    "Folder",
-    "After Fetching",
+    "Incoming Security",
+    "Folders",
+    "Poll Interval",
+    "Fetch Existing Mail",
+    "After Fetch",
     "Move To Folder",
 ]
 
