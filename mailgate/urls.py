@@ -16,6 +16,7 @@ urlpatterns = [
     path("settings/api-keys/", include("mailgate.api.console_urls")),
     path("oauth/", include("mailgate.oauth.urls")),
     path("outbox/", include("mailgate.outbox.urls")),
+    path("inbox/", include("mailgate.inbox.urls")),
     path("healthz", console_views.healthz, name="healthz"),
     path("metrics", metrics_view, name="metrics"),
     path("api/v1/", include("mailgate.api.urls")),

@@ -13,6 +13,7 @@ from ninja import Field, Query, Router, Schema, Status
 from mailgate.inbox.handoff import message_json
 from mailgate.inbox.models import IncomingMessage
 from mailgate.inbox.store import attachment, contents
+from mailgate.inbox.views import download
 from mailgate.servers.models import MailServer
 
 router = Router(tags=["inbox"])
@@ -149,15 +150,4 @@ def get_attachment(request: HttpRequest, message_id: int, n: int) -> Any:
     found = attachment(_message(message_id), n)
     if found is None:
         return Status(404, {"detail": f"n: message {message_id} has no attachment {n}"})
-    return attachment_response(*found)
-
-
-def attachment_response(filename: str, content_type: str, data: bytes) -> HttpResponse:
-    """A download that a browser saves, never renders (the content is from strangers)."""
-    from django.utils.http import content_disposition_header
-
-    response = HttpResponse(data, content_type=content_type)
-    response["Content-Disposition"] = content_disposition_header(True, filename)
-    response["X-Content-Type-Options"] = "nosniff"
-    response["Content-Security-Policy"] = "sandbox"
-    return response
+    return download(*found)

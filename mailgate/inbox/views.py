@@ -1,0 +1,104 @@
+"""The Inbox console page: fetched messages with filters, one message (headers, bodies,
+attachments, webhook deliveries), and Retry for a quarantined message (administrators)."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.db.models import Count
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.http import content_disposition_header
+from django.views.decorators.http import require_POST
+
+from mailgate.accounts.roles import admin_required
+from mailgate.inbox.handoff import retry
+from mailgate.inbox.models import FetchState, IncomingMessage, Status
+from mailgate.inbox.store import attachment, contents
+from mailgate.servers.models import MailServer
+
+
+def message_list(request: HttpRequest) -> HttpResponse:
+    rows = IncomingMessage.objects.select_related("server").defer("raw").order_by("-seq")
+    status = request.GET.get("status", "")
+    server = request.GET.get("server", "")
+    problems = []
+    if status:
+        if status in Status.values:
+            rows = rows.filter(status=status)
+        else:
+            problems.append(f"Status: {status!r} is not one of {', '.join(Status.values)}.")
+    if server:
+        if server.isdigit():
+            rows = rows.filter(server_id=int(server))
+        else:
+            problems.append("Server: choose a server from the list.")
+    page = Paginator(rows, 50).get_page(request.GET.get("page"))
+    counts = dict(
+        IncomingMessage.objects.order_by()
+        .values_list("status")
+        .annotate(n=Count("id"))
+        .values_list("status", "n")
+    )
+    return render(
+        request,
+        "inbox/list.html",
+        {
+            "page": page,
+            "statuses": Status.choices,
+            "servers": MailServer.objects.exclude(incoming_protocol="none"),
+            "fetch_states": FetchState.objects.select_related("server").order_by("server__name"),
+            "counts": [(value, label, counts.get(value, 0)) for value, label in Status.choices],
+            "filters": {"status": status, "server": server},
+            "problems": problems,
+        },
+    )
+
+
+def message_detail(request: HttpRequest, pk: int) -> HttpResponse:
+    message = get_object_or_404(IncomingMessage.objects.select_related("server"), pk=pk)
+    return render(
+        request,
+        "inbox/detail.html",
+        {
+            "message": message,
+            "contents": contents(message),
+            "deliveries": message.webhook_deliveries.all(),
+        },
+    )
+
+
+def message_raw(request: HttpRequest, pk: int) -> HttpResponse:
+    message = get_object_or_404(IncomingMessage, pk=pk)
+    response = HttpResponse(message.raw_bytes(), content_type="message/rfc822")
+    response["Content-Disposition"] = content_disposition_header(True, f"message-{pk}.eml")
+    return response
+
+
+def message_attachment(request: HttpRequest, pk: int, n: int) -> HttpResponse:
+    found = attachment(get_object_or_404(IncomingMessage, pk=pk), n)
+    if found is None:
+        raise Http404(f"message {pk} has no attachment {n}")
+    return download(*found)
+
+
+def download(filename: str, content_type: str, data: bytes) -> HttpResponse:
+    """An attachment that a browser saves, never renders in mailgate's origin (its content comes
+    from strangers)."""
+    response = HttpResponse(data, content_type=content_type)
+    response["Content-Disposition"] = content_disposition_header(True, filename)
+    response["X-Content-Type-Options"] = "nosniff"
+    response["Content-Security-Policy"] = "sandbox"
+    return response
+
+
+@require_POST
+@admin_required
+def message_retry(request: HttpRequest, pk: int) -> HttpResponse:
+    message = get_object_or_404(IncomingMessage, pk=pk)
+    if message.status != Status.QUARANTINED:
+        messages.error(request, f"Not retried: message {pk} is not in Quarantine.")
+    else:
+        retry(message)
+        messages.success(request, f"Message {pk} is handed to the application again.")
+    return redirect("inbox:detail", pk=pk)
