@@ -25,6 +25,8 @@ from django.utils import timezone
 from mailgate import providers
 from mailgate.core.heartbeat import STALE_AFTER, latest_heartbeat, live_workers
 from mailgate.crypto import DecryptionError, Sealed, decrypt, encrypted_fields
+from mailgate.inbox.models import FetchState, IncomingMessage
+from mailgate.inbox.models import Status as InboxStatus
 from mailgate.oauth.models import Grant
 from mailgate.outbox.hold import is_held
 from mailgate.outbox.models import WAITING, OutgoingMessage, ServerState, Status
@@ -241,6 +243,7 @@ def _server_findings(
         _throttle,
         _failed_messages,
         _late_messages,
+        _incoming,
     ):
         found.extend(check(server, report, facts, now))
     if not found:
@@ -548,6 +551,75 @@ def _late_messages(
         if oldest.diagnosis:
             detail += f" — {oldest.diagnosis}"
     return [Finding(Level.WARNING, f"Mail waiting for {age}", detail, fix, "late_messages")]
+
+
+def incoming_lag(state: FetchState | None, now: dt.datetime) -> dt.timedelta | None:
+    """How far behind the mailbox is: the time since the last successful fetch."""
+    if state is None or state.last_success_at is None:
+        return None
+    return max(now - state.last_success_at, dt.timedelta())
+
+
+def _incoming(
+    server: MailServer, report: ServerReport, facts: _Facts, now: dt.datetime
+) -> list[Finding]:
+    if not server.has_incoming:
+        return []
+    state = FetchState.objects.filter(pk=server.pk).first()
+    found: list[Finding] = []
+    quarantined = IncomingMessage.objects.filter(
+        server=server, status=InboxStatus.QUARANTINED
+    ).count()
+    if quarantined:
+        found.append(
+            Finding(
+                Level.WARNING,
+                f"{quarantined} incoming message{'s' if quarantined != 1 else ''} in Quarantine",
+                "The application's handler or webhook kept failing for them; the mailbox "
+                "goes on being fetched.",
+                "Fix the handler or the webhook endpoint, then open Inbox > Quarantine and "
+                "press Retry.",
+                "inbox_quarantine",
+            )
+        )
+    if state is None or state.last_fetch_at is None:
+        found.append(Finding(Level.OK, "Incoming mail not fetched yet", check="inbox_fetch"))
+        return found
+    lag = incoming_lag(state, now)
+    behind = f"last fetched {state.last_fetch_at:%Y-%m-%d %H:%M:%S} UTC" + (
+        f", {_age(lag)} behind" if lag is not None else ", never successfully"
+    )
+    if state.failures:
+        detail, fix = split_fix(state.diagnosis)
+        found.append(
+            Finding(
+                Level.ERROR if state.flagged else Level.WARNING,
+                "Fetching incoming mail keeps failing"
+                if state.flagged
+                else "The last fetch of incoming mail failed",
+                f"{behind}; {state.failures} failure{'s' if state.failures != 1 else ''} in a "
+                f"row: {state.last_error}" + (f" — {detail}" if detail else ""),
+                fix
+                or f"{_where(server)}, check the Incoming Mail settings and press Test "
+                "Connection; mailgate retries with back-off.",
+                "inbox_fetch",
+            )
+        )
+        return found
+    slow = dt.timedelta(seconds=max(3 * server.poll_interval, 600))
+    if lag is not None and lag > slow:
+        found.append(
+            Finding(
+                Level.WARNING,
+                "Incoming mail is behind",
+                behind,
+                "Start a worker (`mailgate worker`) or check that it runs.",
+                "inbox_lag",
+            )
+        )
+    else:
+        found.append(Finding(Level.OK, "Incoming mail fetched", behind, check="inbox_fetch"))
+    return found
 
 
 def _age(delta: dt.timedelta) -> str:

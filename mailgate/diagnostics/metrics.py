@@ -23,7 +23,8 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from mailgate.core.heartbeat import latest_heartbeat, live_workers
-from mailgate.diagnostics.health import Level, server_reports
+from mailgate.diagnostics.health import Level, incoming_lag, server_reports
+from mailgate.inbox.models import FetchState, IncomingMessage
 from mailgate.oauth.models import Grant
 from mailgate.outbox.hold import is_held
 from mailgate.outbox.models import OutgoingMessage, Status
@@ -139,6 +140,8 @@ class MailgateCollector(Collector):
                 tokens.add_metric([names[server_id]], (expires_at - now).total_seconds())
         yield tokens
 
+        yield from _inbox_metrics(servers, names, now)
+
         last = latest_heartbeat()
         seen = GaugeMetricFamily(
             "mailgate_worker_last_seen_seconds",
@@ -151,6 +154,54 @@ class MailgateCollector(Collector):
         )
         workers.add_metric([], len(live_workers(now)))
         yield workers
+
+
+def _inbox_metrics(
+    servers: list[MailServer], names: dict[int, str], now: dt.datetime
+) -> Iterator[Metric]:
+    """Incoming mail: messages fetched, fetch errors and lag per server, messages by status."""
+    fetched = GaugeMetricFamily(
+        "mailgate_inbox_fetched_messages",
+        "Messages fetched and stored since the server was set up.",
+        labels=["server"],
+    )
+    errors = GaugeMetricFamily(
+        "mailgate_inbox_fetch_errors", "Failed fetches since set-up.", labels=["server"]
+    )
+    failing = GaugeMetricFamily(
+        "mailgate_inbox_fetch_failures",
+        "Failed fetches in a row (0 after a success).",
+        labels=["server"],
+    )
+    lag = GaugeMetricFamily(
+        "mailgate_inbox_lag_seconds",
+        "Seconds since the last successful fetch (+Inf when none yet).",
+        labels=["server"],
+    )
+    states = {s.pk: s for s in FetchState.objects.all()}
+    for server in servers:
+        if not server.has_incoming:
+            continue
+        state = states.get(server.pk)
+        fetched.add_metric([server.name], state.fetched_total if state else 0)
+        errors.add_metric([server.name], state.errors_total if state else 0)
+        failing.add_metric([server.name], state.failures if state else 0)
+        behind = incoming_lag(state, now)
+        lag.add_metric([server.name], behind.total_seconds() if behind else float("inf"))
+    yield from (fetched, errors, failing, lag)
+    messages = GaugeMetricFamily(
+        "mailgate_inbox_messages",
+        "Incoming messages by server and status.",
+        labels=["server", "status"],
+    )
+    for server_id, status, n in (
+        IncomingMessage.objects.order_by()
+        .values("server_id", "status")
+        .annotate(n=Count("id"))
+        .values_list("server_id", "status", "n")
+    ):
+        messages.add_metric([names.get(server_id, str(server_id)), status], n)
+    yield messages
 
 
 REGISTRY = CollectorRegistry(auto_describe=False)
