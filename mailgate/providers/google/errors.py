@@ -150,6 +150,41 @@ REPLIES: tuple[ReplyRule, ...] = (
         3600,
     ),
     ReplyRule(
+        r"not enabled for (IMAP|POP)|(IMAP|POP) access is disabled",
+        Diagnosis(
+            "IMAP or POP is off for this Gmail account",
+            "Gmail answered that the account is not enabled for IMAP (or POP) access.",
+            "Turn it on in Gmail > Settings > Forwarding and POP/IMAP (Workspace: the admin "
+            "console must allow IMAP/POP for the user), then fetch again.",
+        ),
+    ),
+    ReplyRule(
+        r"Please log in via your web browser|Web login required",
+        Diagnosis(
+            "Gmail wants a sign-in in the browser",
+            "Google blocked the login until the account owner signs in on the web once.",
+            "Sign in to Gmail in a browser as the mailbox's user, then press Connect your Gmail "
+            "account again.",
+        ),
+    ),
+    ReplyRule(
+        r"Too many simultaneous connections",
+        Diagnosis(
+            "Too many IMAP connections",
+            "Gmail allows up to 15 simultaneous IMAP connections per account; other mail "
+            "clients of the account use the rest.",
+            "Close other IMAP clients of the account; mailgate retries with back-off.",
+        ),
+    ),
+    ReplyRule(
+        r"\[THROTTLED\]|Account exceeded command or bandwidth limits",
+        Diagnosis(
+            "Gmail is throttling this account",
+            "Gmail limits how much an account may download over IMAP per day.",
+            "Wait; mailgate retries with back-off. Raise Poll Interval if it recurs.",
+        ),
+    ),
+    ReplyRule(
         r"4\.7\.0.*Too many login attempts",
         Diagnosis(
             "Too many login attempts",

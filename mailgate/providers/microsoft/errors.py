@@ -444,4 +444,23 @@ REPLIES: tuple[ReplyRule, ...] = (
         Effect.HOLD,
         anywhere=False,
     ),
+    ReplyRule(
+        r"User is authenticated but not connected",
+        Diagnosis(
+            "Signed in, but the mailbox cannot be opened",
+            "Exchange accepted the token but could not open a mailbox for it: the Username is "
+            "not the mailbox of the connected account, or the account has no Exchange Online "
+            "mailbox (license) yet.",
+            "Set Username to the connected account's own mailbox address (a shared mailbox needs "
+            "FullAccess for that account) and press Connect your Outlook account again.",
+        ),
+    ),
+    ReplyRule(
+        r"Server Unavailable\. ?\d*|\[UNAVAILABLE\]",
+        Diagnosis(
+            "Exchange mailbox server unavailable",
+            "Exchange Online could not reach the mailbox's server for the moment.",
+            "Nothing to change: mailgate retries with back-off.",
+        ),
+    ),
 )
