@@ -49,3 +49,4 @@ test: test-deps lint
 
 bench: test-deps
 	uv run python -m tests.bench.run
+	uv run python -m tests.bench.fetch

@@ -107,22 +107,35 @@ def claim(server: MailServer, holder: str, *, due_only: bool) -> bool:
         rows = rows.filter(Q(next_fetch_at__isnull=True) | Q(next_fetch_at__lte=now))
     free = Q(claimed_until__isnull=True) | Q(claimed_until__lt=now) | Q(claimed_by="")
     if rows.filter(free).update(claimed_by=holder, claimed_until=now + LEASE):
+        _renewed[holder] = time.monotonic()
         return True
     state = FetchState.objects.filter(pk=server.pk).first()
     if state is not None and state.claimed_by and _dead_here(state.claimed_by):
         taken = rows.filter(claimed_by=state.claimed_by).update(
             claimed_by=holder, claimed_until=now + LEASE
         )
+        if taken:
+            _renewed[holder] = time.monotonic()
         return bool(taken)
     return False
 
 
+_renewed: dict[str, float] = {}  # holder -> when its claim was last extended (monotonic)
+RENEW_EVERY = 30.0  # seconds; far inside LEASE
+
+
 def renew(server: MailServer, holder: str) -> None:
+    """Extend the claim before the next batch (at most every RENEW_EVERY seconds); raise
+    LostClaim when another worker took the server over because our lease ran out."""
+    now = time.monotonic()
+    if now - _renewed.get(holder, 0.0) < RENEW_EVERY:
+        return
     updated = FetchState.objects.filter(pk=server.pk, claimed_by=holder).update(
         claimed_until=timezone.now() + LEASE
     )
     if not updated:
         raise LostClaim(f"the fetch claim on {server.name!r} was taken over")
+    _renewed[holder] = now
 
 
 def claimed_by(server: MailServer) -> str:
@@ -166,6 +179,7 @@ def _diagnose(server: MailServer, exc: TransportError) -> str:
 
 
 def _finish(server: MailServer, holder: str, report: FetchReport) -> None:
+    _renewed.pop(holder, None)
     now = timezone.now()
     state = FetchState.objects.get(pk=server.pk)
     state.claimed_by, state.claimed_until = "", None
@@ -251,8 +265,9 @@ def _take(
     stored = 0
     for start in range(0, len(uids), SUMMARY_CHUNK):
         chunk = uids[start : start + SUMMARY_CHUNK]
-        summaries = transport.summaries(chunk)
-        for batch in _batches([summaries[u] for u in chunk if u in summaries]):
+        sizes = transport.sizes(chunk)
+        summaries = [MessageSummary(u, sizes[u], None, "") for u in chunk if u in sizes]
+        for batch in _batches(summaries):
             renew(server, holder)
             items = _download(transport, server, cursor, batch)
             rows = store(server, items, cursor=cursor, remote_pending=server.after_fetch != "keep")

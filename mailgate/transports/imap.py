@@ -6,6 +6,7 @@ run them one by one. Certificate verification is always on (system store + SSL_C
 
 from __future__ import annotations
 
+import re
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,6 +32,8 @@ from mailgate.transports.credentials import (
 )
 
 T = TypeVar("T")
+_UID = re.compile(rb"\bUID (\d+)")
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
 
 
 def _text(exc: BaseException) -> str:
@@ -219,11 +222,51 @@ class IMAPTransport(IncomingTransport[imapclient.IMAPClient]):
             )
         return out
 
+    def sizes(self, uids: list[int]) -> dict[int, int]:
+        """UID FETCH RFC822.SIZE: the size of each UID (vanished UIDs are absent)."""
+        out: dict[int, int] = {}
+        for head, _ in self._uid_fetch(uids, "(RFC822.SIZE)"):
+            found = _SIZE.search(head)
+            uid = _UID.search(head)
+            if found and uid:
+                out[int(uid.group(1))] = int(found.group(1))
+        return out
+
     def fetch_messages(self, uids: list[int]) -> dict[int, bytes]:
         """UID FETCH BODY.PEEK[] (no flag changes) for a batch of UIDs; vanished UIDs are absent."""
+        out: dict[int, bytes] = {}
+        for head, literal in self._uid_fetch(uids, "(BODY.PEEK[])"):
+            uid = _UID.search(head)
+            if uid and literal is not None:
+                out[int(uid.group(1))] = literal
+        return out
+
+    def _uid_fetch(self, uids: list[int], items: str) -> list[tuple[bytes, bytes | None]]:
+        """UID FETCH through imaplib directly (IMAPClient's response parser is pure Python and
+        costs more than the transfer for many small messages); each response's text and literal."""
         client = self._require()
-        answer = self._call("fetch", lambda: client.fetch(uids, ["BODY.PEEK[]"]))
-        return {int(uid): data[b"BODY[]"] for uid, data in answer.items() if b"BODY[]" in data}
+        raw: Any = client._imap  # the imaplib connection IMAPClient wraps
+        message_set = ",".join(str(u) for u in uids)
+
+        def fetch() -> list[Any]:
+            typ, data = raw.uid("FETCH", message_set, items)
+            if typ != "OK":
+                raise imap_errors.IMAPClientError(f"UID FETCH failed: {data!r}")
+            return list(data or [])
+
+        out: list[tuple[bytes, bytes | None]] = []
+        for part in self._call("fetch", fetch):
+            if isinstance(part, tuple):
+                out.append((part[0], part[1]))
+            elif isinstance(part, bytes) and part != b")":
+                # A response without a literal ("1 (UID 5 RFC822.SIZE 10)"), or the tail of one
+                # with a literal (" UID 5)" when the server names the UID after the body).
+                if out and out[-1][1] is not None and not _UID.search(out[-1][0]):
+                    head, literal = out[-1]
+                    out[-1] = (head + part, literal)
+                else:
+                    out.append((part, None))
+        return out
 
     def fetch_to_file(self, uid: int, size: int, out: Sink, *, chunk: int) -> int:
         """Stream one large message into `out` with partial fetches of `chunk` bytes each, so it is

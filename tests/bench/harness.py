@@ -37,6 +37,32 @@ def main() -> None:
             access_expires_at=timezone.now() + dt.timedelta(seconds=argument["expires_in"]),
             last_success_at=timezone.now(),
         )
+    elif command == "fetch":
+        # Fetch once (after Django is up, like the raw loop after its imports) and report the
+        # time, what was stored and this process's peak RSS.
+        import resource
+
+        from mailgate.inbox.fetcher import fetch_server
+        from mailgate.inbox.models import IncomingMessage
+
+        server = MailServer.objects.get(name=argument["server"])
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        started, cpu = time.perf_counter(), time.process_time()
+        report = fetch_server(server)
+        seconds = time.perf_counter() - started
+        print(
+            json.dumps(
+                {
+                    "seconds": seconds,
+                    "cpu": time.process_time() - cpu,
+                    "error": report.error,
+                    "stored": report.total,
+                    "rows": IncomingMessage.objects.count(),
+                    "rss_before_kb": before,
+                    "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                }
+            )
+        )
     elif command == "enqueue":
         body = ("0123456789abcdef" * 4 + "\n") * (argument["body_bytes"] // 65)
         started, cpu = time.time(), time.process_time()

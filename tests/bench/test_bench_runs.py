@@ -86,3 +86,32 @@ def test_a_plan_names_the_server_the_database_the_workers_and_the_extensions() -
     for bad in ("postfix:sqlite", "mysql:1", "sqlite:0", "sqlite:1:fast", "sqlite:1:data:x"):
         with pytest.raises(SystemExit, match=r"BENCH_PLAN: .* is not \[server:\]backend:workers"):
             parse_plan(bad)
+
+
+def test_the_fetch_benchmark_runs_end_to_end() -> None:
+    env = {
+        **os.environ,
+        "BENCH_FETCH_MESSAGES": "40",
+        "BENCH_FETCH_BIG_BYTES": "3000000",
+        "BENCH_REPEAT": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("MAILGATE_DATABASE_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.fetch"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "fetch: 40 x 10 KB from Dovecot over XOAUTH2" in out
+    report = json.loads(out[out.index("\n{") + 1 :])
+    assert report["messages"] == 40 and len(report["raw_loops"]) == 2
+    assert [r["messages"] for r in report["raw_per_message_loops"]] == [40]
+    run = report["mailgate_runs"][0]
+    assert run["stored"] == run["rows"] == 40 and not run["error"]
+    assert report["ratio"] == pytest.approx(report["raw_seconds"] / report["mailgate_seconds"])
+    assert report["big_message_bytes"] > 3_000_000 and report["big_message_peak_rss_mb"] > 0
