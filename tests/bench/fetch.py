@@ -16,7 +16,6 @@ from __future__ import annotations
 import imaplib
 import json
 import os
-import resource
 import ssl
 import statistics
 import subprocess
@@ -238,7 +237,6 @@ def main() -> None:
             "big_message_seconds": big_run["seconds"],
             "big_message_peak_rss_mb": big_run["peak_rss_kb"] / 1024,
             "big_message_rss_before_mb": big_run["rss_before_kb"] / 1024,
-            "bench_process_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         }
         print(
             f"fetch: {count} x {body_bytes // 1024} KB from Dovecot over XOAUTH2, mailgate "

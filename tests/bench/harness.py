@@ -40,13 +40,21 @@ def main() -> None:
     elif command == "fetch":
         # Fetch once (after Django is up, like the raw loop after its imports) and report the
         # time, what was stored and this process's peak RSS.
-        import resource
+        from pathlib import Path
 
         from mailgate.inbox.fetcher import fetch_server
         from mailgate.inbox.models import IncomingMessage
 
         server = MailServer.objects.get(name=argument["server"])
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        def peak_kb() -> int:
+            # VmHWM belongs to this program's image (ru_maxrss would carry the parent's peak
+            # across fork + exec).
+            for line in Path("/proc/self/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+            return 0
+
+        before = peak_kb()
         started, cpu = time.perf_counter(), time.process_time()
         report = fetch_server(server)
         seconds = time.perf_counter() - started
@@ -59,7 +67,7 @@ def main() -> None:
                     "stored": report.total,
                     "rows": IncomingMessage.objects.count(),
                     "rss_before_kb": before,
-                    "peak_rss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                    "peak_rss_kb": peak_kb(),
                 }
             )
         )
