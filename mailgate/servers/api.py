@@ -41,6 +41,7 @@ class ServerOut(Schema):
     incoming_folders: list[str]
     poll_interval: int
     fetch_existing: bool
+    idle: bool
     after_fetch: str
     move_to_folder: str
     limit_per_minute: int
@@ -84,6 +85,7 @@ def server_out(server: MailServer) -> ServerOut:
         incoming_folders=server.folder_list() if server.incoming_protocol == "imap" else [],
         poll_interval=server.poll_interval,
         fetch_existing=server.fetch_existing,
+        idle=server.idle,
         after_fetch=server.after_fetch,
         move_to_folder=server.move_to_folder,
         limit_per_minute=server.limit_per_minute,

@@ -114,6 +114,7 @@ ADD_FLAGS: dict[str, str] = {
     "--folder": "incoming_folders",
     "--poll-interval": "poll_interval",
     "--fetch-existing": "fetch_existing",
+    "--idle": "idle",
     "--after-fetch": "after_fetch",
     "--move-to-folder": "move_to_folder",
     "--webhook-url": "webhook_url",
@@ -200,6 +201,7 @@ class AddServer(Subcommand):
             action="store_true",
             help="also fetch the mail already in the folders (default: only new mail)",
         )
+        a("--idle", action="store_true", help="IMAP IDLE for near-instant arrival")
         a("--after-fetch", default="keep", choices=_keys(AFTER_FETCH_CHOICES))
         a("--move-to-folder", default="")
         a("--webhook-url", default="", help="POST each new message's JSON here")

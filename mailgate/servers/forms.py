@@ -41,6 +41,7 @@ FORM_FIELDS = [
     "incoming_folders",
     "poll_interval",
     "fetch_existing",
+    "idle",
     "after_fetch",
     "move_to_folder",
     "webhook_url",

@@ -123,6 +123,12 @@ class MailServer(models.Model):
         help_text="Off: only mail that arrives after the server is set up. "
         "On: everything already in the folders too.",
     )
+    idle = models.BooleanField(
+        "Instant Arrival (IDLE)",
+        default=False,
+        help_text="IMAP: hold an IDLE connection so new mail is fetched within seconds, "
+        "not at the next Poll Interval.",
+    )
     after_fetch = models.CharField(
         "After Fetch", max_length=10, choices=AFTER_FETCH_CHOICES, default="keep"
     )

@@ -315,9 +315,10 @@ class IMAPTransport(IncomingTransport[imapclient.IMAPClient]):
         def wait() -> bool:
             client.idle()
             try:
-                return bool(client.idle_check(timeout=seconds))
+                responses = client.idle_check(timeout=seconds)
             finally:
                 client.idle_done()
+            return any(b"EXISTS" in item for item in responses if isinstance(item, tuple))
 
         return self._call("idle", wait)
 

@@ -94,6 +94,15 @@ class Migration(migrations.Migration):
                 verbose_name="Incoming Security",
             ),
         ),
+        migrations.AddField(
+            model_name="mailserver",
+            name="idle",
+            field=models.BooleanField(
+                default=False,
+                help_text="IMAP: hold an IDLE connection so new mail is fetched within seconds, not at the next Poll Interval.",
+                verbose_name="Instant Arrival (IDLE)",
+            ),
+        ),
         migrations.RunPython(copy_folder, keep_folder),
         migrations.RemoveField(
             model_name="mailserver",
