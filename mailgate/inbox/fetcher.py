@@ -505,10 +505,22 @@ def fetch_all(
     return reports
 
 
+def due_servers() -> list[MailServer]:
+    """Servers with Incoming Mail whose Poll Interval has passed (a read: most cycles find none)."""
+    now = timezone.now()
+    not_due = set(
+        FetchState.objects.filter(next_fetch_at__gt=now).values_list("server_id", flat=True)
+    )
+    return [s for s in incoming_servers() if s.pk not in not_due]
+
+
 def fetch_step() -> bool:
     """Worker step: fetch each server whose Poll Interval has passed; True when mail came in."""
     from mailgate.worker import current_stop_event
 
+    servers = due_servers()
+    if not servers:
+        return False
     stop = current_stop_event()
-    reports = fetch_all(due_only=True, stop=stop.is_set)
+    reports = fetch_all(servers=servers, due_only=True, stop=stop.is_set)
     return any(r.total for r in reports)

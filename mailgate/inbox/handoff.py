@@ -141,13 +141,15 @@ def hand_off(limit: int = HANDOFF_BATCH) -> int:
 
     After a webhook failure, that server's other messages wait for the next round."""
     now = timezone.now()
-    due = (
+    due = list(
         IncomingMessage.objects.filter(status=Status.RECEIVED)
         .filter(Q(next_attempt_at__isnull=True) | Q(next_attempt_at__lte=now))
         .select_related("server")
         .defer("raw")
         .order_by("seq")[:limit]
     )
+    if not due:
+        return 0
     failing: set[int] = set()
     tried = 0
     with httpx.Client(timeout=WEBHOOK_TIMEOUT, follow_redirects=False) as client:
