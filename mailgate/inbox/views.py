@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import content_disposition_header
@@ -15,31 +14,14 @@ from mailgate.accounts.roles import admin_required
 from mailgate.inbox.handoff import retry
 from mailgate.inbox.models import FetchState, IncomingMessage, Status
 from mailgate.inbox.store import attachment, contents
+from mailgate.servers.listing import filter_by_status_and_server, status_counts
 from mailgate.servers.models import MailServer
 
 
 def message_list(request: HttpRequest) -> HttpResponse:
     rows = IncomingMessage.objects.select_related("server").defer("raw").order_by("-seq")
-    status = request.GET.get("status", "")
-    server = request.GET.get("server", "")
-    problems = []
-    if status:
-        if status in Status.values:
-            rows = rows.filter(status=status)
-        else:
-            problems.append(f"Status: {status!r} is not one of {', '.join(Status.values)}.")
-    if server:
-        if server.isdigit():
-            rows = rows.filter(server_id=int(server))
-        else:
-            problems.append("Server: choose a server from the list.")
+    rows, filters, problems = filter_by_status_and_server(rows, request, Status)
     page = Paginator(rows, 50).get_page(request.GET.get("page"))
-    counts = dict(
-        IncomingMessage.objects.order_by()
-        .values_list("status")
-        .annotate(n=Count("id"))
-        .values_list("status", "n")
-    )
     return render(
         request,
         "inbox/list.html",
@@ -48,8 +30,8 @@ def message_list(request: HttpRequest) -> HttpResponse:
             "statuses": Status.choices,
             "servers": MailServer.objects.exclude(incoming_protocol="none"),
             "fetch_states": FetchState.objects.select_related("server").order_by("server__name"),
-            "counts": [(value, label, counts.get(value, 0)) for value, label in Status.choices],
-            "filters": {"status": status, "server": server},
+            "counts": status_counts(IncomingMessage, Status),
+            "filters": filters,
             "problems": problems,
         },
     )

@@ -6,7 +6,6 @@ import datetime as dt
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -14,6 +13,7 @@ from django.views.decorators.http import require_POST
 from mailgate.accounts.roles import admin_required
 from mailgate.outbox.actions import ActionRefused, cancel_message, retry_message
 from mailgate.outbox.models import OutgoingMessage, Status
+from mailgate.servers.listing import filter_by_status_and_server, status_counts
 from mailgate.servers.models import MailServer
 
 
@@ -28,21 +28,9 @@ def message_list(request: HttpRequest) -> HttpResponse:
     rows = (
         OutgoingMessage.objects.select_related("server").defer("raw").order_by("-created_at", "-id")
     )
-    status = request.GET.get("status", "")
-    server = request.GET.get("server", "")
+    rows, filters, problems = filter_by_status_and_server(rows, request, Status)
     since = request.GET.get("since", "")
     until = request.GET.get("until", "")
-    problems = []
-    if status:
-        if status in Status.values:
-            rows = rows.filter(status=status)
-        else:
-            problems.append(f"Status: {status!r} is not one of {', '.join(Status.values)}.")
-    if server:
-        if server.isdigit():
-            rows = rows.filter(server_id=int(server))
-        else:
-            problems.append("Server: choose a server from the list.")
     since_date, until_date = _date(since), _date(until)
     if since and since_date is None:
         problems.append("From date: use the form YYYY-MM-DD.")
@@ -53,12 +41,6 @@ def message_list(request: HttpRequest) -> HttpResponse:
     if until_date:
         rows = rows.filter(created_at__date__lte=until_date)
     page = Paginator(rows, 50).get_page(request.GET.get("page"))
-    counts = dict(
-        OutgoingMessage.objects.order_by()
-        .values_list("status")
-        .annotate(n=Count("id"))
-        .values_list("status", "n")
-    )
     return render(
         request,
         "outbox/list.html",
@@ -66,8 +48,8 @@ def message_list(request: HttpRequest) -> HttpResponse:
             "page": page,
             "statuses": Status.choices,
             "servers": MailServer.objects.all(),
-            "counts": [(value, label, counts.get(value, 0)) for value, label in Status.choices],
-            "filters": {"status": status, "server": server, "since": since, "until": until},
+            "counts": status_counts(OutgoingMessage, Status),
+            "filters": {**filters, "since": since, "until": until},
             "problems": problems,
         },
     )

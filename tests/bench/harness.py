@@ -46,6 +46,7 @@ def main() -> None:
         from mailgate.inbox.models import IncomingMessage
 
         server = MailServer.objects.get(name=argument["server"])
+
         def peak_kb() -> int:
             # VmHWM belongs to this program's image (ru_maxrss would carry the parent's peak
             # across fork + exec).
