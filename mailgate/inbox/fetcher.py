@@ -9,6 +9,7 @@ where it was; the messages are fetched again and stored once.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import socket
@@ -451,6 +452,7 @@ def _fetch_pop3(server: MailServer, holder: str) -> int:
                 [SkippedUidl(server=server, uidl=u) for u in ids.values()], ignore_conflicts=True
             )
         skipped = set(SkippedUidl.objects.filter(server=server).values_list("uidl", flat=True))
+        sizes = transport.sizes()
         delete = server.after_fetch == "delete"
         to_delete = [n for n, u in ids.items() if u in known] if delete else []
         stored = 0
@@ -458,13 +460,13 @@ def _fetch_pop3(server: MailServer, holder: str) -> int:
             if uidl in known or uidl in skipped:
                 continue
             renew(server, holder)
-            with spool() as out:
-                transport.retrieve(number, out)
-            if out.size <= FILE_BYTES:
-                data = out.path.read_bytes()
-                out.path.unlink()
-                item = Fetched.from_bytes(data, uidl=uidl)
+            if sizes.get(number, FILE_BYTES + 1) <= FILE_BYTES:
+                buffer = io.BytesIO()
+                transport.retrieve(number, buffer)
+                item = Fetched.from_bytes(buffer.getvalue(), uidl=uidl)
             else:
+                with spool() as out:
+                    transport.retrieve(number, out)
                 item = keep(out, uidl=uidl)
             stored += len(store(server, [item], remote_pending=delete))
             if delete:

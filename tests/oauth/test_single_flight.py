@@ -109,7 +109,7 @@ def test_eight_processes_refresh_once(
         "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
     }
     run(
-        "import sys; from mailgate.cli import main; sys.argv=['mailgate','migrate','oauth','-v0']; main()",
+        "import sys; from mailgate.cli import main; sys.argv=['mailgate','migrate','-v0']; main()",
         env,
     )
     refresh_token = refresh_token_from_sign_in(race_sandbox)
