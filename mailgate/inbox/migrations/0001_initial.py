@@ -9,7 +9,7 @@ class Migration(migrations.Migration):
     initial = True
 
     dependencies = [
-        ("servers", "0002_incoming_mail"),
+        ("servers", "0003_incoming_mail"),
     ]
 
     operations = [

@@ -24,7 +24,7 @@ def keep_folder(apps, schema_editor):
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("servers", "0001_initial"),
+        ("servers", "0002_generic_servers_unlimited"),
     ]
 
     operations = [
