@@ -272,8 +272,8 @@ def _connection_state(
             Finding(
                 Level.ERROR,
                 "Not connected",
-                "This OAuth server has never been connected, so it can neither send nor fetch "
-                "mail.",
+                "This OAuth server is not connected (never, or disconnected since), so it can "
+                "neither send nor fetch mail.",
                 f"{_where(server)} and press {label}, signing in as "
                 f"{server.username or 'the mailbox user'}.",
                 "not_connected",
@@ -284,6 +284,8 @@ def _connection_state(
         server.status == ServerStatus.FAILING
         and not (grant is not None and grant.last_error)
         and server.last_test_ok is not False
+        # Failing because the queue is held: the held-queue finding says it, with the fix.
+        and not (is_held(server) and server.status_detail == server.hold_reason)
     ):
         detail, fix = split_fix(server.status_detail)
         return [
@@ -297,7 +299,8 @@ def _connection_state(
                 "failing",
             )
         ]
-    if grant is not None and grant.is_token_valid(now):
+    # Never "Token Valid" while the server's mail is held: the token is not what matters then.
+    if grant is not None and grant.is_token_valid(now) and not is_held(server):
         return [
             Finding(
                 Level.OK,

@@ -67,14 +67,18 @@ def not_connected(server: MailServer) -> ReconnectRequired:
     )
 
 
-def get_fresh_access_token(server: MailServer) -> str:
-    """An access token valid for at least 5 more minutes; raises a TokenError subclass otherwise."""
+def get_fresh_access_token(server: MailServer, *, reuse_fresh: bool = True) -> str:
+    """An access token valid for at least 5 more minutes; raises a TokenError subclass otherwise.
+
+    `reuse_fresh=False`: a server refused the stored token, so a new one is asked for even if it
+    looks valid (callers that waited on the same refresh share its result).
+    """
     grant = Grant.objects.filter(server_id=server.pk).first()
     if grant is None:
         raise not_connected(server)
-    if not grant.is_dead and grant.has_usable_access_token():
+    if reuse_fresh and not grant.is_dead and grant.has_usable_access_token():
         return revealed(grant.access_token)
-    return refresh_access_token(server.pk)
+    return refresh_access_token(server.pk, reuse_fresh=reuse_fresh)
 
 
 def refresh_access_token(
@@ -340,10 +344,17 @@ def disconnect(server: MailServer) -> str:
             note = f"The provider's revocation did not succeed ({exc}); the tokens were deleted anyway."
             log.warning("revocation for %s failed: %s", server.name, exc)
         grant.delete()
-    MailServer.objects.filter(pk=server.pk).update(
-        status=ServerStatus.NOT_CONNECTED, status_detail=""
-    )
-    server.status, server.status_detail = ServerStatus.NOT_CONNECTED, ""
+    # A test result belongs to the connection it tested: it goes with the tokens.
+    cleared = {
+        "status": ServerStatus.NOT_CONNECTED,
+        "status_detail": "",
+        "last_test_at": None,
+        "last_test_ok": None,
+        "last_test_summary": "",
+    }
+    MailServer.objects.filter(pk=server.pk).update(**cleared)
+    for name, value in cleared.items():
+        setattr(server, name, value)
     return note
 
 
