@@ -18,6 +18,7 @@ WORKER_STEPS: list[str] = [
     "mailgate.core.heartbeat.heartbeat_step",
     "mailgate.outbox.worker.deliver_step",
     "mailgate.oauth.tokens.refresh_idle_grants",
+    "mailgate.outbox.retention.purge_step",
 ]
 
 IDLE_SLEEP_SECONDS = 1.0

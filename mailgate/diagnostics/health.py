@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -613,7 +614,38 @@ def _database() -> Finding:
             "connections from this machine.",
             "database",
         )
-    return Finding(Level.OK, "Database reachable", connection.vendor, check="database")
+    size = database_size()
+    detail = connection.vendor + (f", size {_megabytes(size)}" if size is not None else "")
+    return Finding(Level.OK, "Database reachable", detail, check="database")
+
+
+def database_size() -> int | None:
+    """The database's size in bytes (the SQLite file with its WAL, or the PostgreSQL database);
+    None when it cannot be read."""
+    connection = connections[DEFAULT_DB_ALIAS]
+    try:
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SELECT pg_database_size(current_database())")
+                row = cursor.fetchone()
+                return int(row[0]) if row else None
+            if connection.vendor == "sqlite":
+                name = str(connection.settings_dict["NAME"])
+                files = [Path(name), Path(name + "-wal")]
+                if any(f.is_file() for f in files):
+                    return sum(f.stat().st_size for f in files if f.is_file())
+                cursor.execute("PRAGMA page_count")
+                pages = cursor.fetchone()
+                cursor.execute("PRAGMA page_size")
+                page_size = cursor.fetchone()
+                return int(pages[0]) * int(page_size[0]) if pages and page_size else None
+    except Exception:  # a size is a nicety: never a reason for a failing health check
+        return None
+    return None
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB"
 
 
 def _migrations() -> list[Finding]:
