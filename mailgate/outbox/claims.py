@@ -169,6 +169,17 @@ class Claimer:
         )
         return server, messages
 
+    def release_all(self) -> int:
+        """Give back every claim of this worker (none is in use between passes); how many.
+
+        A message whose outcome could not be written may have been delivered: it is sent again
+        with the same Message-ID, as after a crash.
+        """
+        now = timezone.now()
+        return OutgoingMessage.objects.filter(status=Status.SENDING, claimed_by=self.holder).update(
+            claimed_by="", claimed_until=now, updated_at=now
+        )
+
     def release(self, messages: list[OutgoingMessage]) -> None:
         """Give claimed, unattempted messages back to the queue as they were."""
         ids = [m.pk for m in messages]

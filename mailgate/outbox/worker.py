@@ -51,6 +51,7 @@ class Deliverer:
         self.claimer = Claimer(self.holder, self.pool)
         self.outcomes = OutcomeRecorder(self.holder)
         self.recorder = BackgroundRecorder() if overlap else None
+        self.broke_off = False
 
     @property
     def token_requests(self) -> int:
@@ -179,7 +180,20 @@ class Deliverer:
         return did
 
     def step(self, stop: threading.Event) -> bool:
-        """One pass: free dead workers' claims, probe held servers, then one batch per server."""
+        """One pass: free dead workers' claims, probe held servers, then one batch per server.
+
+        A pass that broke off (the database went away mid-batch) left claims of this worker
+        behind: the next pass gives them back first rather than leaving them to the lease.
+        """
+        if self.broke_off:
+            self.claimer.release_all()
+            self.broke_off = False
+        self.broke_off = True
+        did = self._step(stop)
+        self.broke_off = False
+        return did
+
+    def _step(self, stop: threading.Event) -> bool:
         did = release_dead_workers_claims(timezone.now()) > 0
         did = self.probe_held_servers() or did
         worked: set[int] = set()
