@@ -9,7 +9,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -84,32 +84,36 @@ def smtp_421_mid_batch(kind: str, home: Path, bounded: bool) -> Row:
     return Row("SMTP 421 mid-batch", kind, total, lost, duplicated, recovery, drained, crashes=0)
 
 
+def _drop_once(
+    kind: str, home: Path, messages: int, chunking: str
+) -> tuple[tuple[int, int], float, float]:
+    """One deployment whose server drops the connection after one message's data."""
+    counter = itertools.count(1)
+    dropped_at: list[float] = []
+
+    def drop() -> bool:
+        if next(counter) == messages // 2:
+            dropped_at.append(time.monotonic())
+            return True
+        return False
+
+    with (
+        lab(kind, home / f"c{chunking or 'no'}") as deployed,
+        SMTPSink(pipelining=True, chunking=chunking, drop_after_data=drop) as sink,
+    ):
+        deployed.harness("setup", {"server": sink_server(sink), "messages": messages})
+        deployed.worker()
+        wait_for(lambda: bool(dropped_at), 90, "the drop")
+        recovery = _resumed(sink, messages // 2, dropped_at[0], 60)
+        drained = _drain(deployed, sink, messages, dropped_at[0], 120)
+        return tally(deployed.queued_ids(), message_ids(sink)), recovery, drained
+
+
 def smtp_drops_after_data(kind: str, home: Path, bounded: bool) -> Row:
     """The server takes a message and drops the connection before its reply: once after BDAT
     LAST, once after DATA's final dot (two deployments)."""
     total = 40 if bounded else 500
-    results = []
-    for chunking in ("yes", ""):
-        counter = itertools.count(1)
-        dropped_at: list[float] = []
-
-        def drop(counter: Iterator[int] = counter, dropped_at: list[float] = dropped_at) -> bool:
-            if next(counter) == total // 4:
-                dropped_at.append(time.monotonic())
-                return True
-            return False
-
-        with (
-            lab(kind, home / f"c{chunking or 'no'}") as deployed,
-            SMTPSink(pipelining=True, chunking=chunking, drop_after_data=drop) as sink,
-        ):
-            deployed.harness("setup", {"server": sink_server(sink), "messages": total // 2})
-            deployed.worker()
-            wait_for(lambda: bool(dropped_at), 90, "the drop")
-            since = dropped_at[0]
-            recovery = _resumed(sink, total // 4, since, 60)
-            drained = _drain(deployed, sink, total // 2, since, 120)
-            results.append((tally(deployed.queued_ids(), message_ids(sink)), recovery, drained))
+    results = [_drop_once(kind, home, total // 2, chunking) for chunking in ("yes", "")]
     return Row(
         "SMTP drops the connection after BDAT / DATA, before the reply",
         kind,
