@@ -4,8 +4,11 @@ time to recover. `bounded=True` is the version `make test` runs (fewer messages,
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import signal
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -306,9 +309,136 @@ class Client:
                     )
                     time.sleep(0.2)
 
+    def refused(self, count: int) -> list[tuple[int, str]]:
+        """Post `count` messages once each; the (status, detail) of those not accepted."""
+        answers = []
+        with httpx.Client(timeout=30) as http:
+            for i in range(count):
+                body = {"from": "app@example.com", "to": [f"full{i}@example.org"], "text": "x"}
+                answer = http.post(
+                    self.url, json=body, headers={"Authorization": f"Bearer {self.key}"}
+                )
+                if answer.status_code in (200, 201):
+                    self.accepted.add(answer.json()["message_id"])
+                else:
+                    answers.append((answer.status_code, answer.json().get("detail", "")))
+        return answers
+
     def first_after(self, moment: float) -> float | None:
         later = [t for t in self.answered_at if t > moment]
         return min(later) - moment if later else None
+
+
+def sqlite_disk_full(kind: str, home: Path, bounded: bool) -> Row:
+    """The filesystem of MAILGATE_HOME (with the SQLite database) fills up, then space returns."""
+    assert kind == "sqlite"
+    total = 30 if bounded else 300
+    disk = home / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], check=True)
+    try:
+        with lab(kind, disk) as deployed, SMTPSink() as sink:
+            deployed.harness("setup", {"server": sink_server(sink), "messages": 0})
+            port = free_port()
+            deployed.web(port)
+            deployed.worker()
+            client = Client(deployed, port)
+            client.send(total // 3)
+            wait_for(lambda: len(sink.received) >= total // 3, 60, "the first third delivered")
+            filler = disk / "filler"
+            with open(filler, "wb") as f, contextlib.suppress(OSError):
+                while True:  # until ENOSPC
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            refusals = client.refused(5)
+            filler.unlink()
+            freed = time.monotonic()
+            client.send(total - total // 3, retry_for=60)
+            recovery = client.first_after(freed)
+            drained = _drain(deployed, sink, len(deployed.queued_ids()), freed, 120)
+            lost, duplicated = tally(client.accepted, message_ids(sink))
+            check = query(deployed.url, "PRAGMA integrity_check")[0][0]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    statuses = sorted({status for status, _ in refusals})
+    said = refusals[0][1][:70] if refusals else "none refused: SQLite reused space it had"
+    return Row(
+        "disk of MAILGATE_HOME full (SQLite)",
+        kind,
+        total,
+        lost,
+        duplicated,
+        recovery,
+        drained,
+        f"API answered {statuses} while full ({said!r}); integrity {check}",
+    )
+
+
+def disk_full_possible() -> bool:
+    """A small tmpfs can be mounted here (root with CAP_SYS_ADMIN); otherwise the row is skipped."""
+    probe = Path(tempfile.mkdtemp(prefix="mg-mount-probe-"))
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)],
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            return False
+        subprocess.run(["umount", str(probe)], check=False)
+        return True
+    finally:
+        probe.rmdir()
+
+
+def long_application_transactions(kind: str, home: Path, bounded: bool) -> Row:
+    """An application holds enqueue transactions of 1 s back to back while the worker delivers
+    (SQLite: one writer at a time). The worker's writes must wait at most about one of them."""
+    assert kind == "sqlite"
+    transactions, hold = (6, 1.0) if bounded else (60, 1.0)
+    total = 200
+    with lab(kind, home) as deployed, SMTPSink(data_delay=0.01) as sink:
+        deployed.harness("setup", {"server": sink_server(sink), "messages": total})
+        stamps: list[float] = []
+        sink.data_reply = lambda envelope: stamps.append(time.monotonic()) and None
+        deployed.worker()
+        wait_for(lambda: len(sink.received) >= 10, 60, "the worker delivering")
+        app = threading.Thread(
+            target=deployed.python,
+            args=(
+                "import time\nfrom django.db import transaction\n"
+                "from mailgate.outbox import enqueue\n"
+                "from mailgate.servers.models import MailServer\n"
+                "s = MailServer.objects.get(name='sink')\n"
+                f"for i in range({transactions}):\n"
+                "    with transaction.atomic():\n"
+                "        enqueue(from_address='app@example.com', to=[f'a{i}@example.org'],"
+                " subject=f'app {i}', text='x', server=s)\n"
+                f"        time.sleep({hold})\n",
+            ),
+            kwargs={"timeout": 600},
+        )
+        began = time.monotonic()
+        app.start()
+        app.join()
+        ended = time.monotonic()
+        during = [t for t in stamps if began <= t <= ended]
+        gaps = [b - a for a, b in itertools.pairwise([began, *during, ended])]
+        longest = max(gaps)
+        drained = _drain(deployed, sink, total + transactions, ended, 120)
+        lost, duplicated = tally(deployed.queued_ids(), message_ids(sink))
+    return Row(
+        f"application holds {hold:g} s write transactions back to back (SQLite)",
+        kind,
+        total + transactions,
+        lost,
+        duplicated,
+        longest,
+        drained,
+        f"longest wait of the worker {longest:.1f} s, {len(during)} delivered during "
+        f"{ended - began:.0f} s of application transactions",
+        crashes=0,
+    )
 
 
 SCENARIOS: dict[str, tuple[Scenario, tuple[str, ...]]] = {
@@ -323,4 +453,8 @@ SCENARIOS: dict[str, tuple[Scenario, tuple[str, ...]]] = {
     "idp_503": (identity_provider_fails("503"), ("postgresql",)),
     "idp_hang": (identity_provider_fails("hang"), ("sqlite",)),
     "grant_revoked": (grant_revoked_mid_drain, ("sqlite", "postgresql")),
+    "long_transactions": (long_application_transactions, ("sqlite",)),
 }
+
+if disk_full_possible():
+    SCENARIOS["disk_full"] = (sqlite_disk_full, ("sqlite",))
