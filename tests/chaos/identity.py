@@ -76,7 +76,10 @@ def identity_provider_fails(fault: str):
             connect(deployed, sandbox, expired=True)
             enqueue(deployed, sandbox, 0, total)
             sandbox.control.set_faults(**settings)
+            sandbox.control.reset_counters()
             deployed.worker()
+            # The fault lasts `lasting` from the worker's first refresh attempt on.
+            wait_for(lambda: sandbox.control.token_requests() > 0, 120, "a refresh attempt")
             time.sleep(lasting)
             during = len(sandbox.control.messages())
             sandbox.control.clear_faults()
