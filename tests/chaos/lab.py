@@ -41,10 +41,11 @@ class Row:
     drained: float | None = None  # seconds from the end of the fault to the last delivery
     note: str = ""
     crashes: int = 1  # duplicates allowed: at most one per crash
+    within_bound: bool = True  # the row's own bound (e.g. the longest wait) was kept
 
     @property
     def ok(self) -> bool:
-        return self.lost == 0 and self.duplicated <= self.crashes
+        return self.lost == 0 and self.duplicated <= self.crashes and self.within_bound
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> float:
