@@ -5,7 +5,7 @@ PORT ?= 8000
 PG_URL ?= postgresql://postgres@127.0.0.1:5432/mailgate
 export UV_LINK_MODE ?= copy
 
-.PHONY: uv sync run web worker test test-deps lint test-sqlite test-postgres test-python bench demo sandbox
+.PHONY: uv sync run web worker test test-deps lint test-sqlite test-postgres test-python bench demo sandbox chaos
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -50,3 +50,9 @@ test: test-deps lint
 bench: test-deps
 	uv run python -m tests.bench.run
 	uv run python -m tests.bench.fetch
+
+# The fault matrix in full against real processes, printed as a table, then the soak (50,000
+# messages through one worker; SOAK=0 skips it). `make test` runs the bounded matrix.
+SOAK ?= 50000
+chaos: test-deps
+	env -u MAILGATE_DATABASE_URL uv run python -m tests.chaos.run --soak $(SOAK)

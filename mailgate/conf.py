@@ -122,7 +122,7 @@ def parse_database_url(value: str, home: Path) -> Database:
                 file = Path.cwd() / file
         else:
             raise SettingsError(variable, f"no file path in {value!r}", expected)
-        return Database("django.db.backends.sqlite3", str(file))
+        return Database("mailgate.dbsqlite", str(file))
     if parts.scheme in ("postgres", "postgresql"):
         name = parts.path.lstrip("/")
         if not name or "/" in name:
@@ -236,7 +236,7 @@ def load(env: dict[str, str] | None = None) -> Config:
     if db_url:
         database = parse_database_url(db_url, home)
     else:
-        database = Database("django.db.backends.sqlite3", str(home / "mailgate.sqlite3"))
+        database = Database("mailgate.dbsqlite", str(home / "mailgate.sqlite3"))
 
     public_url = parse_public_url(env.get("MAILGATE_PUBLIC_URL") or "http://127.0.0.1:8000")
 

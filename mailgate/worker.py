@@ -21,12 +21,16 @@ WORKER_STEPS: list[str] = [
     "mailgate.inbox.fetcher.fetch_step",
     "mailgate.inbox.handoff.handoff_step",
     "mailgate.oauth.tokens.refresh_idle_grants",
+    "mailgate.outbox.retention.purge_step",
 ]
 
 IDLE_SLEEP_SECONDS = 1.0
 # Dotted path of the idle wait `(stop_event, seconds) -> None`: it returns early when mail is queued,
 # so that new mail is not left waiting for up to IDLE_SLEEP_SECONDS.
 IDLE_WAIT = "mailgate.outbox.wakeup.wait_for_mail"
+# Dotted path of `(done_event) -> Thread`: records that this worker is alive while it runs, however
+# long a step takes (other workers release the claims of a worker that stopped beating).
+KEEP_BEATING = "mailgate.core.heartbeat.keep_beating"
 
 # The stopping event of the worker running in this process, for steps that check it between items.
 _current_stop_event = threading.Event()
@@ -37,12 +41,13 @@ def current_stop_event() -> threading.Event:
     return _current_stop_event
 
 
+def load(path: str) -> Callable[..., object]:
+    module, _, attr = path.rpartition(".")
+    return getattr(importlib.import_module(module), attr)
+
+
 def load_steps() -> list[tuple[str, Callable[[], bool]]]:
-    steps = []
-    for path in WORKER_STEPS:
-        module, _, attr = path.rpartition(".")
-        steps.append((path, getattr(importlib.import_module(module), attr)))
-    return steps
+    return [(path, load(path)) for path in WORKER_STEPS]  # type: ignore[misc]
 
 
 def run_once() -> bool:
@@ -76,14 +81,21 @@ class Worker:
     def run(self, *, max_cycles: int | None = None) -> None:
         global _current_stop_event
         _current_stop_event = self.stopping
-        module, _, attr = IDLE_WAIT.rpartition(".")
-        idle_wait = getattr(importlib.import_module(module), attr)
+        idle_wait = load(IDLE_WAIT)
+        # Beats until the last step has finished (`stopping` is set before it does).
+        done = threading.Event()
+        beating = load(KEEP_BEATING)(done)
         cycles = 0
-        while not self.stopping.is_set():
-            did = run_once()
-            cycles += 1
-            if max_cycles is not None and cycles >= max_cycles:
-                break
-            if not did:
-                idle_wait(self.stopping, IDLE_SLEEP_SECONDS)
+        try:
+            while not self.stopping.is_set():
+                did = run_once()
+                cycles += 1
+                if max_cycles is not None and cycles >= max_cycles:
+                    break
+                if not did:
+                    idle_wait(self.stopping, IDLE_SLEEP_SECONDS)
+        finally:
+            done.set()
+            if isinstance(beating, threading.Thread):
+                beating.join(timeout=5)
         log.info("worker stopped")

@@ -98,6 +98,10 @@ class _Handler:
                 )
             )
             number = len(self.sink.received)
+        drop = self.sink.drop_after_data
+        if drop is not None and drop():
+            # Accepted, but the connection dies before the reply: the at-most-once boundary.
+            server.transport.close()
         return f"250 2.0.0 Ok: queued as Q{number:06d}"
 
 
@@ -180,6 +184,8 @@ class SMTPSink:
     # SASL bearer mechanisms accepted (the token is checked against `users` like a password).
     bearer_mechanisms: tuple[str, ...] = ("XOAUTH2", "OAUTHBEARER")
     bearer_logins: list[tuple[str, str]] = field(default_factory=list)
+    # Called after each accepted message: True closes the connection before the reply is sent.
+    drop_after_data: Callable[[], bool] | None = None
 
     def __post_init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None

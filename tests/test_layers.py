@@ -24,8 +24,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mailgate"
 # else imports strictly from lower layers. A new package must be placed here.
 LAYERS: list[tuple[str, set[str]]] = [
     (
-        "base: settings parsing, secrets, logging, the worker loop",
-        {"conf", "crypto", "logs", "worker"},
+        "base: settings parsing, secrets, logging, the worker loop, the SQLite backend",
+        {"conf", "crypto", "logs", "worker", "dbsqlite"},
     ),
     ("people and process state", {"accounts", "core"}),
     ("providers: endpoints, scopes, error catalogues", {"providers"}),

@@ -16,7 +16,7 @@ def load(tmp_path: Path, **env: str) -> conf.Config:
 
 def test_it_defaults_to_sqlite_in_the_home_folder(tmp_path: Path) -> None:
     config = load(tmp_path)
-    assert config.database.engine == "django.db.backends.sqlite3"
+    assert config.database.engine == "mailgate.dbsqlite"
     assert config.database.name == str(tmp_path / "mailgate.sqlite3")
     assert config.public_url == "http://127.0.0.1:8000"
     assert config.microsoft_login_url == "https://login.microsoftonline.com"

@@ -1,7 +1,10 @@
 """The REST API, served by django-ninja with its OpenAPI document at /api/v1/openapi.json."""
 
+import logging
 from functools import partial
 
+from django.db import OperationalError
+from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
 
 from mailgate.api.auth import APIKeyError, BearerKey, api_key_error_response
@@ -22,3 +25,26 @@ api.add_exception_handler(APIKeyError, partial(api_key_error_response, api))
 api.add_router("/servers", servers_router)
 api.add_router("/messages", messages_router)
 api.add_router("/inbox", inbox_router)
+
+
+log = logging.getLogger("mailgate.api")
+
+
+def database_unavailable(
+    request: HttpRequest, exc: OperationalError | type[OperationalError]
+) -> HttpResponse:
+    """The database cannot be written or reached right now (disk full, locked, restarting): 503,
+    nothing was stored, and the request may be repeated (with its Idempotency-Key)."""
+    log.error("API request failed on the database: %s", exc)
+    return api.create_response(
+        request,
+        {
+            "detail": f"The database cannot take this request now ({exc}). Nothing was stored: "
+            "repeat the request later (with the same Idempotency-Key). If it lasts, the "
+            "administrator should check the database (free disk space, a running server).",
+        },
+        status=503,
+    )
+
+
+api.add_exception_handler(OperationalError, database_unavailable)

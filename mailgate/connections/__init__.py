@@ -54,9 +54,9 @@ def _revealed(value: object) -> str:
 def access_token_callable(server: MailServer) -> BearerToken:
     """A bearer credential whose token comes from the token lifecycle when a connection needs one."""
 
-    def get_token() -> str:
+    def token(*, reuse_fresh: bool) -> str:
         try:
-            return get_fresh_access_token(server)
+            return get_fresh_access_token(server, reuse_fresh=reuse_fresh)
         except TokenError as exc:
             raise TransportError(
                 f"no access token for {server.username}: {exc}",
@@ -65,7 +65,11 @@ def access_token_callable(server: MailServer) -> BearerToken:
                 diagnosis=exc.diagnosis,
             ) from None
 
-    return BearerToken(server.username, get_token)
+    return BearerToken(
+        server.username,
+        lambda: token(reuse_fresh=True),
+        renew=lambda: token(reuse_fresh=False),
+    )
 
 
 def credential_for(server: MailServer, *, incoming: bool = False) -> Credential | None:

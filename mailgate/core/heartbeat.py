@@ -1,25 +1,54 @@
 """Worker heartbeats: each worker process records that it is alive, so health checks can tell.
 
-Written by the worker step `heartbeat_step` at most every BEAT_INTERVAL; read by the dashboard,
+Written by a thread of the running worker (`keep_beating`, so a long step does not silence it) and
+by the worker step `heartbeat_step`, at most every BEAT_INTERVAL; read by the dashboard,
 `mailgate doctor` and `/metrics`. Rows of workers gone for PRUNE_AFTER are deleted.
+
+The holder string names the process's claims on outgoing mail too: a worker whose heartbeat is
+older than `dead_after()` (MAILGATE_WORKER_DEAD_SECONDS, default 30 s) is dead, and any live worker
+releases its claims at once instead of waiting out their lease.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import socket
 import threading
+import uuid
 
+from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
+from mailgate.conf import SettingsError
 from mailgate.core.models import WorkerHeartbeat
+
+log = logging.getLogger("mailgate.worker")
 
 BEAT_INTERVAL = dt.timedelta(seconds=10)
 # A worker not seen for this long is taken as stopped (a step may legitimately take a while:
 # connection timeouts are 15 s each and one pass visits every server with due mail).
 STALE_AFTER = dt.timedelta(minutes=5)
 PRUNE_AFTER = dt.timedelta(days=1)
+DEAD_AFTER_DEFAULT = 30.0
+DEAD_AFTER_MINIMUM = 3.0
+
+
+def dead_after() -> dt.timedelta:
+    """How long a running worker may go unseen before it is taken as dead (its claims released)."""
+    name = "MAILGATE_WORKER_DEAD_SECONDS"
+    raw = getattr(settings, name, None)
+    if raw is None:
+        raw = os.environ.get(name, "").strip() or DEAD_AFTER_DEFAULT
+    try:
+        seconds = float(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(name, f"{raw!r} is not a number", "a number of seconds") from None
+    if seconds < DEAD_AFTER_MINIMUM:
+        raise SettingsError(name, f"{seconds} is below {DEAD_AFTER_MINIMUM}", "a number of seconds")
+    return dt.timedelta(seconds=seconds)
 
 
 class Heartbeat:
@@ -28,15 +57,31 @@ class Heartbeat:
     def __init__(self, holder: str | None = None) -> None:
         self.hostname = socket.gethostname()
         self.pid = os.getpid()
-        self.holder = holder or f"{self.hostname}:{self.pid}"
+        # The random part tells a restarted process from the one before with the same pid.
+        self.holder = holder or f"{self.hostname}:{self.pid}:{uuid.uuid4().hex[:8]}"
         self.started_at: dt.datetime | None = None
         self.last_beat_at: dt.datetime | None = None
+        self.beating = False  # a keep_beating() thread is running
         self._lock = threading.Lock()
+
+    def interval(self) -> dt.timedelta:
+        """At most BEAT_INTERVAL, and small enough that three beats fit into dead_after()."""
+        return min(BEAT_INTERVAL, dead_after() / 3)
 
     def is_due(self, now: dt.datetime) -> bool:
         last = self.last_beat_at
         # A clock set back makes `now - last` negative: beat then rather than wait it out.
-        return last is None or not (dt.timedelta(0) <= now - last < BEAT_INTERVAL)
+        return last is None or not (dt.timedelta(0) <= now - last < self.interval())
+
+    def is_current(self, now: dt.datetime | None = None) -> bool:
+        """False when this process's beats stopped reaching the database for long enough that
+        other workers may have taken it as dead and released its claims (only while a
+        keep_beating() thread runs: without one a process does not claim to be beating)."""
+        if not self.beating:
+            return True
+        last = self.last_beat_at
+        now = now or timezone.now()
+        return last is not None and now - last < dead_after() - self.interval()
 
     def beat(self, now: dt.datetime | None = None) -> bool:
         """Record this process as alive (and prune long-gone workers) when due; True if written."""
@@ -71,6 +116,38 @@ def process_heartbeat() -> Heartbeat:
         if _heartbeat is None or _heartbeat.pid != os.getpid():
             _heartbeat = Heartbeat()
         return _heartbeat
+
+
+def keep_beating(stop: threading.Event) -> threading.Thread:
+    """Start a thread that beats for this process until `stop` is set (the running worker)."""
+    heartbeat = process_heartbeat()
+
+    def run() -> None:
+        heartbeat.beating = True
+        try:
+            while not stop.is_set():
+                try:
+                    heartbeat.beat()
+                except Exception:  # the database is away: beat again at the next interval
+                    log.warning("worker heartbeat not recorded", exc_info=True)
+                    connection.close()
+                stop.wait(heartbeat.interval().total_seconds() / 2)
+        finally:
+            heartbeat.beating = False
+            connection.close()  # this thread's own connection
+
+    thread = threading.Thread(target=run, name="mailgate-heartbeat", daemon=True)
+    thread.start()
+    return thread
+
+
+def dead_workers(now: dt.datetime, within: dt.timedelta) -> list[str]:
+    """Holders of workers unseen for dead_after(), seen within `within` (older claims expired)."""
+    return list(
+        WorkerHeartbeat.objects.filter(
+            last_seen_at__lt=now - dead_after(), last_seen_at__gte=now - within
+        ).values_list("holder", flat=True)
+    )
 
 
 def heartbeat_step() -> bool:

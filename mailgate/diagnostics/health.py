@@ -13,6 +13,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken
@@ -275,8 +276,8 @@ def _connection_state(
             Finding(
                 Level.ERROR,
                 "Not connected",
-                "This OAuth server has never been connected, so it can neither send nor fetch "
-                "mail.",
+                "This OAuth server is not connected (never, or disconnected since), so it can "
+                "neither send nor fetch mail.",
                 f"{_where(server)} and press {label}, signing in as "
                 f"{server.username or 'the mailbox user'}.",
                 "not_connected",
@@ -287,6 +288,8 @@ def _connection_state(
         server.status == ServerStatus.FAILING
         and not (grant is not None and grant.last_error)
         and server.last_test_ok is not False
+        # Failing because the queue is held: the held-queue finding says it, with the fix.
+        and not (is_held(server) and server.status_detail == server.hold_reason)
     ):
         detail, fix = split_fix(server.status_detail)
         return [
@@ -300,7 +303,8 @@ def _connection_state(
                 "failing",
             )
         ]
-    if grant is not None and grant.is_token_valid(now):
+    # Never "Token Valid" while the server's mail is held: the token is not what matters then.
+    if grant is not None and grant.is_token_valid(now) and not is_held(server):
         return [
             Finding(
                 Level.OK,
@@ -682,7 +686,38 @@ def _database() -> Finding:
             "connections from this machine.",
             "database",
         )
-    return Finding(Level.OK, "Database reachable", connection.vendor, check="database")
+    size = database_size()
+    detail = connection.vendor + (f", size {_megabytes(size)}" if size is not None else "")
+    return Finding(Level.OK, "Database reachable", detail, check="database")
+
+
+def database_size() -> int | None:
+    """The database's size in bytes (the SQLite file with its WAL, or the PostgreSQL database);
+    None when it cannot be read."""
+    connection = connections[DEFAULT_DB_ALIAS]
+    try:
+        with connection.cursor() as cursor:
+            if connection.vendor == "postgresql":
+                cursor.execute("SELECT pg_database_size(current_database())")
+                row = cursor.fetchone()
+                return int(row[0]) if row else None
+            if connection.vendor == "sqlite":
+                name = str(connection.settings_dict["NAME"])
+                files = [Path(name), Path(name + "-wal")]
+                if any(f.is_file() for f in files):
+                    return sum(f.stat().st_size for f in files if f.is_file())
+                cursor.execute("PRAGMA page_count")
+                pages = cursor.fetchone()
+                cursor.execute("PRAGMA page_size")
+                page_size = cursor.fetchone()
+                return int(pages[0]) * int(page_size[0]) if pages and page_size else None
+    except Exception:  # a size is a nicety: never a reason for a failing health check
+        return None
+    return None
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1_000_000:.1f} MB"
 
 
 def _migrations() -> list[Finding]:

@@ -47,8 +47,9 @@ class OAuthState(models.Model):
 class Grant(models.Model):
     """The tokens of a connected OAuth server (refresh and access tokens encrypted at rest).
 
-    Refreshes are serialized by locking this row (single flight across threads, processes and
-    machines); retry state for transient failures lives here too.
+    Refreshes are single flight across threads, processes and machines: the refresh is claimed on
+    this row (refresh_claim, a compare-and-swap) and the provider is called with no lock held;
+    retry state for transient failures lives here too.
     """
 
     server = models.OneToOneField(
@@ -74,6 +75,9 @@ class Grant(models.Model):
     last_error_code = models.CharField(max_length=100, blank=True)
     last_error_diagnosis = models.TextField(blank=True)
     last_error_at = models.DateTimeField(null=True, blank=True)
+    # The refresh in progress: who claimed it, and when the claim lapses if it never finishes.
+    refresh_claim = models.CharField(max_length=32, blank=True)
+    refresh_claimed_until = models.DateTimeField(null=True, blank=True)
 
     def __str__(self) -> str:
         return f"{self.provider} grant for {self.account}"

@@ -1,9 +1,10 @@
 """The token lifecycle: `get_fresh_access_token(server)` for every component that needs a token.
 
-One refresh at a time per grant, for all threads, processes and machines: the grant row is locked
-(SELECT ... FOR UPDATE on PostgreSQL; SQLite's IMMEDIATE transactions admit one writer) around
-"check expiry -> refresh -> store the rotated tokens", so concurrent callers wait and then reuse the
-fresh token. Call these functions outside a caller's transaction so failures are recorded.
+One refresh at a time per grant, for all threads, processes and machines: a caller claims the refresh
+with a compare-and-swap on the grant row, calls the identity provider with no database transaction
+open, then writes the rotated tokens (or the failure) in a short one; concurrent callers wait for
+that result instead of calling again. A claim outlives no refresh: it lapses after claim_lifetime().
+Call these functions outside a caller's transaction so failures are recorded.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import uuid
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from mailgate import providers
@@ -25,6 +28,7 @@ from mailgate.providers.errors import (
     TokenError,
     TokenUnavailable,
 )
+from mailgate.providers.http import timeout as http_timeout
 from mailgate.servers.models import MailServer, ServerStatus
 from mailgate.servers.signals import mail_may_flow
 
@@ -38,6 +42,8 @@ BACKOFF_MAX = dt.timedelta(minutes=15)
 # secret is replaced, which clears the wait).
 CREDENTIALS_RETRY = dt.timedelta(minutes=5)
 IDLE_BATCH = 20
+# How often a caller waiting for another's refresh looks at the grant row.
+CLAIM_POLL_SECONDS = 0.1
 
 
 def flow_for(server: MailServer) -> OAuthFlow:
@@ -61,64 +67,155 @@ def not_connected(server: MailServer) -> ReconnectRequired:
     )
 
 
-def get_fresh_access_token(server: MailServer) -> str:
-    """An access token valid for at least 5 more minutes; raises a TokenError subclass otherwise."""
+def get_fresh_access_token(server: MailServer, *, reuse_fresh: bool = True) -> str:
+    """An access token valid for at least 5 more minutes; raises a TokenError subclass otherwise.
+
+    `reuse_fresh=False`: a server refused the stored token, so a new one is asked for even if it
+    looks valid (callers that waited on the same refresh share its result).
+    """
     grant = Grant.objects.filter(server_id=server.pk).first()
     if grant is None:
         raise not_connected(server)
-    if not grant.is_dead and grant.has_usable_access_token():
+    if reuse_fresh and not grant.is_dead and grant.has_usable_access_token():
         return revealed(grant.access_token)
-    return refresh_access_token(server.pk)
+    return refresh_access_token(server.pk, reuse_fresh=reuse_fresh)
 
 
 def refresh_access_token(
     server_id: int, *, reuse_fresh: bool = True, idle_before: dt.datetime | None = None
 ) -> str:
-    """Refresh under the grant's row lock; concurrent callers then reuse the token just stored.
+    """Refresh once for everyone; concurrent callers wait for that refresh and take its result.
 
-    With `idle_before`, refresh only when the last success is older (the background step).
+    The refresh is claimed with a compare-and-swap on the grant row (refresh_claim), the identity
+    provider is called with no transaction open (a slow or hanging token endpoint holds no lock,
+    so enqueues and the worker's writes go on), and the result is written in a short transaction.
+    `reuse_fresh=False` forces a refresh even when the stored token looks fresh (a server refused
+    it). With `idle_before`, refresh only when the last success is older (the background step).
+    Call it outside a caller's transaction so that a failure is recorded.
     """
-    failure: TokenError | None = None
-    token = ""
-    with transaction.atomic():
-        grant = (
-            Grant.objects.select_for_update().select_related("server").filter(server_id=server_id)
-        ).first()
+    claim = uuid.uuid4().hex
+    waited_for: tuple[int, dt.datetime | None] | None = None
+    deadline = time.monotonic() + claim_lifetime().total_seconds() + 5
+    while True:
+        grant = Grant.objects.select_related("server").filter(server_id=server_id).first()
         if grant is None:
-            server = MailServer.objects.get(pk=server_id)
-            raise not_connected(server)
+            raise not_connected(MailServer.objects.get(pk=server_id))
         server = grant.server
         now = timezone.now()
-        if grant.is_dead:
-            raise ReconnectRequired(
-                grant.last_error or f"{server.name} must be reconnected",
-                diagnosis=grant.last_error_diagnosis,
-                code=grant.last_error_code,
+        if waited_for is not None and waited_for != (grant.refresh_count, grant.last_error_at):
+            # The refresh we waited for is done: its result is ours too.
+            return _result_of_refresh(grant)
+        early = _answer_without_refresh(grant, now, reuse_fresh, idle_before)
+        if early is not None:
+            return early
+        expired = Q(refresh_claimed_until__isnull=True) | Q(refresh_claimed_until__lt=now)
+        # Taken only if unclaimed and unchanged since read (no refresh finished in between).
+        taken = (
+            Grant.objects.filter(
+                pk=grant.pk,
+                connected_at=grant.connected_at,
+                refresh_count=grant.refresh_count,
+                last_error_at=grant.last_error_at,
             )
-        if reuse_fresh and idle_before is None and grant.has_usable_access_token(now):
+            .filter(expired)
+            .update(refresh_claim=claim, refresh_claimed_until=now + claim_lifetime())
+        )
+        if taken:
+            break
+        if time.monotonic() > deadline:
+            raise TokenUnavailable(
+                f"the token refresh for {server.name} by another process did not finish",
+                diagnosis="The identity provider answers slowly; the next attempt retries.",
+                code="refresh_in_progress",
+            )
+        if waited_for is None:
+            waited_for = (grant.refresh_count, grant.last_error_at)
+        time.sleep(CLAIM_POLL_SECONDS)
+    tokens: TokenSet | None = None
+    failure: TokenError | None = None
+    try:
+        tokens = _refresh_with_retries(flow_for(server), server, grant)
+    except TokenError as exc:
+        failure = exc
+    except BaseException:
+        _release_claim(grant, claim)
+        raise
+    return _store_result(grant, claim, tokens, failure, now)
+
+
+def claim_lifetime() -> dt.timedelta:
+    """How long a refresh claim lasts: every try of the token call timing out, plus the pauses."""
+    tries = len(RETRY_PAUSES) + 1
+    seconds = tries * (http_timeout().read or 15.0) + sum(RETRY_PAUSES) + 10
+    return dt.timedelta(seconds=seconds)
+
+
+def _answer_without_refresh(
+    grant: Grant, now: dt.datetime, reuse_fresh: bool, idle_before: dt.datetime | None
+) -> str | None:
+    """The stored token when no refresh is needed (or allowed yet); raise when none can be had."""
+    if grant.is_dead:
+        raise ReconnectRequired(
+            grant.last_error or f"{grant.server.name} must be reconnected",
+            diagnosis=grant.last_error_diagnosis,
+            code=grant.last_error_code,
+        )
+    if reuse_fresh and idle_before is None and grant.has_usable_access_token(now):
+        return revealed(grant.access_token)
+    if idle_before is not None and grant.last_success_at and grant.last_success_at > idle_before:
+        return revealed(grant.access_token)
+    if grant.next_attempt_at and grant.next_attempt_at > now:
+        if grant.access_token is not None and (grant.access_expires_at or now) > now:
             return revealed(grant.access_token)
-        if (
-            idle_before is not None
-            and grant.last_success_at
-            and grant.last_success_at > idle_before
-        ):
+        raise _waiting_error(grant)
+    return None
+
+
+def _result_of_refresh(grant: Grant) -> str:
+    """What another caller's refresh, just finished, gave: its token, or its failure."""
+    if grant.is_dead:
+        raise ReconnectRequired(
+            grant.last_error or f"{grant.server.name} must be reconnected",
+            diagnosis=grant.last_error_diagnosis,
+            code=grant.last_error_code,
+        )
+    if grant.last_error or grant.access_token is None:
+        raise _waiting_error(grant)
+    return revealed(grant.access_token)
+
+
+def _release_claim(grant: Grant, claim: str) -> None:
+    Grant.objects.filter(pk=grant.pk, refresh_claim=claim).update(
+        refresh_claim="", refresh_claimed_until=None
+    )
+
+
+def _store_result(
+    claimed: Grant,
+    claim: str,
+    tokens: TokenSet | None,
+    failure: TokenError | None,
+    now: dt.datetime,
+) -> str:
+    """Write the refresh's outcome in one short transaction and release the claim."""
+    with transaction.atomic():
+        grant = Grant.objects.select_for_update().select_related("server").get(pk=claimed.pk)
+        if grant.connected_at != claimed.connected_at:
+            # Connected again while we refreshed: the new sign-in's tokens win.
+            _release_claim(grant, claim)
+            if failure is not None:
+                raise failure
             return revealed(grant.access_token)
-        if grant.next_attempt_at and grant.next_attempt_at > now:
-            if grant.access_token is not None and (grant.access_expires_at or now) > now:
-                return revealed(grant.access_token)
-            raise _waiting_error(grant)
-        flow = flow_for(server)
-        try:
-            tokens = _refresh_with_retries(flow, server, grant)
-        except TokenError as exc:
-            failure = exc
-            _record_failure(grant, server, exc, now)
+        grant.refresh_claim, grant.refresh_claimed_until = "", None
+        if failure is not None:
+            _record_failure(grant, grant.server, failure, now)
         else:
-            token = tokens.access_token
-            _record_success(grant, server, tokens, now)
+            assert tokens is not None
+            _record_success(grant, grant.server, tokens, now)
     if failure is not None:
         raise failure
-    return token
+    assert tokens is not None
+    return tokens.access_token
 
 
 def _refresh_with_retries(flow: OAuthFlow, server: MailServer, grant: Grant) -> TokenSet:
@@ -247,10 +344,17 @@ def disconnect(server: MailServer) -> str:
             note = f"The provider's revocation did not succeed ({exc}); the tokens were deleted anyway."
             log.warning("revocation for %s failed: %s", server.name, exc)
         grant.delete()
-    MailServer.objects.filter(pk=server.pk).update(
-        status=ServerStatus.NOT_CONNECTED, status_detail=""
-    )
-    server.status, server.status_detail = ServerStatus.NOT_CONNECTED, ""
+    # A test result belongs to the connection it tested: it goes with the tokens.
+    cleared = {
+        "status": ServerStatus.NOT_CONNECTED,
+        "status_detail": "",
+        "last_test_at": None,
+        "last_test_ok": None,
+        "last_test_summary": "",
+    }
+    MailServer.objects.filter(pk=server.pk).update(**cleared)
+    for name, value in cleared.items():
+        setattr(server, name, value)
     return note
 
 

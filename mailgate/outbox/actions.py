@@ -29,9 +29,16 @@ def retry_message(message_id: int) -> OutgoingMessage:
             f"server {message.server.name!r} is held ({message.server.hold_reason or 'account problem'}): "
             "fix the server; its messages resume by themselves"
         )
+    if message.purged_at is not None:
+        raise ActionRefused(
+            f"message {message.pk} was purged on {message.purged_at:%Y-%m-%d} "
+            "(MAILGATE_RETENTION_DAYS): its content is gone, so it cannot be sent again"
+        )
     allowed = (Status.FAILED, Status.CANCELLED, Status.DEFERRED)
     now = timezone.now()
-    updated = OutgoingMessage.objects.filter(pk=message.pk, status__in=allowed).update(
+    updated = OutgoingMessage.objects.filter(
+        pk=message.pk, status__in=allowed, purged_at__isnull=True
+    ).update(
         status=Status.QUEUED,
         next_attempt_at=now,
         created_at=now if message.status == Status.FAILED else message.created_at,

@@ -8,17 +8,20 @@ computed from the database inside that lock, so they hold across any number of w
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 from django.db import connection, transaction
 from django.db.models import Q, Sum
 from django.utils import timezone
 
+from mailgate.core.heartbeat import dead_after, dead_workers
 from mailgate.outbox import conf
 from mailgate.outbox.connection_pool import ConnectionPool
 from mailgate.outbox.hold import is_held, not_held
 from mailgate.outbox.models import (
     WAITING,
+    ConnectionLease,
     DeliveryAttempt,
     Outcome,
     OutgoingMessage,
@@ -26,6 +29,8 @@ from mailgate.outbox.models import (
     Status,
 )
 from mailgate.servers.models import MailServer
+
+log = logging.getLogger("mailgate.outbox")
 
 MINUTE = timedelta(minutes=1)
 # What is left of a limit set to 0 (none): more than any batch or day can use.
@@ -164,6 +169,17 @@ class Claimer:
         )
         return server, messages
 
+    def release_all(self) -> int:
+        """Give back every claim of this worker (none is in use between passes); how many.
+
+        A message whose outcome could not be written may have been delivered: it is sent again
+        with the same Message-ID, as after a crash.
+        """
+        now = timezone.now()
+        return OutgoingMessage.objects.filter(status=Status.SENDING, claimed_by=self.holder).update(
+            claimed_by="", claimed_until=now, updated_at=now
+        )
+
     def release(self, messages: list[OutgoingMessage]) -> None:
         """Give claimed, unattempted messages back to the queue as they were."""
         ids = [m.pk for m in messages]
@@ -177,3 +193,29 @@ class Claimer:
             status=Status.QUEUED, claimed_by="", claimed_until=None, updated_at=now
         )
         mine.update(status=Status.DEFERRED, claimed_by="", claimed_until=None, updated_at=now)
+
+
+def release_dead_workers_claims(now: datetime) -> int:
+    """Make the claims and connection slots of dead workers (heartbeat older than dead_after())
+    free at once rather than after their lease; return how many messages were released.
+
+    Only workers seen within the lease are looked at: older claims have expired by themselves.
+    A message a dead worker had in flight may have been delivered: it is sent again (with the same
+    Message-ID), as after an expired lease.
+    """
+    dead = dead_workers(now, timedelta(seconds=conf.get().lease_seconds))
+    if not dead:
+        return 0
+    with transaction.atomic():
+        released = OutgoingMessage.objects.filter(
+            status=Status.SENDING, claimed_by__in=dead
+        ).update(claimed_by="", claimed_until=now, updated_at=now)
+        ConnectionLease.objects.filter(holder__in=dead).delete()
+    if released:
+        log.warning(
+            "released %d messages claimed by dead workers (no heartbeat for %d s): %s",
+            released,
+            dead_after().total_seconds(),
+            ", ".join(dead),
+        )
+    return released

@@ -24,6 +24,11 @@ KNOBS: dict[str, tuple[float, float, str]] = {
     "MAILGATE_OUTBOX_BACKOFF_BASE": (60, 0.01, "seconds before the first retry"),
     "MAILGATE_OUTBOX_BACKOFF_MAX": (3600, 0.01, "longest pause between retries, in seconds"),
     "MAILGATE_OUTBOX_SMTP_TIMEOUT": (30, 0.1, "seconds to wait for an SMTP server"),
+    "MAILGATE_RETENTION_DAYS": (
+        30,
+        0,
+        "days the bodies of sent, failed and cancelled messages are kept (0: forever)",
+    ),
 }
 
 
@@ -52,6 +57,7 @@ class OutboxConfig:
     smtp_timeout: float
     smtp_pipelining: bool = True
     smtp_chunking: bool = True
+    retention_days: float = 30
 
 
 def _value(name: str) -> float:
@@ -93,4 +99,5 @@ def get() -> OutboxConfig:
         smtp_timeout=_value("MAILGATE_OUTBOX_SMTP_TIMEOUT"),
         smtp_pipelining=_switch("MAILGATE_OUTBOX_SMTP_PIPELINING"),
         smtp_chunking=_switch("MAILGATE_OUTBOX_SMTP_CHUNKING"),
+        retention_days=_value("MAILGATE_RETENTION_DAYS"),
     )

@@ -11,20 +11,31 @@ from django.utils import timezone
 from mailgate.outbox.models import WAITING, OutgoingMessage, ServerState, Status
 from mailgate.outbox.routing import forget_servers
 from mailgate.outbox.wakeup import announce
-from mailgate.servers.models import MailServer
+from mailgate.servers.models import MailServer, ServerStatus
 
 log = logging.getLogger("mailgate.outbox")
 
 
+# A held server never shows a healthy status: "Token Valid" / "Ready" become "Failing" with the
+# hold's reason (Reconnect required and the others already say why) until it is released.
+HEALTHY = (ServerStatus.TOKEN_VALID, ServerStatus.READY)
+
+
 def hold_server(server: MailServer, reason: str) -> int:
-    """Mark the server held with the reason and hold its waiting messages; return how many."""
+    """Mark the server held with the reason and hold its waiting messages; return how many are
+    held now (those just recorded as held by the worker included)."""
     now = timezone.now()
     with transaction.atomic():
         MailServer.objects.filter(pk=server.pk).update(hold_reason=reason, held_at=now)
-        count = OutgoingMessage.objects.filter(server=server, status__in=WAITING).update(
+        MailServer.objects.filter(pk=server.pk, status__in=HEALTHY).update(
+            status=ServerStatus.FAILING, status_detail=reason
+        )
+        OutgoingMessage.objects.filter(server=server, status__in=WAITING).update(
             status=Status.HELD, diagnosis=reason, updated_at=now
         )
+        count = OutgoingMessage.objects.filter(server=server, status=Status.HELD).count()
     server.hold_reason, server.held_at = reason, now
+    server.refresh_from_db(fields=["status", "status_detail"])
     forget_servers()
     log.warning(
         "server %s held: %s (%d messages held)",
@@ -44,6 +55,14 @@ def release_server(server: MailServer) -> int:
     """
     now = timezone.now()
     with transaction.atomic():
+        held = MailServer.objects.filter(pk=server.pk).values_list("hold_reason", flat=True).first()
+        # The status the hold set goes back to healthy (a status set since then stays).
+        MailServer.objects.filter(
+            pk=server.pk, status=ServerStatus.FAILING, status_detail=held or ""
+        ).exclude(status_detail="").update(
+            status=ServerStatus.TOKEN_VALID if server.is_oauth else ServerStatus.READY,
+            status_detail="",
+        )
         MailServer.objects.filter(pk=server.pk).update(hold_reason="", held_at=None)
         ServerState.objects.filter(server=server).update(
             next_allowed_at=None, throttle_reason="", last_probe_at=None
@@ -52,6 +71,7 @@ def release_server(server: MailServer) -> int:
             status=Status.QUEUED, next_attempt_at=now, diagnosis="", updated_at=now
         )
     server.hold_reason, server.held_at = "", None
+    server.refresh_from_db(fields=["status", "status_detail"])
     forget_servers()
     if count:
         announce()

@@ -71,6 +71,8 @@ class OutgoingMessage(models.Model):
     )
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
+    # When retention emptied `raw` (the body and attachments); the rest of the row stays.
+    purged_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]
@@ -115,7 +117,11 @@ class OutgoingMessage(models.Model):
 
     @property
     def can_retry(self) -> bool:
-        return self.status in (Status.FAILED, Status.CANCELLED, Status.DEFERRED)
+        return self.purged_at is None and self.status in (
+            Status.FAILED,
+            Status.CANCELLED,
+            Status.DEFERRED,
+        )
 
     @property
     def can_cancel(self) -> bool:

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import threading
 import time
-import uuid
 from datetime import timedelta
 
 from django.db.models import Q
 from django.utils import timezone
 
 from mailgate.connections import smtp_transport
+from mailgate.core.heartbeat import process_heartbeat
 from mailgate.outbox import conf
-from mailgate.outbox.claims import Claimer, due_candidates, due_filter, servers_with_due_mail
+from mailgate.outbox.claims import (
+    Claimer,
+    due_candidates,
+    due_filter,
+    release_dead_workers_claims,
+    servers_with_due_mail,
+)
 from mailgate.outbox.connection_pool import ConnectionPool
 from mailgate.outbox.diagnosis import Action, classify
 from mailgate.outbox.hold import held_servers, hold_server, release_server
@@ -39,11 +44,14 @@ class Deliverer:
 
     def __init__(self, holder: str | None = None, *, overlap: bool = False) -> None:
         """`overlap`: record outcomes in a thread while the next message starts (BackgroundRecorder)."""
-        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        # The claims carry the name of the process's heartbeat: when it stops, others release them.
+        self.heartbeat = process_heartbeat()
+        self.holder = holder or self.heartbeat.holder
         self.pool = ConnectionPool(self.holder)
         self.claimer = Claimer(self.holder, self.pool)
         self.outcomes = OutcomeRecorder(self.holder)
         self.recorder = BackgroundRecorder() if overlap else None
+        self.broke_off = False
 
     @property
     def token_requests(self) -> int:
@@ -88,7 +96,9 @@ class Deliverer:
         recorder = self.recorder
         try:
             while remaining:
-                if stop.is_set():
+                # Stopping, or our heartbeat has not reached the database for so long that other
+                # workers may have released our claims: the rest go back to the queue.
+                if stop.is_set() or not self.heartbeat.is_current():
                     break
                 message = remaining.pop(0)
                 envelope = Envelope(
@@ -170,8 +180,22 @@ class Deliverer:
         return did
 
     def step(self, stop: threading.Event) -> bool:
-        """One pass: probe held servers, then one batch per server with due mail."""
-        did = self.probe_held_servers()
+        """One pass: free dead workers' claims, probe held servers, then one batch per server.
+
+        A pass that broke off (the database went away mid-batch) left claims of this worker
+        behind: the next pass gives them back first rather than leaving them to the lease.
+        """
+        if self.broke_off:
+            self.claimer.release_all()
+            self.broke_off = False
+        self.broke_off = True
+        did = self._step(stop)
+        self.broke_off = False
+        return did
+
+    def _step(self, stop: threading.Event) -> bool:
+        did = release_dead_workers_claims(timezone.now()) > 0
+        did = self.probe_held_servers() or did
         worked: set[int] = set()
         for server_id in servers_with_due_mail(timezone.now()):
             if stop.is_set():

@@ -147,7 +147,14 @@ class Transport:
             credential = credential.login
         if isinstance(credential, BearerToken):
             require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="access token")
-            return self._auth_bearer(credential)
+            try:
+                return self._auth_bearer(credential)
+            except TransportError as refused:
+                if credential.renew is None or refused.step != "auth" or not refused.permanent:
+                    raise
+            # Refused for good (535 5.7.3 and the like): one newly issued token decides whether
+            # the token or the account is the problem.
+            return self._auth_bearer(BearerToken(credential.username, credential.renew))
         if isinstance(credential, Password):
             require_encryption(self.endpoint, is_encrypted=self.is_encrypted, what="password")
             return self._auth_password(credential)

@@ -22,7 +22,9 @@ def test_it_records_host_pid_and_times_on_the_first_beat() -> None:
     beat = Heartbeat()
     assert beat.beat(now=T0) is True
     row = WorkerHeartbeat.objects.get()
-    assert row.holder == f"{row.hostname}:{os.getpid()}"
+    # host:pid:random, so that a restarted process with the same pid is another worker.
+    assert row.holder.startswith(f"{row.hostname}:{os.getpid()}:")
+    assert len(row.holder.split(":")[-1]) == 8
     assert row.pid == os.getpid()
     assert row.started_at == row.last_seen_at == T0
 

@@ -496,4 +496,5 @@ def test_unapplied_migrations_are_an_error_naming_them() -> None:
 
 def test_a_reachable_database_is_reported_ok() -> None:
     finding = by_check(system_findings(), "database")
-    assert finding.level == Level.OK and finding.detail == connection.vendor
+    assert finding.level == Level.OK and finding.detail.startswith(f"{connection.vendor}, size ")
+    assert finding.detail.endswith(" MB")

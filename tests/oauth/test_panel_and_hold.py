@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
+import logging
+import threading
 from typing import Any
 
+from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 
 from mailgate.oauth.models import Grant
 from mailgate.outbox import enqueue
-from mailgate.outbox.hold import hold_server
+from mailgate.outbox.hold import hold_server, release_server
 from mailgate.outbox.models import OutgoingMessage
+from mailgate.outbox.worker import Deliverer
 from mailgate.sandbox.server import Sandbox
 from mailgate.servers.models import MailServer, ServerStatus
 from tests.oauth.conftest import Browser, connect
@@ -122,3 +128,103 @@ def test_reconnecting_releases_the_held_queue(
     outlook_server.refresh_from_db()
     assert outlook_server.hold_reason == "" and outlook_server.status == ServerStatus.TOKEN_VALID
     assert OutgoingMessage.objects.get(pk=message.pk).status == "queued"
+
+
+SERVERS = "/settings/technical/mail-servers/"
+
+
+def doctor_output() -> str:
+    out = io.StringIO()
+    with contextlib.suppress(CommandError):  # it exits 1 when something needs action
+        call_command("doctor", stdout=out)
+    return out.getvalue()
+
+
+def pages(client: Client, server: MailServer) -> dict[str, str]:
+    """The server page, the list, the dashboard and `doctor`: every place a status is shown."""
+    return {
+        "page": edit_page(client, server),
+        "list": client.get(SERVERS).content.decode(),
+        "dashboard": client.get("/").content.decode(),
+        "doctor": doctor_output(),
+    }
+
+
+def deliver_until_idle() -> None:
+    deliverer = Deliverer()
+    stop = threading.Event()
+    try:
+        for _ in range(10):
+            if not deliverer.step(stop):
+                return
+    finally:
+        deliverer.close_all()
+    raise AssertionError("the worker kept finding work")
+
+
+def test_a_535_on_a_cached_token_forces_one_refresh_and_invalid_grant_is_reconnect_required(
+    admin_client: Client,
+    gmail_server: MailServer,
+    browser: Browser,
+    idp: Sandbox,
+    caplog: Any,
+) -> None:
+    password = idp.demo["google_password"]
+    assert connect(admin_client, browser, gmail_server, password).status_code == 302
+    # "Remove access" at Google: the cached access token dies with the grant, unexpired.
+    idp.control.revoke_grants(gmail_server.username)
+    idp.control.reset_counters()
+    for i in range(2):
+        enqueue(from_address=gmail_server.username, to=[f"r{i}@example.org"], text="hi")
+    with caplog.at_level(logging.WARNING, logger="mailgate.outbox"):
+        deliver_until_idle()
+    # The SMTP server refused the cached token (535); exactly one refresh answered invalid_grant.
+    counters = idp.control.counters()
+    assert counters["google_token_requests_refresh_token"] == 1
+    assert counters["google_invalid_grant"] == 1
+    gmail_server.refresh_from_db()
+    assert gmail_server.status == ServerStatus.RECONNECT_REQUIRED
+    assert gmail_server.held_at is not None
+    assert set(OutgoingMessage.objects.values_list("status", flat=True)) == {"held"}
+    assert "(2 messages held)" in caplog.text
+    for where, text in pages(admin_client, gmail_server).items():
+        assert "Reconnect required" in text, where
+        assert "Token Valid" not in text, where
+
+
+def test_a_held_server_is_failing_not_token_valid_until_released(
+    admin_client: Client, outlook_server: MailServer, db: None
+) -> None:
+    make_grant(outlook_server)
+    MailServer.objects.filter(pk=outlook_server.pk).update(status=ServerStatus.TOKEN_VALID)
+    outlook_server.refresh_from_db()
+    reason = "The mailbox may not use SMTP AUTH. Fix: enable Authenticated SMTP for it."
+    hold_server(outlook_server, reason)
+    assert outlook_server.status == ServerStatus.FAILING
+    shown = pages(admin_client, outlook_server)
+    for where, text in shown.items():
+        assert "Token Valid" not in text, where
+        assert "Failing" in text or "held" in text, where
+    assert all("SMTP AUTH" in shown[where] for where in ("page", "dashboard", "doctor"))
+    release_server(outlook_server)
+    assert outlook_server.status == ServerStatus.TOKEN_VALID
+    assert "Token Valid" in edit_page(admin_client, outlook_server)
+
+
+def test_disconnect_forgets_the_last_connection_test(
+    admin_client: Client, gmail_server: MailServer, browser: Browser, idp: Sandbox
+) -> None:
+    assert (
+        connect(admin_client, browser, gmail_server, idp.demo["google_password"]).status_code == 302
+    )
+    MailServer.objects.filter(pk=gmail_server.pk).update(
+        last_test_at=timezone.now(), last_test_ok=True, last_test_summary="[OK] all steps"
+    )
+    assert "Connection test succeeded" in doctor_output()
+    admin_client.post(f"/oauth/servers/{gmail_server.pk}/disconnect")
+    gmail_server.refresh_from_db()
+    assert (gmail_server.last_test_at, gmail_server.last_test_ok) == (None, None)
+    for where, text in pages(admin_client, gmail_server).items():
+        assert "Connection test succeeded" not in text, where
+        assert "never been connected" not in text, where
+    assert "Not connected" in pages(admin_client, gmail_server)["dashboard"]

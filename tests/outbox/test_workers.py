@@ -196,3 +196,27 @@ def test_sigterm_finishes_the_current_message_and_releases_the_claims(fresh, mod
         fresh.start_worker()
         wait_for(lambda: fresh.status()["counts"] == {"sent": 150}, 120, "all 150 sent")
         assert max(received_ids(sink).values()) == 1
+
+
+def test_after_a_kill_9_the_stranded_claims_are_delivered_again_within_a_minute(fresh):
+    # The production lease (300 s): recovery comes from the dead worker's silent heartbeat
+    # (MAILGATE_WORKER_DEAD_SECONDS, default 30 s), not from its lease running out.
+    lease = {"MAILGATE_OUTBOX_LEASE_SECONDS": "300"}
+    with SMTPSink(data_delay=0.05, pipelining=True, chunking="yes") as sink:
+        fresh.harness("setup", {"server": server_fields(sink), "messages": 150})
+        victim = fresh.start_worker(**lease)
+        wait_for(lambda: len(sink.received) >= 20, 60, "some deliveries")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        killed_at = time.monotonic()
+        stranded = fresh.status()["claimed"]
+        assert stranded > 0
+        delivered_before = len(sink.received)
+        fresh.start_worker(**lease)
+        wait_for(lambda: len(sink.received) > delivered_before, 60, "deliveries to resume")
+        recovery = time.monotonic() - killed_at
+        wait_for(lambda: fresh.status()["counts"] == {"sent": 150}, 60, "all 150 sent")
+        ids = received_ids(sink)
+        assert set(ids) == set(fresh.status()["message_ids"])
+        assert sum(n - 1 for n in ids.values()) <= 1
+        assert recovery < 60, f"{stranded} stranded claims were delivered again after {recovery} s"

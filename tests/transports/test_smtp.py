@@ -182,3 +182,37 @@ def test_a_token_the_server_refuses_is_a_permanent_auth_error():
         with pytest.raises(TransportError) as caught:
             SMTPTransport(Endpoint("127.0.0.1", sink.port, "none"), credential).open()
     assert caught.value.step == "auth" and caught.value.code == 535
+
+
+@pytest.mark.parametrize("offered", [("XOAUTH2",), ("OAUTHBEARER",)])
+def test_a_refused_token_is_renewed_once_and_the_new_one_logs_in(offered):
+    asked: list[str] = []
+
+    def renew() -> str:
+        asked.append("renew")
+        return "the-new-token"
+
+    with SMTPSink(users={"app@example.com": "the-new-token"}, bearer_mechanisms=offered) as sink:
+        credential = BearerToken("app@example.com", lambda: "a-revoked-token", renew=renew)
+        with SMTPTransport(Endpoint("127.0.0.1", sink.port, "none"), credential) as smtp:
+            (result,) = smtp.send_messages(
+                [Envelope("app@example.com", ["a@example.org"], b"Subject: x\r\n\r\nhi\r\n")]
+            )
+            assert smtp.token_requests == 2
+    assert result.ok and asked == ["renew"]
+    assert sink.auth_attempts == 2 and sink.connections == 1
+
+
+def test_a_renewed_token_refused_too_is_the_permanent_auth_error_after_one_renewal():
+    asked: list[str] = []
+
+    def renew() -> str:
+        asked.append("renew")
+        return "still-wrong"
+
+    with SMTPSink(users={"app@example.com": "the-right-token"}) as sink:
+        credential = BearerToken("app@example.com", lambda: "a-revoked-token", renew=renew)
+        with pytest.raises(TransportError) as caught:
+            SMTPTransport(Endpoint("127.0.0.1", sink.port, "none"), credential).open()
+    assert caught.value.step == "auth" and caught.value.code == 535
+    assert asked == ["renew"]

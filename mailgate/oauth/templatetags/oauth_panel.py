@@ -26,7 +26,11 @@ def connection_panel(context: template.Context, server: MailServer) -> dict[str,
         "server": server,
         "grant": grant,
         "is_oauth": server.is_oauth,
-        "token_valid": bool(grant and grant.is_token_valid()),
+        # Never while the server is failing (a held server is): the token is not the story then.
+        "token_valid": bool(
+            grant and grant.is_token_valid() and server.status != ServerStatus.FAILING
+        ),
+        "failing": server.status == ServerStatus.FAILING,
         "connect_label": providers.get(key).connect_label if key else "",
         "last_error": last_error,
         "last_diagnosis": last_diagnosis,

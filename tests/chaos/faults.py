@@ -1,0 +1,462 @@
+"""The fault matrix: each fault done to a real deployment, with what was lost, duplicated, and the
+time to recover. `bounded=True` is the version `make test` runs (fewer messages, shorter faults).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+
+from tests.chaos.identity import grant_revoked_mid_drain, identity_provider_fails
+from tests.chaos.lab import Lab, Row, free_port, lab, message_ids, sink_server, tally, wait_for
+from tests.outbox.own_database import query
+from tests.smtpsink import SMTPSink
+
+Scenario = Callable[[str, Path, bool], Row]
+
+
+def _drain(deployed: Lab, sink: SMTPSink, total: int, since: float, timeout: float) -> float:
+    wait_for(lambda: deployed.all_sent(total), timeout, f"all {total} messages sent")
+    return time.monotonic() - since
+
+
+def _resumed(sink: SMTPSink, before: int, since: float, timeout: float) -> float:
+    wait_for(lambda: len(sink.received) > before, timeout, "deliveries to resume")
+    return time.monotonic() - since
+
+
+def smtp_refuses_connections(kind: str, home: Path, bounded: bool) -> Row:
+    """The SMTP server refuses connections for a minute, then returns."""
+    total, down = (40, 5.0) if bounded else (500, 60.0)
+    with lab(kind, home) as deployed, SMTPSink() as sink:
+        deployed.harness("setup", {"server": sink_server(sink), "messages": total})
+        sink.stop()
+        deployed.worker()
+        time.sleep(down)
+        sink.start()
+        back = time.monotonic()
+        recovery = _resumed(sink, 0, back, 60)
+        drained = _drain(deployed, sink, total, back, 120)
+        lost, duplicated = tally(deployed.queued_ids(), message_ids(sink))
+    return Row(
+        f"SMTP refuses connections {down:g} s",
+        kind,
+        total,
+        lost,
+        duplicated,
+        recovery,
+        drained,
+        "deferred, retried with back-off",
+        crashes=0,
+    )
+
+
+def smtp_421_mid_batch(kind: str, home: Path, bounded: bool) -> Row:
+    """The server answers 421 (closing) at the end of one message's data, mid-batch."""
+    total = 40 if bounded else 500
+    counter = itertools.count(1)
+    at = total // 3
+    refused_at: list[float] = []
+
+    def reply(envelope: object) -> str | None:
+        if next(counter) == at:
+            refused_at.append(time.monotonic())
+            # RFC 5321's wording; "421 4.3.2" would match the catalogue's throttle rule (a pause
+            # of a minute by design), which the row would then measure instead.
+            return "421 mx.example Service not available, closing transmission channel"
+        return None
+
+    with lab(kind, home) as deployed, SMTPSink(data_reply=reply) as sink:
+        deployed.harness("setup", {"server": sink_server(sink), "messages": total})
+        deployed.worker()
+        wait_for(lambda: bool(refused_at), 60, "the 421")
+        before = len(sink.received)
+        recovery = _resumed(sink, before, refused_at[0], 60)
+        drained = _drain(deployed, sink, total, refused_at[0], 120)
+        lost, duplicated = tally(deployed.queued_ids(), message_ids(sink))
+    return Row("SMTP 421 mid-batch", kind, total, lost, duplicated, recovery, drained, crashes=0)
+
+
+def _drop_once(
+    kind: str, home: Path, messages: int, chunking: str
+) -> tuple[tuple[int, int], float, float]:
+    """One deployment whose server drops the connection after one message's data."""
+    counter = itertools.count(1)
+    dropped_at: list[float] = []
+
+    def drop() -> bool:
+        if next(counter) == messages // 2:
+            dropped_at.append(time.monotonic())
+            return True
+        return False
+
+    with (
+        lab(kind, home / f"c{chunking or 'no'}") as deployed,
+        SMTPSink(pipelining=True, chunking=chunking, drop_after_data=drop) as sink,
+    ):
+        deployed.harness("setup", {"server": sink_server(sink), "messages": messages})
+        deployed.worker()
+        wait_for(lambda: bool(dropped_at), 90, "the drop")
+        recovery = _resumed(sink, messages // 2, dropped_at[0], 60)
+        drained = _drain(deployed, sink, messages, dropped_at[0], 120)
+        return tally(deployed.queued_ids(), message_ids(sink)), recovery, drained
+
+
+def smtp_drops_after_data(kind: str, home: Path, bounded: bool) -> Row:
+    """The server takes a message and drops the connection before its reply: once after BDAT
+    LAST, once after DATA's final dot (two deployments)."""
+    total = 40 if bounded else 500
+    results = [_drop_once(kind, home, total // 2, chunking) for chunking in ("yes", "")]
+    return Row(
+        "SMTP drops the connection after BDAT / DATA, before the reply",
+        kind,
+        total,
+        sum(lost for (lost, _), _, _ in results),
+        sum(dup for (_, dup), _, _ in results),
+        max(recovery for _, recovery, _ in results),
+        max(drained for _, _, drained in results),
+        "the one message in flight is sent again (at-most-once boundary)",
+        crashes=2,
+    )
+
+
+def kill_worker_mid_batch(kind: str, home: Path, bounded: bool) -> Row:
+    """kill -9 of a worker holding a claimed batch, production lease (300 s)."""
+    total = 150 if bounded else 500
+    with lab(kind, home) as deployed, SMTPSink(data_delay=0.03) as sink:
+        deployed.harness("setup", {"server": sink_server(sink), "messages": total})
+        victim = deployed.worker()
+        wait_for(lambda: len(sink.received) >= 20, 60, "some deliveries")
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(timeout=10)
+        killed = time.monotonic()
+        stranded = deployed.claimed()
+        before = len(sink.received)
+        deployed.worker()
+        recovery = _resumed(sink, before, killed, 90)
+        drained = _drain(deployed, sink, total, killed, 180)
+        lost, duplicated = tally(deployed.queued_ids(), message_ids(sink))
+    return Row(
+        "kill -9 of the worker mid-batch",
+        kind,
+        total,
+        lost,
+        duplicated,
+        recovery,
+        drained,
+        f"{stranded} claims stranded; released when its heartbeat was 30 s old",
+    )
+
+
+def sigterm_web_and_worker(kind: str, home: Path, bounded: bool) -> Row:
+    """SIGTERM of web and worker while mail is being queued and sent; both started again."""
+    total = 60 if bounded else 500
+    with lab(kind, home) as deployed, SMTPSink(data_delay=0.02) as sink:
+        deployed.harness("setup", {"server": sink_server(sink), "messages": 0})
+        port = free_port()
+        web = deployed.web(port)
+        worker = deployed.worker()
+        client = Client(deployed, port)
+        client.send(total // 2)
+        wait_for(lambda: len(sink.received) >= 5, 60, "some deliveries")
+        web.send_signal(signal.SIGTERM)
+        worker.send_signal(signal.SIGTERM)
+        codes = (web.wait(timeout=30), worker.wait(timeout=30))
+        left_claimed = deployed.claimed()
+        stopped = time.monotonic()
+        deployed.web(port)
+        deployed.worker()
+        client.send(total - total // 2)
+        before = len(sink.received)
+        recovery = _resumed(sink, before, stopped, 60)
+        drained = _drain(deployed, sink, total, stopped, 120)
+        lost, duplicated = tally(client.accepted, message_ids(sink))
+    note = f"exit codes {codes}, {left_claimed} claims left behind"
+    return Row(
+        "SIGTERM of web and worker",
+        kind,
+        total,
+        lost,
+        duplicated,
+        recovery,
+        drained,
+        note,
+        crashes=0,
+    )
+
+
+def kill_web_during_enqueue(kind: str, home: Path, bounded: bool) -> Row:
+    """kill -9 of web while an application posts messages; every 201 answered is delivered."""
+    total = 60 if bounded else 500
+    with lab(kind, home) as deployed, SMTPSink() as sink:
+        deployed.harness("setup", {"server": sink_server(sink), "messages": 0})
+        port = free_port()
+        web = deployed.web(port)
+        deployed.worker()
+        client = Client(deployed, port)
+        sender = threading.Thread(target=client.send, args=(total,), kwargs={"retry_for": 90})
+        sender.start()
+        wait_for(lambda: len(client.accepted) >= total // 3, 60, "some enqueues")
+        web.send_signal(signal.SIGKILL)
+        web.wait(timeout=10)
+        killed = time.monotonic()
+        deployed.web(port)
+        sender.join(timeout=180)
+        recovery = client.first_after(killed)
+        drained = _drain(deployed, sink, len(deployed.queued_ids()), killed, 120)
+        lost, duplicated = tally(client.accepted, message_ids(sink))
+    return Row(
+        "kill -9 of web during enqueue",
+        kind,
+        total,
+        lost,
+        duplicated,
+        recovery,
+        drained,
+        f"{client.errors} requests failed and were retried with their Idempotency-Key",
+        crashes=0,
+    )
+
+
+def postgresql_restart(kind: str, home: Path, bounded: bool) -> Row:
+    """Every connection of web and worker cut by the server mid-drain (what a restart does to
+    them); they must reconnect by themselves, and nothing answered 201 may be lost."""
+    assert kind == "postgresql"
+    total = 60 if bounded else 500
+    with lab(kind, home) as deployed, SMTPSink(data_delay=0.02) as sink:
+        deployed.harness("setup", {"server": sink_server(sink), "messages": 0})
+        port = free_port()
+        deployed.web(port)
+        deployed.worker()
+        client = Client(deployed, port)
+        sender = threading.Thread(target=client.send, args=(total,), kwargs={"retry_for": 90})
+        sender.start()
+        wait_for(lambda: len(sink.received) >= total // 4, 60, "some deliveries")
+        name = deployed.url.rsplit("/", 1)[1]
+        admin = deployed.url.rsplit("/", 1)[0] + "/postgres"
+        cut = query(
+            admin,
+            "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE datname = %s",
+            (name,),
+        )[0][0]
+        restarted = time.monotonic()
+        before = len(sink.received)
+        sender.join(timeout=180)
+        recovery = _resumed(sink, before, restarted, 60) if before < total else 0.0
+        drained = _drain(deployed, sink, len(deployed.queued_ids()), restarted, 120)
+        lost, duplicated = tally(client.accepted, message_ids(sink))
+    return Row(
+        "PostgreSQL connections cut mid-drain",
+        kind,
+        total,
+        lost,
+        duplicated,
+        recovery,
+        drained,
+        f"{cut} server connections terminated; {client.errors} requests retried",
+    )
+
+
+class Client:
+    """An application posting messages to the REST API, each with its own Idempotency-Key,
+    retrying a request that got no answer (the web process was gone) with the same key."""
+
+    def __init__(self, deployed: Lab, port: int) -> None:
+        self.url = f"http://127.0.0.1:{port}/api/v1/messages"
+        self.key = deployed.api_key()
+        self.accepted: set[str] = set()
+        self.answered_at: list[float] = []
+        self.errors = 0
+        self.sent = 0
+
+    def send(self, count: int, *, retry_for: float = 30) -> None:
+        headers = {"Authorization": f"Bearer {self.key}"}
+        with httpx.Client(timeout=20) as http:
+            for _ in range(count):
+                self.sent += 1
+                body = {
+                    "from": "app@example.com",
+                    "to": [f"user{self.sent}@example.org"],
+                    "subject": f"message {self.sent}",
+                    "text": "x",
+                }
+                key = uuid.uuid4().hex
+                deadline = time.monotonic() + retry_for
+                while True:
+                    try:
+                        answer = http.post(
+                            self.url, json=body, headers={**headers, "Idempotency-Key": key}
+                        )
+                    except httpx.HTTPError:
+                        answer = None
+                    if answer is not None and answer.status_code in (200, 201):
+                        self.accepted.add(answer.json()["message_id"])
+                        self.answered_at.append(time.monotonic())
+                        break
+                    self.errors += 1
+                    assert time.monotonic() < deadline, (
+                        answer.text if answer is not None else "no answer"
+                    )
+                    time.sleep(0.2)
+
+    def refused(self, count: int) -> list[tuple[int, str]]:
+        """Post `count` messages once each; the (status, detail) of those not accepted."""
+        answers = []
+        with httpx.Client(timeout=30) as http:
+            for i in range(count):
+                body = {"from": "app@example.com", "to": [f"full{i}@example.org"], "text": "x"}
+                answer = http.post(
+                    self.url, json=body, headers={"Authorization": f"Bearer {self.key}"}
+                )
+                if answer.status_code in (200, 201):
+                    self.accepted.add(answer.json()["message_id"])
+                else:
+                    answers.append((answer.status_code, answer.json().get("detail", "")))
+        return answers
+
+    def first_after(self, moment: float) -> float | None:
+        later = [t for t in self.answered_at if t > moment]
+        return min(later) - moment if later else None
+
+
+def sqlite_disk_full(kind: str, home: Path, bounded: bool) -> Row:
+    """The filesystem of MAILGATE_HOME (with the SQLite database) fills up, then space returns."""
+    assert kind == "sqlite"
+    total = 30 if bounded else 300
+    disk = home / "disk"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "tmpfs", str(disk)], check=True)
+    try:
+        with lab(kind, disk) as deployed, SMTPSink() as sink:
+            deployed.harness("setup", {"server": sink_server(sink), "messages": 0})
+            port = free_port()
+            deployed.web(port)
+            deployed.worker()
+            client = Client(deployed, port)
+            client.send(total // 3)
+            wait_for(lambda: len(sink.received) >= total // 3, 60, "the first third delivered")
+            filler = disk / "filler"
+            with open(filler, "wb") as f, contextlib.suppress(OSError):
+                while True:  # until ENOSPC
+                    f.write(b"\0" * 65536)
+                    f.flush()
+            refusals = client.refused(5)
+            filler.unlink()
+            freed = time.monotonic()
+            client.send(total - total // 3, retry_for=60)
+            recovery = client.first_after(freed)
+            drained = _drain(deployed, sink, len(deployed.queued_ids()), freed, 120)
+            lost, duplicated = tally(client.accepted, message_ids(sink))
+            check = query(deployed.url, "PRAGMA integrity_check")[0][0]
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)
+    statuses = sorted({status for status, _ in refusals})
+    said = refusals[0][1][:70] if refusals else "none refused: SQLite reused space it had"
+    return Row(
+        "disk of MAILGATE_HOME full (SQLite)",
+        kind,
+        total,
+        lost,
+        duplicated,
+        recovery,
+        drained,
+        f"API answered {statuses} while full ({said!r}); integrity {check}",
+    )
+
+
+def disk_full_possible() -> bool:
+    """A small tmpfs can be mounted here (root with CAP_SYS_ADMIN); otherwise the row is skipped."""
+    probe = Path(tempfile.mkdtemp(prefix="mg-mount-probe-"))
+    try:
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(probe)],
+            capture_output=True,
+            check=False,
+        )
+        if done.returncode != 0:
+            return False
+        subprocess.run(["umount", str(probe)], check=False)
+        return True
+    finally:
+        probe.rmdir()
+
+
+def long_application_transactions(kind: str, home: Path, bounded: bool) -> Row:
+    """An application holds enqueue transactions of 1 s back to back while the worker delivers
+    (SQLite: one writer at a time). The worker's writes must wait at most about one of them."""
+    assert kind == "sqlite"
+    transactions, hold = (6, 1.0) if bounded else (60, 1.0)
+    total = 200
+    with lab(kind, home) as deployed, SMTPSink(data_delay=0.01) as sink:
+        deployed.harness("setup", {"server": sink_server(sink), "messages": total})
+        stamps: list[float] = []
+        sink.data_reply = lambda envelope: stamps.append(time.monotonic()) and None
+        deployed.worker()
+        wait_for(lambda: len(sink.received) >= 10, 60, "the worker delivering")
+        app = threading.Thread(
+            target=deployed.python,
+            args=(
+                "import time\nfrom django.db import transaction\n"
+                "from mailgate.outbox import enqueue\n"
+                "from mailgate.servers.models import MailServer\n"
+                "s = MailServer.objects.get(name='sink')\n"
+                f"for i in range({transactions}):\n"
+                "    with transaction.atomic():\n"
+                "        enqueue(from_address='app@example.com', to=[f'a{i}@example.org'],"
+                " subject=f'app {i}', text='x', server=s)\n"
+                f"        time.sleep({hold})\n",
+            ),
+            kwargs={"timeout": 600},
+        )
+        began = time.monotonic()
+        app.start()
+        app.join()
+        ended = time.monotonic()
+        during = [t for t in stamps if began <= t <= ended]
+        gaps = [b - a for a, b in itertools.pairwise([began, *during, ended])]
+        longest = max(gaps)
+        drained = _drain(deployed, sink, total + transactions, ended, 120)
+        lost, duplicated = tally(deployed.queued_ids(), message_ids(sink))
+    return Row(
+        f"application holds {hold:g} s write transactions back to back (SQLite)",
+        kind,
+        total + transactions,
+        lost,
+        duplicated,
+        longest,
+        drained,
+        f"longest wait of the worker {longest:.1f} s, {len(during)} delivered during "
+        f"{ended - began:.0f} s of application transactions",
+        crashes=0,
+        # Never starved for longer than one such transaction (plus the worker's own step).
+        within_bound=longest <= 2 * hold,
+    )
+
+
+SCENARIOS: dict[str, tuple[Scenario, tuple[str, ...]]] = {
+    "smtp_refuses": (smtp_refuses_connections, ("sqlite", "postgresql")),
+    "smtp_421": (smtp_421_mid_batch, ("sqlite",)),
+    "smtp_drop_after_data": (smtp_drops_after_data, ("sqlite", "postgresql")),
+    "kill_worker": (kill_worker_mid_batch, ("sqlite", "postgresql")),
+    "sigterm_both": (sigterm_web_and_worker, ("sqlite", "postgresql")),
+    "kill_web": (kill_web_during_enqueue, ("sqlite", "postgresql")),
+    "postgresql_restart": (postgresql_restart, ("postgresql",)),
+    "idp_500": (identity_provider_fails("500"), ("sqlite",)),
+    "idp_503": (identity_provider_fails("503"), ("postgresql",)),
+    "idp_hang": (identity_provider_fails("hang"), ("sqlite",)),
+    "grant_revoked": (grant_revoked_mid_drain, ("sqlite", "postgresql")),
+    "long_transactions": (long_application_transactions, ("sqlite",)),
+}
+
+if disk_full_possible():
+    SCENARIOS["disk_full"] = (sqlite_disk_full, ("sqlite",))
