@@ -638,6 +638,9 @@ def main() -> None:
     repeat = env_int("BENCH_REPEAT", 3)
     env_int("BENCH_PER_TRANSACTION", 100)  # checked before anything starts
     plan = plan_from_env()
+    # SIGTERM (a timeout, a stopped CI job) ends the bench through the finally below, which stops
+    # the sandbox and the Postfix peer.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     folder = Path(tempfile.mkdtemp(prefix="mailgate-bench-"))
     os.environ.setdefault("MAILGATE_HOME", str(folder / "bench-home"))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailgate.settings")
