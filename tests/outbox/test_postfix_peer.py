@@ -191,8 +191,10 @@ def test_postfix_gets_pipelined_bdat_and_the_content_byte_for_byte(
     assert {m.get_content() for m in delivered} == {text}
     # Postfix counts commands as accepted/received: the question "BDAT 0 LAST" outside a
     # transaction was refused (503), then a chunk and "BDAT 0 LAST" for each message; no DATA.
-    lines = env.postfix_log_lines(r"disconnect from .* mail=3 rcpt=3 bdat=6/7 quit=1")
-    assert lines and "data=" not in lines[0]
+    counts = r"disconnect from .* mail=3 rcpt=3 bdat=6/7 quit=1"
+    # Postfix's log is written by another process (postlogd): wait for the line.
+    assert wait_until(lambda: bool(env.postfix_log_lines(counts)), 10), counts
+    assert "data=" not in env.postfix_log_lines(counts)[0]
 
 
 def _signed_token(identity: Sandbox, scope: str) -> str:
