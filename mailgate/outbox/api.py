@@ -192,7 +192,7 @@ def _key_reused(header: str, exc: IdempotencyKeyReused) -> HttpResponse:
 
 @router.post(
     "",
-    response={200: MessageOut, 201: MessageOut, 400: ErrorOut, 422: ProblemOut},
+    response={200: MessageOut, 201: MessageOut, 400: ErrorOut, 422: ErrorOut | ProblemOut},
     by_alias=True,
     summary="Queue a message",
 )
@@ -215,7 +215,7 @@ def create_message(
     except IdempotencyKeyReused as exc:
         return _key_reused(str(header).strip(), exc)
     except InvalidMessage as exc:
-        return WithStatus(400, {"detail": str(exc), "errors": exc.errors})
+        return WithStatus(422, {"detail": str(exc), "errors": exc.errors})
     return WithStatus(200 if message.idempotent_replay else 201, _out(message))
 
 

@@ -108,7 +108,8 @@ def enqueue(
         if existing is not None:
             return _same_request(existing, fingerprint)
     composed = spec.compose()
-    chosen = resolve_server(server, composed.sender.address)
+    authors = [composed.author.address] if composed.author else []
+    chosen = resolve_server(server, composed.sender.address, *authors)
     size = len(composed.raw)
     if size > chosen.max_message_bytes:
         raise InvalidMessage.one(

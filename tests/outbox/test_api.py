@@ -157,13 +157,13 @@ def test_a_key_stored_before_fingerprints_accepts_any_retry(api, server):
 
 def test_bad_input_is_refused_with_the_field_named(api, server):
     response = post(api, {"from": "app@example.com", "to": ["not an address"], "text": "x"})
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "to[0]" in response.json()["errors"]
     response = post(
         api,
         {"from": "app@example.com", "to": ["a@example.org"], "subject": "a\r\nBcc: x@evil.example"},
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "subject" in response.json()["errors"]
     response = post(
         api,
