@@ -204,6 +204,11 @@ class Config:
     google_token_url: str
     google_revoke_url: str
     debug: bool
+    trusted_proxies: tuple[str, ...] = ()
+    metrics_token: str = ""
+    session_hours: int = 12
+    max_recipients: int = 500
+    api_rate_limit: int = 600
 
 
 def _bool(variable: str, value: str) -> bool:
@@ -215,6 +220,43 @@ def _bool(variable: str, value: str) -> bool:
     raise SettingsError(
         variable, f"{value!r} is not a boolean", "1/0, true/false, yes/no or on/off"
     )
+
+
+def parse_int(variable: str, value: str, default: int, low: int, high: int) -> int:
+    """A whole number within [low, high]; empty gives the default."""
+    value = value.strip()
+    if not value:
+        return default
+    expected = f"a whole number from {low} to {high}"
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(variable, f"{value!r} is not a whole number", expected) from None
+    if not low <= number <= high:
+        raise SettingsError(variable, f"{number} is out of range", expected)
+    return number
+
+
+def parse_trusted_proxies(value: str) -> tuple[str, ...]:
+    """MAILGATE_TRUSTED_PROXIES: comma-separated addresses or CIDR networks of reverse proxies."""
+    variable = "MAILGATE_TRUSTED_PROXIES"
+    expected = "comma-separated IP addresses or networks, such as 127.0.0.1,10.0.0.0/8"
+    found: list[str] = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        if item == "*":
+            raise SettingsError(
+                variable, "'*' would trust every client's forwarded headers", expected
+            )
+        try:
+            network = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SettingsError(
+                variable, f"{item!r} is not an address or network", expected
+            ) from None
+        found.append(str(network))
+    return tuple(found)
 
 
 def load(env: dict[str, str] | None = None) -> Config:
@@ -289,6 +331,14 @@ def load(env: dict[str, str] | None = None) -> Config:
             "the path of a PEM file of CA certificates",
         )
 
+    metrics_token = env.get("MAILGATE_METRICS_TOKEN", "").strip()
+    if metrics_token and (len(metrics_token) < 16 or not metrics_token.isprintable()):
+        raise SettingsError(
+            "MAILGATE_METRICS_TOKEN",
+            "too short or not printable",
+            "a random string of at least 16 printable characters",
+        )
+
     return Config(
         home=home,
         database=database,
@@ -302,6 +352,17 @@ def load(env: dict[str, str] | None = None) -> Config:
         google_token_url=google_token,
         google_revoke_url=google_revoke,
         debug=_bool("MAILGATE_DEBUG", env.get("MAILGATE_DEBUG", "")),
+        trusted_proxies=parse_trusted_proxies(env.get("MAILGATE_TRUSTED_PROXIES", "")),
+        metrics_token=metrics_token,
+        session_hours=parse_int(
+            "MAILGATE_SESSION_HOURS", env.get("MAILGATE_SESSION_HOURS", ""), 12, 1, 24 * 30
+        ),
+        max_recipients=parse_int(
+            "MAILGATE_MAX_RECIPIENTS", env.get("MAILGATE_MAX_RECIPIENTS", ""), 500, 1, 100_000
+        ),
+        api_rate_limit=parse_int(
+            "MAILGATE_API_RATE_LIMIT", env.get("MAILGATE_API_RATE_LIMIT", ""), 600, 0, 1_000_000
+        ),
     )
 
 

@@ -22,7 +22,9 @@ api = NinjaAPI(
     auth=BearerKey(),
 )
 api.add_exception_handler(APIKeyError, partial(api_key_error_response, api))
-api.add_router("/servers", servers_router)
+# Servers are read with a `read` or `admin` key; messages check the scope per operation (a `send`
+# key queues and reads its own).
+api.add_router("/servers", servers_router, auth=BearerKey(actions={"read_all"}))
 api.add_router("/messages", messages_router)
 api.add_router("/inbox", inbox_router)
 

@@ -9,11 +9,22 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import ProtectedError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
 from django.views.decorators.http import require_http_methods
 
 from mailgate.accounts.roles import admin_required, is_administrator
 from mailgate.servers.forms import MailServerForm, form_defaults, public_url_warning
 from mailgate.servers.models import AUTH_METHODS, MailServer
+
+
+@require_http_methods(["GET"])
+def form_script(request: HttpRequest) -> HttpResponse:
+    """The server form's script, as a file: the Content-Security-Policy allows no inline script."""
+    response = HttpResponse(
+        render_to_string("servers/form.js"), content_type="text/javascript; charset=utf-8"
+    )
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
 
 
 @require_http_methods(["GET"])

@@ -14,7 +14,7 @@ from mailgate.outbox.models import OutgoingMessage, Status
 
 @pytest.fixture
 def api(db):
-    _, secret = APIKey.issue("tests")
+    _, secret = APIKey.issue("tests", scope="admin")
     client = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
     return client
 
@@ -129,7 +129,7 @@ def test_a_raw_message_with_a_reused_key_must_repeat_the_bytes_and_the_envelope(
 
 
 def test_idempotency_keys_are_per_api_key(api, server):
-    _, other_secret = APIKey.issue("other application")
+    _, other_secret = APIKey.issue("other application", scope="admin")
     other = Client(HTTP_AUTHORIZATION=f"Bearer {other_secret}")
     mine = post(
         api,
