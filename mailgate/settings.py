@@ -115,8 +115,12 @@ SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
 # HSTS only when the console is served over https (a year; browsers then refuse plain http).
 if CONFIG.public_url.startswith("https://"):
     SECURE_HSTS_SECONDS = 365 * 24 * 3600
-    SECURE_HSTS_INCLUDE_SUBDOMAINS = False
-    SECURE_SSL_REDIRECT = False  # the proxy or the public URL decides; see README "Security"
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    # Behind a trusted proxy the scheme is known, so plain http is redirected (not the probes).
+    SECURE_SSL_REDIRECT = bool(MAILGATE_TRUSTED_PROXIES)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+# Preloading (security.W021) is the domain owner's decision to submit to browsers, not mailgate's.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
 # Pages run no inline script and load nothing from elsewhere (mailgate.console.middleware).
 MAILGATE_CONTENT_SECURITY_POLICY = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "

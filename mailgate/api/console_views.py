@@ -23,6 +23,7 @@ class APIKeyForm(forms.Form):
         label="Scope",
         choices=[(k, f"{k}: {v}") for k, v in SCOPES.items()],
         initial=SEND,
+        required=False,
         help_text="What the key may do; give each application the least it needs.",
     )
 
@@ -55,7 +56,7 @@ def _create(request: HttpRequest) -> HttpResponse:
         row, new_key = APIKey.issue(
             form.cleaned_data["name"],
             created_by=request.user,  # type: ignore[arg-type]
-            scope=form.cleaned_data["scope"],
+            scope=form.cleaned_data["scope"] or SEND,
         )
         messages.success(
             request, f"API key “{row.name}” created. Copy it now: it is not shown again."

@@ -27,17 +27,22 @@ def migrate() -> None:
 BODY_OVERHEAD = 64 * 1024
 
 
-def make_server(host: str, port: int) -> Any:
+def make_server(host: str, port: int, app: Any = application) -> Any:
     """The waitress server: a request body larger than the largest message the API accepts
-    (DATA_UPLOAD_MAX_MEMORY_SIZE) plus overhead is refused with 413 before it is buffered."""
+    (DATA_UPLOAD_MAX_MEMORY_SIZE) plus overhead is refused with 413 before it is buffered.
+
+    Forwarded headers are left to mailgate.wsgi.TrustedProxies, which believes them from the
+    MAILGATE_TRUSTED_PROXIES networks (waitress trusts one address only) and drops them otherwise.
+    """
     return create_server(
-        application,
+        app,
         host=host,
         port=port,
         threads=settings.OPERATIONS.web_threads,
         connection_limit=settings.OPERATIONS.web_connection_limit,
         ident="mailgate",
         max_request_body_size=settings.DATA_UPLOAD_MAX_MEMORY_SIZE + BODY_OVERHEAD,
+        clear_untrusted_proxy_headers=False,
     )
 
 

@@ -201,11 +201,15 @@ class SignInAnswer:
     def check_account(flow: OAuthFlow, tokenset: TokenSet, server: MailServer) -> str:
         """The account that signed in must be the server's Username; a warning when unknown."""
         if not tokenset.id_token:
-            # Without an id_token the provider did not say who signed in; the mail server will
-            # refuse a token for another mailbox at the first Test Connection, so store and say so.
-            return (
-                "The provider did not say which account signed in; make sure it was "
-                f"{server.username} and press Test Connection."
+            # Without an id_token nothing says who signed in: the tokens could be anyone's.
+            raise SignInRefused(
+                "The sign-in did not say who signed in",
+                "The provider's answer carries no id_token, so the account that signed in "
+                "cannot be checked against the server's Username. Nothing was stored.",
+                "Press Connect again; the app registration must allow the openid, email and "
+                "profile permissions.",
+                status=200,
+                server=server,
             )
         try:
             accounts = flow.accounts_from_id_token(server, tokenset.id_token)

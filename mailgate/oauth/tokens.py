@@ -358,6 +358,26 @@ def disconnect(server: MailServer) -> str:
     return note
 
 
+def grant_owner_changed(server: MailServer, fields: list[str]) -> None:
+    """Username, Client ID, Tenant, cloud or method changed: the stored tokens belong to another
+    account or app, so they are deleted and an OAuth server must be connected again."""
+    deleted, _ = Grant.objects.filter(server_id=server.pk).delete()
+    if not deleted:
+        return
+    labels = ", ".join(str(MailServer._meta.get_field(f).verbose_name) for f in fields)
+    if server.is_oauth:
+        status = ServerStatus.RECONNECT_REQUIRED
+        detail = (
+            f"{labels} changed, so the stored tokens (issued for the previous value) were "
+            "discarded: connect the account again"
+        )
+    else:
+        status, detail = ServerStatus.NOT_CONNECTED, ""
+    MailServer.objects.filter(pk=server.pk).update(status=status, status_detail=detail)
+    server.status, server.status_detail = status, detail
+    log.info("tokens of %s discarded: %s changed", server.name, labels)
+
+
 def credentials_changed(server: MailServer) -> None:
     """The Client ID or Secret was replaced: retry at once instead of waiting out the back-off."""
     Grant.objects.filter(server_id=server.pk, is_dead=False).update(
