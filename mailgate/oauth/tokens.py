@@ -364,7 +364,9 @@ def grant_owner_changed(server: MailServer, fields: list[str]) -> None:
     deleted, _ = Grant.objects.filter(server_id=server.pk).delete()
     if not deleted:
         return
-    labels = ", ".join(str(MailServer._meta.get_field(f).verbose_name) for f in fields)
+    labels = ", ".join(
+        str(getattr(MailServer._meta.get_field(f), "verbose_name", f)) for f in fields
+    )
     if server.is_oauth:
         status = ServerStatus.RECONNECT_REQUIRED
         detail = (
