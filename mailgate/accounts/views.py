@@ -10,6 +10,7 @@ from django.http import HttpRequest
 from django.utils import timezone
 
 from mailgate.accounts import throttle
+from mailgate.audit.log import record
 
 
 class ThrottledAuthenticationForm(AuthenticationForm):
@@ -30,6 +31,7 @@ class ThrottledAuthenticationForm(AuthenticationForm):
         username = self.cleaned_data.get("username") or ""
         until = throttle.locked_until(username, self._address())
         if until is not None:
+            record("sign_in_throttled", subject=username[:150], address=self._address())
             minutes = max(1, math.ceil((until - timezone.now()).total_seconds() / 60))
             raise forms.ValidationError(
                 f"Too many failed sign-ins. Wait {minutes} minute(s) and try again, or ask "

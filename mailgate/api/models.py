@@ -9,6 +9,8 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
+from mailgate.audit.log import record
+
 KEY_PREFIX = "mg_"
 # The visible part identifies a key in lists and logs without revealing it.
 PREFIX_LENGTH = len(KEY_PREFIX) + 8
@@ -76,9 +78,11 @@ class APIKey(models.Model):
             created_by=created_by,
             scope=scope,
         )
+        record("apikey_created", subject=f"{name} ({scope})")
         return row, key
 
     def revoke(self) -> None:
         if self.revoked_at is None:
             self.revoked_at = timezone.now()
             self.save(update_fields=["revoked_at"])
+            record("apikey_revoked", subject=self.name)

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mailgate import providers
+from mailgate.audit.log import record
 from mailgate.oauth import tokens
 from mailgate.oauth.models import OAuthState, digest
 from mailgate.providers.base import Diagnosis, OAuthFlow, TokenSet, revealed
@@ -267,4 +268,5 @@ def complete_sign_in(answer: SignInAnswer) -> Connected:
     account = server.username.strip().lower()
     tokens.store_grant(server, tokens=tokenset, account=account, scopes=flow.scopes(server))
     log.info("%s connected as %s", server.name, account)
+    record("connected", subject=server.name)
     return Connected(server, account, warning)

@@ -19,6 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from mailgate import providers
+from mailgate.audit.log import record
 from mailgate.crypto import Sealed
 from mailgate.oauth.models import REFRESH_IDLE_AFTER, STATE_LIFETIME, Grant, OAuthState
 from mailgate.providers.base import OAuthFlow, TokenSet, revealed
@@ -355,6 +356,7 @@ def disconnect(server: MailServer) -> str:
     MailServer.objects.filter(pk=server.pk).update(**cleared)
     for name, value in cleared.items():
         setattr(server, name, value)
+    record("disconnected", subject=server.name)
     return note
 
 
@@ -378,6 +380,7 @@ def grant_owner_changed(server: MailServer, fields: list[str]) -> None:
     MailServer.objects.filter(pk=server.pk).update(status=status, status_detail=detail)
     server.status, server.status_detail = status, detail
     log.info("tokens of %s discarded: %s changed", server.name, labels)
+    record("tokens_discarded", subject=server.name, fields=fields)
 
 
 def credentials_changed(server: MailServer) -> None:

@@ -11,6 +11,7 @@ def existing_keys_keep_their_access(apps: Any, schema_editor: Any) -> None:
 class Migration(migrations.Migration):
     dependencies = [
         ("api", "0001_initial"),
+        ("audit", "0001_initial"),
     ]
 
     operations = [
