@@ -25,6 +25,13 @@ class SettingsError(Exception):
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
+# The real identity endpoints; anything else (the sandbox, a proxy) is worth a word in production.
+IDENTITY_DEFAULTS = {
+    "MAILGATE_MICROSOFT_LOGIN_URL": "https://login.microsoftonline.com",
+    "MAILGATE_GOOGLE_AUTH_URL": "https://accounts.google.com/o/oauth2/v2/auth",
+    "MAILGATE_GOOGLE_TOKEN_URL": "https://oauth2.googleapis.com/token",
+}
+
 
 def is_loopback_host(host: str | None) -> bool:
     """True for localhost names and 127.0.0.0/8 / ::1 addresses."""
@@ -309,15 +316,16 @@ def load(env: dict[str, str] | None = None) -> Config:
 
     microsoft = parse_http_url(
         "MAILGATE_MICROSOFT_LOGIN_URL",
-        env.get("MAILGATE_MICROSOFT_LOGIN_URL") or "https://login.microsoftonline.com",
+        env.get("MAILGATE_MICROSOFT_LOGIN_URL")
+        or IDENTITY_DEFAULTS["MAILGATE_MICROSOFT_LOGIN_URL"],
     )
     google_auth = parse_http_url(
         "MAILGATE_GOOGLE_AUTH_URL",
-        env.get("MAILGATE_GOOGLE_AUTH_URL") or "https://accounts.google.com/o/oauth2/v2/auth",
+        env.get("MAILGATE_GOOGLE_AUTH_URL") or IDENTITY_DEFAULTS["MAILGATE_GOOGLE_AUTH_URL"],
     )
     google_token = parse_http_url(
         "MAILGATE_GOOGLE_TOKEN_URL",
-        env.get("MAILGATE_GOOGLE_TOKEN_URL") or "https://oauth2.googleapis.com/token",
+        env.get("MAILGATE_GOOGLE_TOKEN_URL") or IDENTITY_DEFAULTS["MAILGATE_GOOGLE_TOKEN_URL"],
     )
     default_revoke = google_token.rsplit("/", 1)[0] + "/revoke"
     google_revoke = parse_http_url(
