@@ -363,7 +363,8 @@ def list_messages(
 def get_message(request: HttpRequest, message_id: int) -> WithStatus[dict[str, Any]]:
     message = _readable(request).filter(pk=message_id).first()
     if message is None:
-        return WithStatus(404, {"detail": f"no message with id {message_id}"})
+        problem = f"no message with id {message_id} that this API key may read"
+        return WithStatus(404, {"detail": problem, "errors": {"message_id": problem}})
     data = _out(message)
     data["attempt_log"] = [
         {
