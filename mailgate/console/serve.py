@@ -48,6 +48,9 @@ def make_server(host: str, port: int, app: Any = application) -> Any:
 
 def serve(host: str, port: int, *, with_worker: bool) -> None:
     """Serve until SIGTERM/SIGINT; with_worker runs the worker loop in a thread of this process."""
+    if host not in ("0.0.0.0", "::", "") and host not in settings.ALLOWED_HOSTS:
+        # The address it was told to listen on is a name clients use for it.
+        settings.ALLOWED_HOSTS.append(f"[{host}]" if ":" in host else host)
     server = make_server(host, port)
     worker = None
     thread = None
