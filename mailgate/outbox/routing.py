@@ -126,14 +126,16 @@ def check_from_filter(server: MailServer, address: str) -> None:
 def check_send_as(server: MailServer, address: str) -> None:
     """A mailbox may only send as itself or as an address listed in Send As Addresses.
 
-    The rule holds for every server that signs in as a mailbox (an OAuth server, or a Username that
-    is an address) and for any server with Send As Addresses; a relay account that is not an
-    address and lists none is bound by its From Filter alone.
+    The rule holds for every OAuth server (the provider enforces it), and for a password or
+    certificate server that signs in as an address or lists Send As Addresses, unless its From
+    Filter names the senders: for such a relay the administrator's filter is the permission.
     """
     address = address.lower()
     mailbox = server.username.lower()
     allowed = set(server.send_as_entries())
-    if not server.is_oauth and "@" not in mailbox and not allowed:
+    if not server.is_oauth and (
+        server.from_filter_entries() or ("@" not in mailbox and not allowed)
+    ):
         return
     if address == mailbox:
         return

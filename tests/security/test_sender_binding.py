@@ -94,3 +94,10 @@ def test_an_internal_domain_is_a_valid_sender_and_recipient(make_server: Any, ad
     out = StringIO()
     call_command("send", "--from", address, "--to", address, "--body", "x", stdout=out)
     assert OutgoingMessage.objects.count() == 2
+
+
+def test_a_password_relays_from_filter_is_its_permission(make_server: Any) -> None:
+    make_server(name="relay", username="app@example.com", from_filter="erp@example.com")
+    assert enqueue(from_address="erp@example.com", to="a@example.org", text="x").pk
+    with pytest.raises(InvalidMessage):
+        enqueue(from_address="ceo@example.com", to="a@example.org", text="x", server="relay")
