@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import ssl
 import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -813,7 +814,7 @@ def _identity_endpoints() -> list[Finding]:
         if getattr(settings, name) != default
     ]
     cert_file = os.environ.get("SSL_CERT_FILE", "")
-    if cert_file:
+    if cert_file and not _is_system_trust(cert_file):
         moved.append(f"SSL_CERT_FILE={cert_file}")
     if not moved:
         return []
@@ -835,20 +836,37 @@ PATCHED_PYTHON = {(3, 11): (3, 11, 10), (3, 12): (3, 12, 5)}
 
 
 def _python() -> list[Finding]:
+    """A Python without the standard library's header fix, reported (not an action: mailgate
+    refuses line breaks in header values itself, so it does not depend on that fix)."""
     needed = PATCHED_PYTHON.get(sys.version_info[:2])
     if needed is None or sys.version_info[:3] >= needed or not _is_production():
         return []
     version = ".".join(map(str, sys.version_info[:3]))
     return [
         Finding(
-            Level.WARNING,
+            Level.OK,
             f"Python {version} lacks the email header fix (CVE-2024-6923)",
-            "mailgate refuses line breaks in header values itself, but the standard library's "
-            "own guard is missing in this Python.",
-            f"Run mailgate on Python {'.'.join(map(str, needed))} or later.",
+            "mailgate refuses line breaks in header values itself; the standard library's own "
+            "guard arrives with Python " + ".".join(map(str, needed)) + ".",
+            "Upgrade Python when convenient.",
             "python",
         )
     ]
+
+
+# Where operating systems keep their trust store: an SSL_CERT_FILE naming one trusts no one extra.
+SYSTEM_TRUST_FILES = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+)
+
+
+def _is_system_trust(path: str) -> bool:
+    defaults = ssl.get_default_verify_paths()
+    known = {*SYSTEM_TRUST_FILES, defaults.cafile or "", defaults.openssl_cafile or ""}
+    real = os.path.realpath(path)
+    return any(k and os.path.realpath(k) == real for k in known)
 
 
 @dataclass

@@ -74,3 +74,14 @@ def test_doctor_leaves_a_development_setup_alone(
     settings.MAILGATE_MICROSOFT_LOGIN_URL = "http://127.0.0.1:9000"
     monkeypatch.setenv("SSL_CERT_FILE", "/tmp/sandbox-ca.pem")
     assert "identity_endpoints" not in _checks(system_findings())
+
+
+def test_the_system_trust_store_as_ssl_cert_file_is_no_finding(
+    db: None, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.MAILGATE_PUBLIC_URL = "https://mail.example.com"
+    settings.MAILGATE_MICROSOFT_LOGIN_URL = "https://login.microsoftonline.com"
+    settings.MAILGATE_GOOGLE_AUTH_URL = "https://accounts.google.com/o/oauth2/v2/auth"
+    settings.MAILGATE_GOOGLE_TOKEN_URL = "https://oauth2.googleapis.com/token"
+    monkeypatch.setenv("SSL_CERT_FILE", "/etc/ssl/certs/ca-certificates.crt")
+    assert "identity_endpoints" not in _checks(system_findings())
