@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
@@ -16,7 +17,20 @@ class ContentSecurityPolicy:
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
         response = self.get_response(request)
-        response.headers.setdefault(
-            "Content-Security-Policy", settings.MAILGATE_CONTENT_SECURITY_POLICY
-        )
+        response.headers.setdefault("Content-Security-Policy", policy())
         return response
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def policy() -> str:
+    """The policy, with form-action: forms post here only, except that Connect's answer
+    redirects to the identity providers' sign-in pages (browsers hold a form's redirect to
+    form-action too)."""
+    sign_in = sorted(
+        {_origin(settings.MAILGATE_MICROSOFT_LOGIN_URL), _origin(settings.MAILGATE_GOOGLE_AUTH_URL)}
+    )
+    return f"{settings.MAILGATE_CONTENT_SECURITY_POLICY}; form-action 'self' {' '.join(sign_in)}"
