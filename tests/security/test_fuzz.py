@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import html
 import itertools
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import schemathesis
+from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
+from django.db import close_old_connections
 from django.test import Client
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -26,7 +29,17 @@ EXAMPLES = 25  # per operation and mode (valid, invalid): five operations, secon
 
 
 @pytest.fixture
-def api_key(db: None, settings: Any) -> str:
+def keep_test_connection() -> Iterator[None]:
+    """As Django's test client does: the request cycle must not close the test's connection."""
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
+def api_key(db: None, settings: Any, keep_test_connection: None) -> str:
     settings.MAILGATE_API_RATE_LIMIT = 0
     settings.ALLOWED_HOSTS = ["*"]
     MailServer.objects.create(name="catch-all", smtp_host="127.0.0.1", smtp_port=2525)
