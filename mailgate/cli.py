@@ -33,9 +33,22 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(2)
     from django.core.management import execute_from_command_line
 
+    from mailgate.audit.log import actor_scope
+
     if args:
         args[0] = ALIASES.get(args[0], args[0])
-    execute_from_command_line(["mailgate", *args])
+    # Audit events of a command name the operating-system user who ran it.
+    with actor_scope(f"cli:{_os_user()}"):
+        execute_from_command_line(["mailgate", *args])
+
+
+def _os_user() -> str:
+    import getpass
+
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return str(os.getuid()) if hasattr(os, "getuid") else "?"
 
 
 if __name__ == "__main__":

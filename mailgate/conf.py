@@ -25,6 +25,13 @@ class SettingsError(Exception):
 
 LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
+# The real identity endpoints; anything else (the sandbox, a proxy) is worth a word in production.
+IDENTITY_DEFAULTS = {
+    "MAILGATE_MICROSOFT_LOGIN_URL": "https://login.microsoftonline.com",
+    "MAILGATE_GOOGLE_AUTH_URL": "https://accounts.google.com/o/oauth2/v2/auth",
+    "MAILGATE_GOOGLE_TOKEN_URL": "https://oauth2.googleapis.com/token",
+}
+
 
 def is_loopback_host(host: str | None) -> bool:
     """True for localhost names and 127.0.0.0/8 / ::1 addresses."""
@@ -210,6 +217,11 @@ class Config:
     google_token_url: str
     google_revoke_url: str
     debug: bool
+    trusted_proxies: tuple[str, ...] = ()
+    metrics_token: str = ""
+    session_hours: int = 12
+    max_recipients: int = 500
+    api_rate_limit: int = 600
 
 
 def _bool(variable: str, value: str) -> bool:
@@ -221,6 +233,43 @@ def _bool(variable: str, value: str) -> bool:
     raise SettingsError(
         variable, f"{value!r} is not a boolean", "1/0, true/false, yes/no or on/off"
     )
+
+
+def parse_int(variable: str, value: str, default: int, low: int, high: int) -> int:
+    """A whole number within [low, high]; empty gives the default."""
+    value = value.strip()
+    if not value:
+        return default
+    expected = f"a whole number from {low} to {high}"
+    try:
+        number = int(value)
+    except ValueError:
+        raise SettingsError(variable, f"{value!r} is not a whole number", expected) from None
+    if not low <= number <= high:
+        raise SettingsError(variable, f"{number} is out of range", expected)
+    return number
+
+
+def parse_trusted_proxies(value: str) -> tuple[str, ...]:
+    """MAILGATE_TRUSTED_PROXIES: comma-separated addresses or CIDR networks of reverse proxies."""
+    variable = "MAILGATE_TRUSTED_PROXIES"
+    expected = "comma-separated IP addresses or networks, such as 127.0.0.1,10.0.0.0/8"
+    found: list[str] = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        if item == "*":
+            raise SettingsError(
+                variable, "'*' would trust every client's forwarded headers", expected
+            )
+        try:
+            network = ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise SettingsError(
+                variable, f"{item!r} is not an address or network", expected
+            ) from None
+        found.append(str(network))
+    return tuple(found)
 
 
 def load(env: dict[str, str] | None = None) -> Config:
@@ -273,15 +322,16 @@ def load(env: dict[str, str] | None = None) -> Config:
 
     microsoft = parse_http_url(
         "MAILGATE_MICROSOFT_LOGIN_URL",
-        env.get("MAILGATE_MICROSOFT_LOGIN_URL") or "https://login.microsoftonline.com",
+        env.get("MAILGATE_MICROSOFT_LOGIN_URL")
+        or IDENTITY_DEFAULTS["MAILGATE_MICROSOFT_LOGIN_URL"],
     )
     google_auth = parse_http_url(
         "MAILGATE_GOOGLE_AUTH_URL",
-        env.get("MAILGATE_GOOGLE_AUTH_URL") or "https://accounts.google.com/o/oauth2/v2/auth",
+        env.get("MAILGATE_GOOGLE_AUTH_URL") or IDENTITY_DEFAULTS["MAILGATE_GOOGLE_AUTH_URL"],
     )
     google_token = parse_http_url(
         "MAILGATE_GOOGLE_TOKEN_URL",
-        env.get("MAILGATE_GOOGLE_TOKEN_URL") or "https://oauth2.googleapis.com/token",
+        env.get("MAILGATE_GOOGLE_TOKEN_URL") or IDENTITY_DEFAULTS["MAILGATE_GOOGLE_TOKEN_URL"],
     )
     default_revoke = google_token.rsplit("/", 1)[0] + "/revoke"
     google_revoke = parse_http_url(
@@ -293,6 +343,14 @@ def load(env: dict[str, str] | None = None) -> Config:
             "SSL_CERT_FILE",
             f"{cert_file} does not exist",
             "the path of a PEM file of CA certificates",
+        )
+
+    metrics_token = env.get("MAILGATE_METRICS_TOKEN", "").strip()
+    if metrics_token and (len(metrics_token) < 16 or not metrics_token.isprintable()):
+        raise SettingsError(
+            "MAILGATE_METRICS_TOKEN",
+            "too short or not printable",
+            "a random string of at least 16 printable characters",
         )
 
     return Config(
@@ -308,6 +366,17 @@ def load(env: dict[str, str] | None = None) -> Config:
         google_token_url=google_token,
         google_revoke_url=google_revoke,
         debug=_bool("MAILGATE_DEBUG", env.get("MAILGATE_DEBUG", "")),
+        trusted_proxies=parse_trusted_proxies(env.get("MAILGATE_TRUSTED_PROXIES", "")),
+        metrics_token=metrics_token,
+        session_hours=parse_int(
+            "MAILGATE_SESSION_HOURS", env.get("MAILGATE_SESSION_HOURS", ""), 12, 1, 24 * 30
+        ),
+        max_recipients=parse_int(
+            "MAILGATE_MAX_RECIPIENTS", env.get("MAILGATE_MAX_RECIPIENTS", ""), 500, 1, 100_000
+        ),
+        api_rate_limit=parse_int(
+            "MAILGATE_API_RATE_LIMIT", env.get("MAILGATE_API_RATE_LIMIT", ""), 600, 0, 1_000_000
+        ),
     )
 
 

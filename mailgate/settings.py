@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from mailgate import conf, logs
 
 CONFIG = conf.load()
@@ -17,7 +19,22 @@ MAILGATE_GOOGLE_REVOKE_URL = CONFIG.google_revoke_url
 
 SECRET_KEY = CONFIG.secret_key
 DEBUG = CONFIG.debug
-ALLOWED_HOSTS = ["*"]
+# The public URL's host and the loopback names: a request for any other Host is refused (400).
+ALLOWED_HOSTS = sorted(
+    {urlsplit(CONFIG.public_url).hostname or "127.0.0.1", "127.0.0.1", "localhost", "[::1]"}
+)
+
+# Reverse proxies whose X-Forwarded-For / X-Forwarded-Proto are believed (mailgate.wsgi strips
+# them from every other peer); the scheme they forward makes request.is_secure() true.
+MAILGATE_TRUSTED_PROXIES = CONFIG.trusted_proxies
+if MAILGATE_TRUSTED_PROXIES:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+MAILGATE_METRICS_TOKEN = CONFIG.metrics_token
+MAILGATE_MAX_RECIPIENTS = CONFIG.max_recipients
+# Most attachments one message may carry.
+MAILGATE_MAX_ATTACHMENTS = 100
+# Requests a minute one API key may make (0: no limit); more get 429 with Retry-After.
+MAILGATE_API_RATE_LIMIT = CONFIG.api_rate_limit
 
 INSTALLED_APPS = [
     "django.contrib.auth",
@@ -25,6 +42,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "mailgate.audit",
     "mailgate.core",
     "mailgate.console",
     "mailgate.accounts",
@@ -38,10 +56,12 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "mailgate.console.middleware.ContentSecurityPolicy",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "mailgate.audit.middleware.AuditActor",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Every page needs a session except the views marked @login_not_required: sign-in, /healthz,
@@ -84,6 +104,7 @@ LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "dashboard"
 LOGOUT_REDIRECT_URL = "login"
 
+SESSION_COOKIE_AGE = CONFIG.session_hours * 3600
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
 SESSION_COOKIE_SECURE = CONFIG.public_url.startswith("https://")
@@ -92,6 +113,23 @@ CSRF_TRUSTED_ORIGINS = [CONFIG.public_url]
 X_FRAME_OPTIONS = "DENY"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# HSTS only when the console is served over https (a year; browsers then refuse plain http).
+if CONFIG.public_url.startswith("https://"):
+    SECURE_HSTS_SECONDS = 365 * 24 * 3600
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    # Behind a trusted proxy the scheme is known, so plain http is redirected (not the probes).
+    SECURE_SSL_REDIRECT = bool(MAILGATE_TRUSTED_PROXIES)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+# Preloading (security.W021) is the domain owner's decision to submit to browsers, not mailgate's.
+SILENCED_SYSTEM_CHECKS = ["security.W021"]
+
+# Pages run no inline script and load nothing from elsewhere; the middleware adds form-action
+# (mailgate.console.middleware).
+MAILGATE_CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+    "object-src 'none'; base-uri 'none'; frame-ancestors 'none'"
+)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"

@@ -14,6 +14,7 @@ urlpatterns = [
     path("settings/technical/mail-servers/", include("mailgate.servers.urls")),
     path("settings/technical/mail-servers/", include("mailgate.diagnostics.urls")),
     path("settings/api-keys/", include("mailgate.api.console_urls")),
+    path("settings/audit/", console_views.audit_log, name="audit"),
     path("oauth/", include("mailgate.oauth.urls")),
     path("outbox/", include("mailgate.outbox.urls")),
     path("inbox/", include("mailgate.inbox.urls")),

@@ -27,6 +27,7 @@ LAYERS: list[tuple[str, set[str]]] = [
         "base: settings parsing, secrets, logging, the worker loop, the SQLite backend",
         {"conf", "crypto", "logs", "worker", "dbsqlite"},
     ),
+    ("audit: the log of security events", {"audit"}),
     ("people and process state", {"accounts", "core"}),
     ("providers: endpoints, scopes, error catalogues", {"providers"}),
     ("mail server settings", {"servers"}),

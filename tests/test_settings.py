@@ -108,3 +108,29 @@ def test_the_cli_stops_with_the_message(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "MAILGATE_PUBLIC_URL" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("MAILGATE_TRUSTED_PROXIES", "*"),
+        ("MAILGATE_TRUSTED_PROXIES", "proxy.internal"),
+        ("MAILGATE_METRICS_TOKEN", "short"),
+        ("MAILGATE_SESSION_HOURS", "0"),
+        ("MAILGATE_MAX_RECIPIENTS", "many"),
+        ("MAILGATE_API_RATE_LIMIT", "-1"),
+    ],
+)
+def test_the_security_settings_are_parsed_strictly(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    with pytest.raises(conf.SettingsError, match=variable):
+        load(tmp_path, **{variable: value})
+
+
+def test_the_security_settings_have_defaults(tmp_path: Path) -> None:
+    config = load(tmp_path)
+    assert (config.trusted_proxies, config.metrics_token) == ((), "")
+    assert (config.session_hours, config.max_recipients, config.api_rate_limit) == (12, 500, 600)
+    config = load(tmp_path, MAILGATE_TRUSTED_PROXIES="10.0.0.0/8, ::1", MAILGATE_API_RATE_LIMIT="0")
+    assert config.trusted_proxies == ("10.0.0.0/8", "::1/128") and config.api_rate_limit == 0

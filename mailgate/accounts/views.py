@@ -1,13 +1,16 @@
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django import forms
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.forms import AuthenticationForm
 from django.http import HttpRequest
+from django.utils import timezone
 
 from mailgate.accounts import throttle
+from mailgate.audit.log import record
 
 
 class ThrottledAuthenticationForm(AuthenticationForm):
@@ -26,10 +29,13 @@ class ThrottledAuthenticationForm(AuthenticationForm):
 
     def clean(self) -> dict[str, Any]:
         username = self.cleaned_data.get("username") or ""
-        if throttle.is_locked(username, self._address()):
+        until = throttle.locked_until(username, self._address())
+        if until is not None:
+            record("sign_in_throttled", subject=username[:150], address=self._address())
+            minutes = max(1, math.ceil((until - timezone.now()).total_seconds() / 60))
             raise forms.ValidationError(
-                "Too many failed sign-ins. Wait 15 minutes and try again, or ask another "
-                "administrator to reset your password.",
+                f"Too many failed sign-ins. Wait {minutes} minute(s) and try again, or ask "
+                "another administrator to reset your password.",
                 code="throttled",
             )
         try:

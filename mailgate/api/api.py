@@ -6,6 +6,7 @@ from functools import partial
 from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
 from ninja import NinjaAPI
+from ninja.errors import HttpError
 
 from mailgate.api.auth import APIKeyError, BearerKey, api_key_error_response
 from mailgate.api.inbox import router as inbox_router
@@ -22,7 +23,22 @@ api = NinjaAPI(
     auth=BearerKey(),
 )
 api.add_exception_handler(APIKeyError, partial(api_key_error_response, api))
-api.add_router("/servers", servers_router)
+
+
+def _http_error(request: HttpRequest, exc: HttpError | type[HttpError]) -> HttpResponse:
+    """ninja's own refusals; a body that is not JSON names the body."""
+    status = exc.status_code if isinstance(exc, HttpError) else 400
+    body: dict[str, object] = {"detail": str(exc)}
+    if str(exc).startswith("Cannot parse request body"):
+        problem = "is not JSON: send a JSON object with Content-Type: application/json"
+        body = {"detail": f"body: {problem}", "errors": {"body": problem}}
+    return api.create_response(request, body, status=status)
+
+
+api.add_exception_handler(HttpError, _http_error)
+# Servers are read with a `read` or `admin` key; messages check the scope per operation (a `send`
+# key queues and reads its own).
+api.add_router("/servers", servers_router, auth=BearerKey(actions={"read_all"}))
 api.add_router("/messages", messages_router)
 api.add_router("/inbox", inbox_router)
 

@@ -9,7 +9,7 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 
 from mailgate.accounts.roles import admin_required
-from mailgate.api.models import APIKey
+from mailgate.api.models import SCOPES, SEND, APIKey
 
 
 class APIKeyForm(forms.Form):
@@ -17,6 +17,14 @@ class APIKeyForm(forms.Form):
         label="Key Name",
         max_length=100,
         help_text="What uses this key, e.g. erp or helpdesk.",
+    )
+
+    scope = forms.ChoiceField(
+        label="Scope",
+        choices=[(k, f"{k}: {v}") for k, v in SCOPES.items()],
+        initial=SEND,
+        required=False,
+        help_text="What the key may do; give each application the least it needs.",
     )
 
     def __init__(self, *args: object, **kwargs: object) -> None:
@@ -45,7 +53,11 @@ def _create(request: HttpRequest) -> HttpResponse:
     form = APIKeyForm(request.POST)
     new_key = ""
     if form.is_valid():
-        row, new_key = APIKey.issue(form.cleaned_data["name"], created_by=request.user)  # type: ignore[arg-type]
+        row, new_key = APIKey.issue(
+            form.cleaned_data["name"],
+            created_by=request.user,  # type: ignore[arg-type]
+            scope=form.cleaned_data["scope"] or SEND,
+        )
         messages.success(
             request, f"API key “{row.name}” created. Copy it now: it is not shown again."
         )

@@ -7,6 +7,7 @@ import logging
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 from django.conf import settings
 from django.core.management import call_command
@@ -22,17 +23,35 @@ def migrate() -> None:
     call_command("createcachetable", verbosity=0)
 
 
-def serve(host: str, port: int, *, with_worker: bool) -> None:
-    """Serve until SIGTERM/SIGINT; with_worker runs the worker loop in a thread of this process."""
-    operations = settings.OPERATIONS
-    server = create_server(
-        application,
+# Request headers and the JSON around a message's base64 body, beyond Django's own upload limit.
+BODY_OVERHEAD = 64 * 1024
+
+
+def make_server(host: str, port: int, app: Any = application) -> Any:
+    """The waitress server: a request body larger than the largest message the API accepts
+    (DATA_UPLOAD_MAX_MEMORY_SIZE) plus overhead is refused with 413 before it is buffered.
+
+    Forwarded headers are left to mailgate.wsgi.TrustedProxies, which believes them from the
+    MAILGATE_TRUSTED_PROXIES networks (waitress trusts one address only) and drops them otherwise.
+    """
+    return create_server(
+        app,
         host=host,
         port=port,
-        threads=operations.web_threads,
-        connection_limit=operations.web_connection_limit,
+        threads=settings.OPERATIONS.web_threads,
+        connection_limit=settings.OPERATIONS.web_connection_limit,
         ident="mailgate",
+        max_request_body_size=settings.DATA_UPLOAD_MAX_MEMORY_SIZE + BODY_OVERHEAD,
+        clear_untrusted_proxy_headers=False,
     )
+
+
+def serve(host: str, port: int, *, with_worker: bool) -> None:
+    """Serve until SIGTERM/SIGINT; with_worker runs the worker loop in a thread of this process."""
+    if host not in ("0.0.0.0", "::", "") and host not in settings.ALLOWED_HOSTS:
+        # The address it was told to listen on is a name clients use for it.
+        settings.ALLOWED_HOSTS.append(f"[{host}]" if ":" in host else host)
+    server = make_server(host, port)
     worker = None
     thread = None
     if with_worker:

@@ -6,6 +6,8 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
 
+from mailgate.accounts.roles import admin_required
+from mailgate.audit.models import KINDS, AuditEvent
 from mailgate.diagnostics.health import server_reports, system_findings
 
 # Ok findings the dashboard's columns already show (status badge, last test).
@@ -60,3 +62,14 @@ def healthz(request: HttpRequest) -> HttpResponse:
     except Exception:
         return JsonResponse({"status": "error", "database": "unreachable"}, status=503)
     return JsonResponse({"status": "ok"})
+
+
+@admin_required
+def audit_log(request: HttpRequest) -> HttpResponse:
+    """Settings > Audit Log: the newest security events, for administrators."""
+    kind = request.GET.get("kind", "")
+    events = AuditEvent.objects.all()
+    if kind in KINDS:
+        events = events.filter(kind=kind)
+    context = {"events": events[:500], "kinds": KINDS, "kind": kind}
+    return render(request, "mailgate/audit.html", context)

@@ -9,12 +9,16 @@ hold reasons, the connection test's summary) wherever one applies.
 from __future__ import annotations
 
 import datetime as dt
+import os
+import ssl
+import sys
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
@@ -24,6 +28,7 @@ from django.db.models import Count, Min
 from django.utils import timezone
 
 from mailgate import providers
+from mailgate.conf import IDENTITY_DEFAULTS, is_loopback_host
 from mailgate.core.heartbeat import STALE_AFTER, latest_heartbeat, live_workers
 from mailgate.crypto import DecryptionError, Sealed, decrypt, encrypted_fields
 from mailgate.inbox.models import FetchState, IncomingMessage
@@ -647,7 +652,7 @@ def system_findings(*, now: dt.datetime | None = None) -> list[Finding]:
     found = [database]
     migrations = _guarded(_migrations)
     found.extend(migrations)
-    checks = [_public_url]
+    checks = [_public_url, _identity_endpoints, _python]
     if not needs_action(migrations):  # the other checks read tables a migration may create
         checks += [lambda: _workers(now), _encryption_keys]
     for check in checks:
@@ -792,6 +797,76 @@ def _public_url() -> list[Finding]:
             "public_url",
         )
     ]
+
+
+def _is_production() -> bool:
+    """A public URL that is not this machine: real users, real mailboxes."""
+    return not is_loopback_host(urlsplit(settings.MAILGATE_PUBLIC_URL).hostname)
+
+
+def _identity_endpoints() -> list[Finding]:
+    """Sign-ins and tokens going somewhere other than Microsoft and Google, in production."""
+    if not _is_production():
+        return []
+    moved = [
+        f"{name}={getattr(settings, name)}"
+        for name, default in IDENTITY_DEFAULTS.items()
+        if getattr(settings, name) != default
+    ]
+    cert_file = os.environ.get("SSL_CERT_FILE", "")
+    if cert_file and not _is_system_trust(cert_file):
+        moved.append(f"SSL_CERT_FILE={cert_file}")
+    if not moved:
+        return []
+    return [
+        Finding(
+            Level.WARNING,
+            "Identity endpoints or trusted certificates are not the defaults",
+            "In a production setup, " + ", ".join(moved) + ": whoever runs those endpoints (or "
+            "holds those CA keys) sees the sign-ins and can issue tokens mailgate believes.",
+            "Unset them unless this is deliberate (a sandbox or an inspecting proxy you run); "
+            "the defaults are Microsoft's and Google's endpoints and the system trust store.",
+            "identity_endpoints",
+        )
+    ]
+
+
+# CVE-2024-6923: the email package could write a header value's newlines through unchanged.
+PATCHED_PYTHON = {(3, 11): (3, 11, 10), (3, 12): (3, 12, 5)}
+
+
+def _python() -> list[Finding]:
+    """A Python without the standard library's header fix, reported (not an action: mailgate
+    refuses line breaks in header values itself, so it does not depend on that fix)."""
+    needed = PATCHED_PYTHON.get(sys.version_info[:2])
+    if needed is None or sys.version_info[:3] >= needed or not _is_production():
+        return []
+    version = ".".join(map(str, sys.version_info[:3]))
+    return [
+        Finding(
+            Level.OK,
+            f"Python {version} lacks the email header fix (CVE-2024-6923)",
+            "mailgate refuses line breaks in header values itself; the standard library's own "
+            "guard arrives with Python " + ".".join(map(str, needed)) + ".",
+            "Upgrade Python when convenient.",
+            "python",
+        )
+    ]
+
+
+# Where operating systems keep their trust store: an SSL_CERT_FILE naming one trusts no one extra.
+SYSTEM_TRUST_FILES = (
+    "/etc/ssl/certs/ca-certificates.crt",
+    "/etc/pki/tls/certs/ca-bundle.crt",
+    "/etc/ssl/cert.pem",
+)
+
+
+def _is_system_trust(path: str) -> bool:
+    defaults = ssl.get_default_verify_paths()
+    known = {*SYSTEM_TRUST_FILES, defaults.cafile or "", defaults.openssl_cafile or ""}
+    real = os.path.realpath(path)
+    return any(k and os.path.realpath(k) == real for k in known)
 
 
 @dataclass

@@ -9,9 +9,11 @@ Reference: https://prometheus.io/docs/instrumenting/writing_exporters/#collector
 from __future__ import annotations
 
 import datetime as dt
+import hmac
 import logging
 from collections.abc import Iterator
 
+from django.conf import settings
 from django.contrib.auth.decorators import login_not_required
 from django.db.models import Count
 from django.http import HttpRequest, HttpResponse
@@ -211,5 +213,19 @@ REGISTRY.register(MailgateCollector())
 @login_not_required
 @require_GET
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """The Prometheus text exposition of REGISTRY."""
+    """The Prometheus text exposition of REGISTRY; with MAILGATE_METRICS_TOKEN set, only for a
+    request carrying `Authorization: Bearer <token>` (Prometheus: `authorization.credentials`)."""
+    token = settings.MAILGATE_METRICS_TOKEN
+    if token:
+        scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            given.strip().encode(), token.encode()
+        ):
+            response = HttpResponse(
+                "Authorization: /metrics needs 'Authorization: Bearer <MAILGATE_METRICS_TOKEN>'\n",
+                status=401,
+                content_type="text/plain; charset=utf-8",
+            )
+            response["WWW-Authenticate"] = 'Bearer realm="mailgate-metrics"'
+            return response
     return HttpResponse(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST)

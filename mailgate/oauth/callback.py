@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mailgate import providers
+from mailgate.audit.log import record
 from mailgate.oauth import tokens
 from mailgate.oauth.models import OAuthState, digest
 from mailgate.providers.base import Diagnosis, OAuthFlow, TokenSet, revealed
@@ -201,11 +202,15 @@ class SignInAnswer:
     def check_account(flow: OAuthFlow, tokenset: TokenSet, server: MailServer) -> str:
         """The account that signed in must be the server's Username; a warning when unknown."""
         if not tokenset.id_token:
-            # Without an id_token the provider did not say who signed in; the mail server will
-            # refuse a token for another mailbox at the first Test Connection, so store and say so.
-            return (
-                "The provider did not say which account signed in; make sure it was "
-                f"{server.username} and press Test Connection."
+            # Without an id_token nothing says who signed in: the tokens could be anyone's.
+            raise SignInRefused(
+                "The sign-in did not say who signed in",
+                "The provider's answer carries no id_token, so the account that signed in "
+                "cannot be checked against the server's Username. Nothing was stored.",
+                "Press Connect again; the app registration must allow the openid, email and "
+                "profile permissions.",
+                status=200,
+                server=server,
             )
         try:
             accounts = flow.accounts_from_id_token(server, tokenset.id_token)
@@ -263,4 +268,5 @@ def complete_sign_in(answer: SignInAnswer) -> Connected:
     account = server.username.strip().lower()
     tokens.store_grant(server, tokens=tokenset, account=account, scopes=flow.scopes(server))
     log.info("%s connected as %s", server.name, account)
+    record("connected", subject=server.name)
     return Connected(server, account, warning)

@@ -19,6 +19,7 @@ from django.db.models import Q
 from django.utils import timezone
 
 from mailgate import providers
+from mailgate.audit.log import record
 from mailgate.crypto import Sealed
 from mailgate.oauth.models import REFRESH_IDLE_AFTER, STATE_LIFETIME, Grant, OAuthState
 from mailgate.providers.base import OAuthFlow, TokenSet, revealed
@@ -355,7 +356,31 @@ def disconnect(server: MailServer) -> str:
     MailServer.objects.filter(pk=server.pk).update(**cleared)
     for name, value in cleared.items():
         setattr(server, name, value)
+    record("disconnected", subject=server.name)
     return note
+
+
+def grant_owner_changed(server: MailServer, fields: list[str]) -> None:
+    """Username, Client ID, Tenant, cloud or method changed: the stored tokens belong to another
+    account or app, so they are deleted and an OAuth server must be connected again."""
+    deleted, _ = Grant.objects.filter(server_id=server.pk).delete()
+    if not deleted:
+        return
+    labels = ", ".join(
+        str(getattr(MailServer._meta.get_field(f), "verbose_name", f)) for f in fields
+    )
+    if server.is_oauth:
+        status = ServerStatus.RECONNECT_REQUIRED
+        detail = (
+            f"{labels} changed, so the stored tokens (issued for the previous value) were "
+            "discarded: connect the account again"
+        )
+    else:
+        status, detail = ServerStatus.NOT_CONNECTED, ""
+    MailServer.objects.filter(pk=server.pk).update(status=status, status_detail=detail)
+    server.status, server.status_detail = status, detail
+    log.info("tokens of %s discarded: %s changed", server.name, labels)
+    record("tokens_discarded", subject=server.name, fields=fields)
 
 
 def credentials_changed(server: MailServer) -> None:

@@ -149,6 +149,35 @@ def _attachments(items: list[AttachmentIn]) -> list[Attachment]:
     return result
 
 
+def _caller_may(request: HttpRequest, action: str) -> bool:
+    """Whether the request's API key allows the action (`send`, `read_all`); no key: nothing."""
+    allows = getattr(getattr(request, "auth", None), "allows", None)
+    return bool(allows is not None and allows(action))
+
+
+def _owner_tag(request: HttpRequest) -> str:
+    return str(getattr(getattr(request, "auth", None), "owner_tag", ""))
+
+
+def _scope_refused(request: HttpRequest, needed: str) -> WithStatus[dict[str, Any]]:
+    scope = getattr(getattr(request, "auth", None), "scope", "?")
+    problem = (
+        f"the key's scope {scope!r} does not allow this: it needs a key with scope {needed} "
+        f"(`mailgate apikeys create --name N --scope {needed}`)"
+    )
+    return WithStatus(
+        403, {"detail": f"Authorization: {problem}", "errors": {"Authorization": problem}}
+    )
+
+
+def _readable(request: HttpRequest) -> QuerySet[OutgoingMessage]:
+    """The messages the caller may read: all with `read_all`, else only those it queued."""
+    messages: QuerySet[OutgoingMessage] = OutgoingMessage.objects.select_related("server")
+    if _caller_may(request, "read_all"):
+        return messages
+    return messages.filter(submitted_by=_owner_tag(request) or "-")
+
+
 def _idempotency_scope(request: HttpRequest) -> str:
     key = getattr(request, "auth", None)
     return f"apikey:{getattr(key, 'pk', '-')}:"
@@ -167,10 +196,16 @@ def _scoped_key(request: HttpRequest, value: str | None) -> str | None:
     return _idempotency_scope(request) + value
 
 
-def _enqueue(payload: MessageIn, idempotency_key: str | None) -> OutgoingMessage:
+def _enqueue(
+    request: HttpRequest, payload: MessageIn, idempotency_key: str | None
+) -> OutgoingMessage:
     """Queue one message of the API's shape; InvalidMessage (or IdempotencyKeyReused) otherwise."""
     return enqueue(
-        payload.spec(), server=payload.server, idempotency_key=idempotency_key, source="api"
+        payload.spec(),
+        server=payload.server,
+        idempotency_key=idempotency_key,
+        source="api",
+        submitted_by=_owner_tag(request),
     )
 
 
@@ -192,7 +227,13 @@ def _key_reused(header: str, exc: IdempotencyKeyReused) -> HttpResponse:
 
 @router.post(
     "",
-    response={200: MessageOut, 201: MessageOut, 400: ErrorOut, 422: ProblemOut},
+    response={
+        200: MessageOut,
+        201: MessageOut,
+        400: ErrorOut,
+        403: ErrorOut,
+        422: ErrorOut | ProblemOut,
+    },
     by_alias=True,
     summary="Queue a message",
 )
@@ -203,6 +244,8 @@ def create_message(
 
     The same key with a different request is refused (422) and queues nothing.
     """
+    if not _caller_may(request, "send"):
+        return _scope_refused(request, "send")
     header = request.headers.get("Idempotency-Key")
     try:
         idempotency_key = _scoped_key(request, header)
@@ -211,11 +254,11 @@ def create_message(
             400, {"detail": f"Idempotency-Key: {exc}", "errors": {"Idempotency-Key": str(exc)}}
         )
     try:
-        message = _enqueue(payload, idempotency_key)
+        message = _enqueue(request, payload, idempotency_key)
     except IdempotencyKeyReused as exc:
         return _key_reused(str(header).strip(), exc)
     except InvalidMessage as exc:
-        return WithStatus(400, {"detail": str(exc), "errors": exc.errors})
+        return WithStatus(422, {"detail": str(exc), "errors": exc.errors})
     return WithStatus(200 if message.idempotent_replay else 201, _out(message))
 
 
@@ -257,7 +300,7 @@ def _batch_item(request: HttpRequest, index: int, item: BatchItemIn) -> dict[str
         name = f"{field}.idempotency_key"
         return {"status": 400, "detail": f"{name}: {exc}", "errors": {name: str(exc)}}
     try:
-        message = _enqueue(item, idempotency_key)
+        message = _enqueue(request, item, idempotency_key)
     except IdempotencyKeyReused as exc:
         name = f"{field}.idempotency_key"
         problem = exc.errors["idempotency_key"]
@@ -275,7 +318,7 @@ def _batch_item(request: HttpRequest, index: int, item: BatchItemIn) -> dict[str
 
 @router.post(
     "/batch",
-    response={200: BatchOut, 400: ErrorOut},
+    response={200: BatchOut, 400: ErrorOut, 403: ErrorOut},
     summary="Queue up to 500 messages",
 )
 def create_messages(request: HttpRequest, payload: BatchIn) -> WithStatus[dict[str, Any]]:
@@ -285,6 +328,8 @@ def create_messages(request: HttpRequest, payload: BatchIn) -> WithStatus[dict[s
     the others name the fields at fault (`messages[<index>].<field>`) and queue nothing.
     Per-message `idempotency_key`s work as the Idempotency-Key header does.
     """
+    if not _caller_may(request, "send"):
+        return _scope_refused(request, "send")
     count = len(payload.messages)
     if not 1 <= count <= MAX_BATCH:
         problem = f"must hold 1 to {MAX_BATCH} messages (it holds {count})"
@@ -301,8 +346,9 @@ def list_messages(
     status: Status | None = Query(None),  # noqa: B008 - django-ninja declares parameters this way
     limit: int = Query(100, ge=1, le=1000),
 ) -> list[dict[str, Any]]:
-    """The newest messages first, optionally only those with one status."""
-    messages: QuerySet[OutgoingMessage] = OutgoingMessage.objects.select_related("server")
+    """The newest messages first, optionally only those with one status (a `send` key: only the
+    messages it queued)."""
+    messages = _readable(request)
     if status is not None:
         messages = messages.filter(status=status)
     return [_out(m) for m in messages.order_by("-created_at", "-id")[:limit]]
@@ -315,9 +361,10 @@ def list_messages(
     summary="One message with its delivery attempts",
 )
 def get_message(request: HttpRequest, message_id: int) -> WithStatus[dict[str, Any]]:
-    message = OutgoingMessage.objects.select_related("server").filter(pk=message_id).first()
+    message = _readable(request).filter(pk=message_id).first()
     if message is None:
-        return WithStatus(404, {"detail": f"no message with id {message_id}"})
+        problem = f"no message with id {message_id} that this API key may read"
+        return WithStatus(404, {"detail": problem, "errors": {"message_id": problem}})
     data = _out(message)
     data["attempt_log"] = [
         {

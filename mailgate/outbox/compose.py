@@ -5,13 +5,23 @@ from __future__ import annotations
 import email.policy
 import email.utils
 import re
+import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 
+import email_validator
 from email_validator import EmailNotValidError, validate_email
+
+# Addresses are checked for syntax, not for public deliverability: a company's own server sends to
+# and from internal names (corp.local, host.test, mailhost), which the console's Username accepts
+# too. Removing names from this list is email_validator's documented way to accept them; .invalid,
+# .arpa and .onion stay refused.
+for _name in ("local", "localhost", "test"):
+    if _name in email_validator.SPECIAL_USE_DOMAIN_NAMES:
+        email_validator.SPECIAL_USE_DOMAIN_NAMES.remove(_name)
 
 # 7bit transfer encodings only: every server accepts the result without 8BITMIME; CRLF line ends.
 POLICY = email.policy.SMTP.clone(cte_type="7bit")
@@ -131,18 +141,32 @@ class Composed:
     message_id: str
     raw: bytes
     errors: dict[str, str] = field(default_factory=dict)
+    # The From header's address when it differs from the sender (a raw message's envelope).
+    author: Mailbox | None = None
 
     @property
     def recipients(self) -> list[str]:
         return [m.address for m in (*self.to, *self.cc, *self.bcc)]
 
 
+def is_one_line(value: str) -> bool:
+    """True when a header value is one line with no control character (TAB aside).
+
+    Python's email package breaks lines not only at CR and LF but at every character that
+    str.splitlines() splits on (VT, FF, FS, GS, RS, NEL, U+2028, U+2029), so a subject holding one of
+    them would become a new header or a replaced body once the message is written.
+    """
+    if value and value.splitlines() != [value]:
+        return False
+    return not any(unicodedata.category(c) == "Cc" and c != "\t" for c in value)
+
+
 def _no_line_breaks(field_name: str, value: str) -> None:
-    if "\r" in value or "\n" in value or "\x00" in value:
+    if not is_one_line(value):
         raise InvalidMessage.one(
             field_name,
-            "contains a line break (CR/LF) or NUL: header values must be one line "
-            "(this is how header injection works, so it is refused)",
+            "contains a line break or a control character (CR, LF, NUL, VT, FF, U+2028, ...): "
+            "header values must be one line (this is how header injection works, so it is refused)",
         )
 
 
@@ -162,7 +186,9 @@ def parse_mailbox(field_name: str, value: str) -> Mailbox:
     if "<" in address or ">" in address or "@" not in address:
         raise InvalidMessage.one(field_name, f"{value!r} is not a valid address")
     try:
-        checked = validate_email(address, check_deliverability=False, allow_smtputf8=True)
+        checked = validate_email(
+            address, check_deliverability=False, allow_smtputf8=True, globally_deliverable=False
+        )
     except EmailNotValidError as exc:
         raise InvalidMessage.one(field_name, f"{address!r} is not a valid address: {exc}") from None
     if checked.ascii_email is None:
@@ -341,6 +367,39 @@ def _header_boxes(message: Message, name: str) -> list[Mailbox]:
     return boxes
 
 
+def _crlf_line_ends(data: bytes) -> bytes:
+    """The message with CRLF line ends; a bare CR, or a bare LF beside CRLF, is refused.
+
+    A message written with LF line ends throughout (as Python's and Django's as_bytes() do) is
+    unambiguous and gets CRLF; a lone CR or a mix is how a message is smuggled past one parser
+    and read differently by the next server, so it is refused.
+    """
+    without_crlf = data.replace(b"\r\n", b"")
+    if b"\r" in without_crlf:
+        raise InvalidMessage.one(
+            "raw", "contains a bare CR (carriage return without line feed): end lines with CRLF"
+        )
+    if b"\n" in without_crlf:
+        if len(without_crlf) != len(data):
+            raise InvalidMessage.one(
+                "raw", "mixes CRLF and bare LF line ends: end every line with CRLF"
+            )
+        data = data.replace(b"\n", b"\r\n")
+    return data
+
+
+def _check_raw_headers(message: Message) -> None:
+    """Every header of a raw message is one line once unfolded, before and after decoding."""
+    for (name, value), (_, parsed) in zip(message.raw_items(), message.items(), strict=True):
+        unfolded = re.sub(r"\r?\n(?=[ \t])", "", str(value))
+        if not is_one_line(unfolded) or not is_one_line(str(parsed)):
+            raise InvalidMessage.one(
+                f"raw.{name}",
+                "contains a line break or a control character (VT, FF, NUL, U+2028, ...): "
+                "header values must be one line (this is how header injection works)",
+            )
+
+
 def parse_raw(
     raw: bytes | str,
     *,
@@ -359,7 +418,7 @@ def parse_raw(
         data = bytes(raw)
     if not data.strip():
         raise InvalidMessage.one("raw", "is empty: give a complete RFC 5322 message")
-    data = re.sub(rb"\r?\n", b"\r\n", data)
+    data = _crlf_line_ends(data)
     header_block = data.split(b"\r\n\r\n", 1)[0]
     for number, line in enumerate(header_block.split(b"\r\n"), 1):
         if len(line) > MAX_LINE:
@@ -371,6 +430,7 @@ def parse_raw(
             "is not a well-formed RFC 5322 message: "
             + ", ".join(type(d).__name__ for d in message.defects),
         )
+    _check_raw_headers(message)
     header_from = _header_boxes(message, "From")
     if len(header_from) != 1:
         raise InvalidMessage.one("raw", "needs exactly one address in its From header")
@@ -406,4 +466,14 @@ def parse_raw(
         data = message.as_bytes(policy=email.policy.SMTP)
     subject = str(message.get("Subject", ""))
     reply_to = _header_boxes(message, "Reply-To")
-    return Composed(from_box, to_boxes, cc_boxes, bcc_boxes, reply_to, subject, message_id, data)
+    return Composed(
+        from_box,
+        to_boxes,
+        cc_boxes,
+        bcc_boxes,
+        reply_to,
+        subject,
+        message_id,
+        data,
+        author=header_from[0],
+    )

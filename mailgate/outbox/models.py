@@ -30,6 +30,8 @@ class OutgoingMessage(models.Model):
     )
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.QUEUED)
     source = models.CharField(max_length=20, default="python")
+    # Who queued it, for the callers that may read only their own messages ("apikey:<id>").
+    submitted_by = models.CharField(max_length=100, blank=True)
 
     from_address = models.CharField(max_length=320)
     to = models.JSONField(default=list)

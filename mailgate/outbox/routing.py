@@ -103,29 +103,59 @@ def choose_server(address: str, servers: list[MailServer] | None = None) -> Mail
     )
 
 
+def accepts_from(server: MailServer, address: str) -> bool:
+    """True when the server's From Filter lets it send as the address (an empty filter: all)."""
+    entries = set(server.from_filter_entries())
+    if not entries:
+        return True
+    address = address.lower()
+    return address in entries or bool(_domain_entries(address.rsplit("@", 1)[-1]) & entries)
+
+
+def check_from_filter(server: MailServer, address: str) -> None:
+    """The chosen server's From Filter binds, however the server was chosen."""
+    if not accepts_from(server, address):
+        raise InvalidMessage.one(
+            "from",
+            f"server {server.name!r} does not send as {address.lower()}: its From Filter is "
+            f"{', '.join(server.from_filter_entries())}. Send from an address in it, add the "
+            "address or its domain to the filter, or choose another server",
+        )
+
+
 def check_send_as(server: MailServer, address: str) -> None:
-    """OAuth mailboxes may only send as themselves or as an address listed in Send As Addresses."""
-    if not server.is_oauth:
-        return
+    """A mailbox may only send as itself or as an address listed in Send As Addresses.
+
+    The rule holds for every OAuth server (the provider enforces it), and for a password or
+    certificate server that signs in as an address or lists Send As Addresses, unless its From
+    Filter names the senders: for such a relay the administrator's filter is the permission.
+    """
     address = address.lower()
     mailbox = server.username.lower()
+    allowed = set(server.send_as_entries())
+    if not server.is_oauth and (
+        server.from_filter_entries() or ("@" not in mailbox and not allowed)
+    ):
+        return
     if address == mailbox:
         return
     domain = address.rsplit("@", 1)[-1]
-    allowed = set(server.send_as_entries())
     if address in allowed or "*@" + domain in allowed or "@" + domain in allowed:
         return
     raise InvalidMessage.one(
         "from",
-        f"server {server.name!r} authenticates as {mailbox}, which may not send as {address}: "
-        "the provider would refuse it (Exchange: SendAsDenied). Grant 'Send As' to the mailbox "
-        "(Exchange: Add-RecipientPermission; Gmail: Settings > Accounts > Send mail as) and add "
-        "the address to the server's Send As Addresses, or send from the mailbox's own address",
+        f"server {server.name!r} authenticates as {mailbox or 'its Username'}, which may not send "
+        f"as {address}: the provider would refuse it (Exchange: SendAsDenied). Grant 'Send As' to "
+        "the mailbox (Exchange: Add-RecipientPermission; Gmail: Settings > Accounts > Send mail "
+        "as) and add the address to the server's Send As Addresses, or send from the mailbox's "
+        "own address",
     )
 
 
-def resolve_server(server: MailServer | str | int | None, address: str) -> MailServer:
-    """The given server (checked) or the routed one, with the send-as rule applied."""
+def resolve_server(server: MailServer | str | int | None, address: str, *also: str) -> MailServer:
+    """The given server or the routed one; the From Filter and the send-as rule are checked
+    against it for the address and every other sender address of the message (`also`: a raw
+    message's From header)."""
     if server is None:
         chosen = choose_server(address)
     else:
@@ -141,5 +171,7 @@ def resolve_server(server: MailServer | str | int | None, address: str) -> MailS
             raise InvalidMessage.one(
                 "server", f"mail server {chosen.name!r} is not active or has no SMTP Server"
             )
-    check_send_as(chosen, address)
+    for sender in dict.fromkeys((address, *also)):
+        check_from_filter(chosen, sender)
+        check_send_as(chosen, sender)
     return chosen

@@ -8,6 +8,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
@@ -86,6 +87,7 @@ def enqueue(
     server: MailServer | str | int | None = None,
     idempotency_key: str | None = None,
     source: str = "python",
+    submitted_by: str = "",
     **fields: Any,
 ) -> OutgoingMessage:
     """Validate, route and queue one message; raise InvalidMessage naming the field on bad input.
@@ -107,8 +109,22 @@ def enqueue(
         existing = OutgoingMessage.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:
             return _same_request(existing, fingerprint)
+    if len(spec.attachments) > settings.MAILGATE_MAX_ATTACHMENTS:
+        raise InvalidMessage.one(
+            "attachments",
+            f"{len(spec.attachments)} attachments are more than the "
+            f"{settings.MAILGATE_MAX_ATTACHMENTS} one message may carry: send fewer, or a link",
+        )
     composed = spec.compose()
-    chosen = resolve_server(server, composed.sender.address)
+    if len(composed.recipients) > settings.MAILGATE_MAX_RECIPIENTS:
+        raise InvalidMessage.one(
+            "to",
+            f"{len(composed.recipients)} recipients (to, cc and bcc together) are more than the "
+            f"{settings.MAILGATE_MAX_RECIPIENTS} one message may have (MAILGATE_MAX_RECIPIENTS): "
+            "split the message",
+        )
+    authors = [composed.author.address] if composed.author else []
+    chosen = resolve_server(server, composed.sender.address, *authors)
     size = len(composed.raw)
     if size > chosen.max_message_bytes:
         raise InvalidMessage.one(
@@ -128,6 +144,7 @@ def enqueue(
         server=chosen,
         status=Status.HELD if held else Status.QUEUED,
         source=source,
+        submitted_by=submitted_by,
         from_address=composed.sender.address,
         to=[m.address for m in composed.to],
         cc=[m.address for m in composed.cc],

@@ -46,8 +46,8 @@ def account_claims(id_token: str, *, client_id: str, jwks_url: str = "") -> dict
     """
     claims = unverified_claims(id_token)
     if jwks_url:
-        # Verification is defence in depth only (see above): a provider whose keys cannot be
-        # fetched or do not match is tolerated with a warning rather than blocking the connection.
+        # Keys that cannot be fetched are tolerated with a warning (see above); keys that can be
+        # fetched and do not verify the token refuse it.
         try:
             keys = KeySet.import_key_set(get_json(jwks_url))  # type: ignore[arg-type]
         except (TransientHTTPError, ValueError, KeyError, TypeError, JoseError) as exc:
@@ -60,12 +60,11 @@ def account_claims(id_token: str, *, client_id: str, jwks_url: str = "") -> dict
             try:
                 claims = dict(jwt.decode(id_token, keys, algorithms=ID_TOKEN_ALGORITHMS).claims)
             except (JoseError, ValueError, KeyError) as exc:
-                log.warning(
-                    "the id_token's signature does not verify with the keys at %s (%s); "
-                    "relying on the token endpoint's TLS",
-                    jwks_url,
-                    exc.__class__.__name__,
-                )
+                # The provider's own keys say this token is not theirs: a forged or altered token.
+                raise IdTokenError(
+                    f"its signature does not verify with the provider's keys at {jwks_url} "
+                    f"({exc.__class__.__name__})"
+                ) from None
     aud = claims.get("aud")
     audiences = aud if isinstance(aud, list) else [aud]
     if aud is not None and client_id not in audiences:

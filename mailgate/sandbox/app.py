@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import threading
@@ -54,6 +55,18 @@ URLS = Map(
 
 # Control operations that only read; they also answer GET.
 READ_ONLY = {"snapshot", "clock", "counters", "messages", "message"}
+
+
+def _is_loopback_name(host: str) -> bool:
+    """True for a Host header naming this machine (port aside): 127.x, [::1], localhost."""
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _json(body: Any, status: int = 200) -> Response:
@@ -175,6 +188,29 @@ class SandboxApp:
                     "error_description": "the control API answers loopback clients only",
                 },
                 403,
+            )
+        # A web page the developer visits can reach 127.0.0.1 too: through DNS rebinding (its
+        # own name resolving to 127.0.0.1, so Host is that name) or a cross-site form post (which
+        # cannot send application/json without a CORS preflight the sandbox never answers).
+        if not _is_loopback_name(request.host):
+            return _json(
+                {
+                    "error": "forbidden",
+                    "field": "Host",
+                    "error_description": "the control API answers requests for a loopback host "
+                    "name only (127.0.0.1, [::1] or localhost)",
+                },
+                403,
+            )
+        if request.method == "POST" and request.mimetype != "application/json":
+            return _json(
+                {
+                    "error": "unsupported_media_type",
+                    "field": "Content-Type",
+                    "error_description": "control actions take a JSON body: send "
+                    "Content-Type: application/json",
+                },
+                415,
             )
         operation = self.operations.get(action)
         if operation is None:

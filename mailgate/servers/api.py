@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Any
 
 from django.http import HttpRequest
-from django.shortcuts import get_object_or_404
-from ninja import Router, Schema
+from ninja import Router, Schema, Status
 
 from mailgate.servers.models import MailServer
 
@@ -106,6 +106,15 @@ def list_servers(request: HttpRequest) -> list[ServerOut]:
     return [server_out(s) for s in MailServer.objects.all()]
 
 
-@router.get("/{server_id}", response=ServerOut, summary="One mail server")
-def get_server(request: HttpRequest, server_id: int) -> ServerOut:
-    return server_out(get_object_or_404(MailServer, pk=server_id))
+class NotFoundOut(Schema):
+    detail: str
+    errors: dict[str, str]
+
+
+@router.get("/{server_id}", response={200: ServerOut, 404: NotFoundOut}, summary="One mail server")
+def get_server(request: HttpRequest, server_id: int) -> Status[ServerOut | dict[str, Any]]:
+    server = MailServer.objects.filter(pk=server_id).first()
+    if server is None:
+        problem = f"no mail server with id {server_id}"
+        return Status(404, {"detail": problem, "errors": {"server_id": problem}})
+    return Status(200, server_out(server))

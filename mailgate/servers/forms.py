@@ -62,6 +62,14 @@ STORED_NOTES = {
 }
 
 
+class SecretTextarea(forms.Textarea):
+    """A textarea that never writes its value back into the page (PasswordInput's
+    render_value=False for multi-line secrets such as a private key)."""
+
+    def format_value(self, value: Any) -> str | None:
+        return None
+
+
 class MailServerForm(forms.ModelForm):
     """Create or edit a MailServer; secrets are write-only and kept when left empty."""
 
@@ -89,7 +97,7 @@ class MailServerForm(forms.ModelForm):
         label="Private Key (PEM)",
         required=False,
         strip=True,
-        widget=forms.Textarea(attrs={"rows": 4, "autocomplete": "off", "spellcheck": "false"}),
+        widget=SecretTextarea(attrs={"rows": 4, "autocomplete": "off", "spellcheck": "false"}),
     )
 
     class Meta:

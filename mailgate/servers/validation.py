@@ -238,7 +238,17 @@ def validate_server(
             verdict.error(name, "Enter a whole number: 0 for no limit, or the most allowed.")
 
     host = v.get("smtp_host") or ""
+    info = AUTH_METHODS.get(v.get("auth_method") or "")
     if v.get("smtp_security") == "none" and host and not is_loopback_host(host):
+        if info is not None and info.provider:
+            # A bearer token in clear is as good as the mailbox's password: the transport refuses
+            # to send it, so such a server could never authenticate.
+            verdict.error(
+                "smtp_security",
+                f"Connection Security is None for {host}: an OAuth access token is never sent "
+                "unencrypted. Choose TLS (STARTTLS) or SSL/TLS.",
+            )
+            return verdict
         verdict.warnings.append(
             f"Connection Security is None for {host}: credentials and mail travel unencrypted. "
             "Use STARTTLS or SSL/TLS unless the server is on this machine."

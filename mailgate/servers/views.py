@@ -9,11 +9,23 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import ProtectedError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.template.loader import render_to_string
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_http_methods
 
 from mailgate.accounts.roles import admin_required, is_administrator
 from mailgate.servers.forms import MailServerForm, form_defaults, public_url_warning
 from mailgate.servers.models import AUTH_METHODS, MailServer
+
+
+@require_http_methods(["GET"])
+def form_script(request: HttpRequest) -> HttpResponse:
+    """The server form's script, as a file: the Content-Security-Policy allows no inline script."""
+    response = HttpResponse(
+        render_to_string("servers/form.js"), content_type="text/javascript; charset=utf-8"
+    )
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
 
 
 @require_http_methods(["GET"])
@@ -44,7 +56,13 @@ def _report_warnings(request: HttpRequest, form: MailServerForm) -> None:
         messages.warning(request, warning)
 
 
+# Error reports (and Django's debug page) show these posted values as stars.
+SECRET_POST_FIELDS = ("password", "client_secret", "private_key")
+
+
 @admin_required
+@sensitive_post_parameters(*SECRET_POST_FIELDS)
+@sensitive_variables("form")
 @require_http_methods(["GET", "POST"])
 def server_add(request: HttpRequest) -> HttpResponse:
     if request.method == "POST":
@@ -60,6 +78,8 @@ def server_add(request: HttpRequest) -> HttpResponse:
     return _form_page(request, MailServerForm(initial=initial), None)
 
 
+@sensitive_post_parameters(*SECRET_POST_FIELDS)
+@sensitive_variables("form")
 @require_http_methods(["GET", "POST"])
 def server_edit(request: HttpRequest, pk: int) -> HttpResponse:
     server = get_object_or_404(MailServer, pk=pk)

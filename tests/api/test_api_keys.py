@@ -23,7 +23,7 @@ def bearer(key: str) -> dict[str, str]:
 
 @pytest.fixture
 def key(db: None) -> str:
-    return APIKey.issue("erp")[1]
+    return APIKey.issue("erp", scope="admin")[1]
 
 
 @pytest.fixture
@@ -113,7 +113,7 @@ def test_the_openapi_document_describes_servers_and_bearer_auth(db: None) -> Non
 
 
 def test_an_admin_creates_a_key_in_the_console_shown_once(admin_client: Client) -> None:
-    response = admin_client.post("/settings/api-keys/", {"name": "helpdesk"})
+    response = admin_client.post("/settings/api-keys/", {"name": "helpdesk", "scope": "read"})
     assert response.status_code == 200
     assert response["Cache-Control"] == "no-store"
     html = response.content.decode()
@@ -164,7 +164,7 @@ def test_api_key_forms_enforce_csrf(admin: object, key: str) -> None:
 
 def test_the_cli_creates_lists_and_revokes_keys(db: None) -> None:
     out, err = io.StringIO(), io.StringIO()
-    call_command("apikeys", "create", "--name", "erp", stdout=out, stderr=err)
+    call_command("apikeys", "create", "--name", "erp", "--scope", "read", stdout=out, stderr=err)
     key = out.getvalue().strip()
     assert "shown only now" in err.getvalue()
     assert Client().get("/api/v1/servers", **bearer(key)).status_code == 200

@@ -147,7 +147,7 @@ def test_an_unreachable_database_is_reported_as_a_zero_gauge(tmp_path: Path) -> 
         import django
         django.setup()
         from django.test import Client
-        response = Client().get("/metrics")
+        response = Client().get("/metrics", HTTP_HOST="127.0.0.1")
         print(response.status_code)
         print(response.content.decode())
         """

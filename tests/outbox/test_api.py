@@ -14,7 +14,7 @@ from mailgate.outbox.models import OutgoingMessage, Status
 
 @pytest.fixture
 def api(db):
-    _, secret = APIKey.issue("tests")
+    _, secret = APIKey.issue("tests", scope="admin")
     client = Client(HTTP_AUTHORIZATION=f"Bearer {secret}")
     return client
 
@@ -129,7 +129,7 @@ def test_a_raw_message_with_a_reused_key_must_repeat_the_bytes_and_the_envelope(
 
 
 def test_idempotency_keys_are_per_api_key(api, server):
-    _, other_secret = APIKey.issue("other application")
+    _, other_secret = APIKey.issue("other application", scope="admin")
     other = Client(HTTP_AUTHORIZATION=f"Bearer {other_secret}")
     mine = post(
         api,
@@ -157,13 +157,13 @@ def test_a_key_stored_before_fingerprints_accepts_any_retry(api, server):
 
 def test_bad_input_is_refused_with_the_field_named(api, server):
     response = post(api, {"from": "app@example.com", "to": ["not an address"], "text": "x"})
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "to[0]" in response.json()["errors"]
     response = post(
         api,
         {"from": "app@example.com", "to": ["a@example.org"], "subject": "a\r\nBcc: x@evil.example"},
     )
-    assert response.status_code == 400
+    assert response.status_code == 422
     assert "subject" in response.json()["errors"]
     response = post(
         api,

@@ -53,15 +53,13 @@ def test_a_token_signed_with_the_published_key_is_verified(
     assert caplog.records == []
 
 
-def test_a_token_signed_with_another_key_is_read_with_a_warning(
-    sandbox: Sandbox, tmp_path: Path, caplog: pytest.LogCaptureFixture
+def test_a_token_signed_with_another_key_is_refused_when_the_keys_could_be_fetched(
+    sandbox: Sandbox, tmp_path: Path
 ) -> None:
     token = _id_token(tmp_path, aud="client-1")  # a key of its own, not the sandbox's
     url = f"{sandbox.http_url}/common/discovery/v2.0/keys"
-    with caplog.at_level(logging.WARNING, logger="mailgate.oauth"):
-        claims = account_claims(token, client_id="client-1", jwks_url=url)
-    assert claims["preferred_username"] == "alex@contoso.example"
-    assert "signature does not verify" in caplog.text
+    with pytest.raises(IdTokenError, match="signature does not verify"):
+        account_claims(token, client_id="client-1", jwks_url=url)
 
 
 def test_an_id_token_for_another_client_is_refused(tmp_path: Path) -> None:

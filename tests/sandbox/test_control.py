@@ -84,7 +84,11 @@ def test_unknown_actions_list_the_known_ones(sandbox: Sandbox) -> None:
 def test_read_only_actions_answer_get_and_others_need_post(sandbox: Sandbox) -> None:
     assert httpx.get(f"{sandbox.http_url}/sandbox/control/counters").status_code == 200
     assert httpx.get(f"{sandbox.http_url}/sandbox/control/set_faults").status_code == 405
-    bad = httpx.post(f"{sandbox.http_url}/sandbox/control/set_faults", content=b"[1]")
+    bad = httpx.post(
+        f"{sandbox.http_url}/sandbox/control/set_faults",
+        content=b"[1]",
+        headers={"Content-Type": "application/json"},
+    )
     assert bad.status_code == 400
 
 

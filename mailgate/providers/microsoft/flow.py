@@ -92,15 +92,16 @@ class MicrosoftFlow:
         return None
 
     def accounts_from_id_token(self, server: MailServer, id_token: str) -> set[str]:
-        """Every address the id_token names for the user (UPN and e-mail may differ)."""
+        """The addresses the id_token names for the user: `preferred_username` and `upn`; the
+        `email` claim only when neither is there, since Entra does not verify it (any user can
+        set it to another's address)."""
         claims = account_claims(
             id_token,
             client_id=server.client_id,
             jwks_url=client.jwks_url(login_url(server.cloud)),
         )
-        return {
-            signed_in_account(claims, (name,)) for name in ("preferred_username", "email", "upn")
-        } - {""}
+        names = {signed_in_account(claims, (n,)) for n in ("preferred_username", "upn")} - {""}
+        return names or {signed_in_account(claims, ("email",))} - {""}
 
     def explain(self, error: str, description: str) -> Diagnosis:
         return errors.explain(error, description)

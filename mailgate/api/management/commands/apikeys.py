@@ -1,4 +1,4 @@
-"""`mailgate apikeys create --name N | list [--json] | revoke NAME`."""
+"""`mailgate apikeys create --name N [--scope {send,read,admin}] | list [--json] | revoke NAME`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 
-from mailgate.api.models import APIKey
+from mailgate.api.models import SCOPES, SEND, APIKey
 
 
 def _when(value: Any) -> str | None:
@@ -22,6 +22,13 @@ class Command(BaseCommand):
         sub = parser.add_subparsers(dest="action", required=True, metavar="{create,list,revoke}")
         create = sub.add_parser("create", help="create a key and print it once")
         create.add_argument("--name", required=True, help="what uses the key, e.g. erp")
+        create.add_argument(
+            "--scope",
+            choices=list(SCOPES),
+            default=SEND,
+            help="send: queue mail and read what it queued (default); read: read all messages "
+            "and servers; admin: both",
+        )
         listing = sub.add_parser("list", help="list keys (never the keys themselves)")
         listing.add_argument("--json", action="store_true", help="print JSON")
         revoke = sub.add_parser("revoke", help="revoke a key by name")
@@ -38,8 +45,10 @@ class Command(BaseCommand):
                     f"revoke it with `mailgate apikeys revoke {name}`",
                     returncode=2,
                 )
-            row, key = APIKey.issue(name)
-            self.stderr.write(f"API key {row.name!r} created; it is shown only now:")
+            row, key = APIKey.issue(name, scope=options["scope"])
+            self.stderr.write(
+                f"API key {row.name!r} (scope {row.scope}) created; it is shown only now:"
+            )
             self.stdout.write(key)
         elif action == "list":
             keys = list(APIKey.objects.all())
@@ -47,6 +56,7 @@ class Command(BaseCommand):
                 {
                     "name": k.name,
                     "prefix": k.prefix,
+                    "scope": k.scope,
                     "created_at": _when(k.created_at),
                     "last_used_at": _when(k.last_used_at),
                     "revoked_at": _when(k.revoked_at),
@@ -61,7 +71,7 @@ class Command(BaseCommand):
             for r in rows:
                 state = f"revoked {r['revoked_at']}" if r["revoked_at"] else "active"
                 used = r["last_used_at"] or "never used"
-                self.stdout.write(f"{r['name']}\t{r['prefix']}…\t{state}\t{used}")
+                self.stdout.write(f"{r['name']}\t{r['prefix']}…\t{r['scope']}\t{state}\t{used}")
         else:
             found = APIKey.objects.filter(name=options["name"]).first()
             if found is None:

@@ -4,6 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from mailgate.audit.log import record
 from mailgate.crypto import rotate_all
 
 
@@ -12,6 +13,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         count = rotate_all()
+        record("keys_rotated")
         self.stdout.write(
             f"Re-encrypted {count} secret(s) with the newest key. Older keys can now be removed "
             "from MAILGATE_ENCRYPTION_KEYS."
