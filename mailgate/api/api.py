@@ -36,11 +36,11 @@ def _http_error(request: HttpRequest, exc: HttpError | type[HttpError]) -> HttpR
 
 
 api.add_exception_handler(HttpError, _http_error)
-# Servers are read with a `read` or `admin` key; messages check the scope per operation (a `send`
-# key queues and reads its own).
+# Servers and incoming mail are read with a `read` or `admin` key; messages check the scope per
+# operation (a `send` key queues and reads its own).
 api.add_router("/servers", servers_router, auth=BearerKey(actions={"read_all"}))
 api.add_router("/messages", messages_router)
-api.add_router("/inbox", inbox_router)
+api.add_router("/inbox", inbox_router, auth=BearerKey(actions={"read_all"}))
 
 
 log = logging.getLogger("mailgate.api")

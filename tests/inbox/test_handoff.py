@@ -78,7 +78,14 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def api(db: None) -> dict[str, str]:
-    return {"HTTP_AUTHORIZATION": f"Bearer {APIKey.issue('erp')[1]}"}
+    return {"HTTP_AUTHORIZATION": f"Bearer {APIKey.issue('erp', scope='read')[1]}"}
+
+
+def test_a_send_key_cannot_read_incoming_mail(client: Client, db: None) -> None:
+    send_only = {"HTTP_AUTHORIZATION": f"Bearer {APIKey.issue('app', scope='send')[1]}"}
+    response = client.get("/api/v1/inbox", **send_only)
+    assert response.status_code == 403
+    assert "read" in response.json()["detail"]
 
 
 def with_attachment(subject: str) -> bytes:
