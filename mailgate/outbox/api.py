@@ -83,6 +83,10 @@ class MessageOut(Schema):
     last_error: str
     last_reply: str
     diagnosis: str
+    route_reason: str = Field(
+        description="Why this server was chosen (From Filter, mailbox, connected, Priority).",
+        examples=["routed by From: From Filter names the address, status Token Valid, Priority 10"],
+    )
     queue_id: str
     created_at: datetime
     next_attempt_at: datetime | None
@@ -129,6 +133,7 @@ def _out(message: OutgoingMessage) -> dict[str, Any]:
         "last_error": message.last_error,
         "last_reply": message.last_reply,
         "diagnosis": message.diagnosis,
+        "route_reason": message.route_reason,
         "queue_id": message.queue_id,
         "created_at": message.created_at,
         "next_attempt_at": message.next_attempt_at if waiting else None,

@@ -12,9 +12,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from mailgate.outbox.compose import Attachment, InvalidMessage, MessageSpec
-from mailgate.outbox.hold import is_held
+from mailgate.outbox.hold import connect_first, hold_server, is_held
 from mailgate.outbox.models import OutgoingMessage, Status
-from mailgate.outbox.routing import resolve_server
+from mailgate.outbox.routing import resolve_route
 from mailgate.outbox.wakeup import announce
 from mailgate.servers.models import MailServer
 
@@ -108,7 +108,8 @@ def enqueue(
         if existing is not None:
             return _same_request(existing, fingerprint)
     composed = spec.compose()
-    chosen = resolve_server(server, composed.sender.address)
+    route = resolve_route(server, composed.sender.address)
+    chosen = route.server
     size = len(composed.raw)
     if size > chosen.max_message_bytes:
         raise InvalidMessage.one(
@@ -124,6 +125,9 @@ def enqueue(
             f"{chosen.limit_recipients_per_day} recipients per day: split the message",
         )
     held = is_held(chosen)
+    if not held and (reason := connect_first(chosen)):
+        hold_server(chosen, reason)
+        held = True
     message = OutgoingMessage(
         server=chosen,
         status=Status.HELD if held else Status.QUEUED,
@@ -142,6 +146,7 @@ def enqueue(
         idempotency_key=idempotency_key,
         idempotency_fingerprint=fingerprint,
         diagnosis=chosen.hold_reason if held else "",
+        route_reason=route.reason[:300],
     )
     if idempotency_key is None:
         message.save()
