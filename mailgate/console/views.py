@@ -7,6 +7,7 @@ from django.shortcuts import render
 from django.utils import timezone
 
 from mailgate.diagnostics.health import server_reports, system_findings
+from mailgate.servers.forms import note_console_origin
 
 # Ok findings the dashboard's columns already show (status badge, last test).
 SHOWN_IN_COLUMNS = {"token", "last_test", "server", "inactive"}
@@ -15,6 +16,7 @@ SHOWN_IN_COLUMNS = {"token", "last_test", "server", "inactive"}
 def dashboard(request: HttpRequest) -> HttpResponse:
     """Server health at a glance, for administrators and viewers alike (read-only, no secrets)."""
     now = timezone.now()
+    note_console_origin(request)  # system_findings() then warns about a wrong address
     system = system_findings(now=now)
     reports = []
     if not any(f.needs_action and f.check in ("database", "migrations") for f in system):

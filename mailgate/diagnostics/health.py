@@ -31,7 +31,7 @@ from mailgate.inbox.models import Status as InboxStatus
 from mailgate.oauth.models import Grant
 from mailgate.outbox.hold import is_held
 from mailgate.outbox.models import WAITING, OutgoingMessage, ServerState, Status
-from mailgate.servers.forms import public_url_warning
+from mailgate.servers.forms import last_origin_warning, public_url_warning
 from mailgate.servers.models import MailServer, ServerStatus
 from mailgate.servers.validation import SECRET_EXPIRY_WARNING_DAYS
 
@@ -779,19 +779,30 @@ def _workers(now: dt.datetime) -> list[Finding]:
 
 
 def _public_url() -> list[Finding]:
-    warning = public_url_warning()
-    if not warning:
-        return []
-    head, _, fix = warning.partition(". ")
-    return [
-        Finding(
-            Level.WARNING,
-            "MAILGATE_PUBLIC_URL is not https",
-            head + ".",
-            fix,
-            "public_url",
+    found = []
+    if warning := public_url_warning():
+        head, _, fix = warning.partition(". ")
+        found.append(
+            Finding(
+                Level.WARNING,
+                "MAILGATE_PUBLIC_URL is not https",
+                head + ".",
+                fix,
+                "public_url",
+            )
         )
-    ]
+    if warning := last_origin_warning():
+        head, _, fix = warning.partition("registered. ")
+        found.append(
+            Finding(
+                Level.WARNING,
+                "The console is opened at another address than MAILGATE_PUBLIC_URL",
+                head + "registered.",
+                fix,
+                "public_url_origin",
+            )
+        )
+    return found
 
 
 @dataclass

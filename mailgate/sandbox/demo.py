@@ -181,7 +181,7 @@ def main(argv: list[str]) -> int:
         demo = sandbox.demo
         public_url = f"http://{args.host}:{args.port}"
         for provider in ("microsoft", "google"):
-            uri = f"http://127.0.0.1:{args.port}/oauth/{provider}/callback"
+            uri = f"{public_url}/oauth/{provider}/callback"
             if provider == "microsoft":
                 sandbox.control.add_redirect_uri(demo["client_id"], uri)
             else:
