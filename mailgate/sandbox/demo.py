@@ -142,6 +142,14 @@ def _demo_servers(
     ]
 
 
+def send_command(sender: str) -> str:
+    """A ready `mailgate send` for the demo mailbox (the sandbox accepts any recipient)."""
+    return (
+        f"uv run mailgate send --from {sender} --to someone@example.net "
+        "--subject 'Hello from mailgate' --body 'It works.' --wait"
+    )
+
+
 def main(argv: list[str]) -> int:
     """Entry point for `mailgate demo`."""
     args = build_parser().parse_args(argv)
@@ -244,7 +252,10 @@ def main(argv: list[str]) -> int:
             "Then: Settings › Technical › Mail Server › Mail Servers › Demo Outlook ›"  # noqa: RUF001
             " Connect your Outlook account; sign in at the sandbox as"
             f" {demo['user']} / {demo['password']} and press Accept.\n"
-            "Press Ctrl+C to stop.",
+            "\nTo send from another terminal (the demo's database is in its own folder):\n"
+            f"  export MAILGATE_HOME={state_dir / 'mailgate-home'}\n"
+            f"  {send_command(demo['user'])}\n"
+            "\nPress Ctrl+C to stop.",
             flush=True,
         )
         while not stop.wait(0.5):
