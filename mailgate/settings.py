@@ -25,6 +25,7 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "ninja",  # its templates and static files: the API docs page works offline
     "mailgate.core",
     "mailgate.console",
     "mailgate.accounts",

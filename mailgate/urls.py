@@ -31,6 +31,7 @@ urlpatterns = [
     path("outbox/", include("mailgate.outbox.urls")),
     path("inbox/", include("mailgate.inbox.urls")),
     path("healthz", console_views.healthz, name="healthz"),
+    path("static/<path:path>", console_views.static_file, name="static-file"),
     path("metrics", metrics_view, name="metrics"),
     path("api/v1/", include("mailgate.api.urls")),
 ]

@@ -1,10 +1,15 @@
 from __future__ import annotations
 
+import mimetypes
+from pathlib import Path
+
 from django.contrib.auth.decorators import login_not_required
+from django.contrib.staticfiles import finders
 from django.db import connection
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
+from django.views.decorators.http import require_GET
 
 from mailgate.diagnostics.health import server_reports, system_findings
 from mailgate.servers.forms import note_console_origin
@@ -62,3 +67,20 @@ def healthz(request: HttpRequest) -> HttpResponse:
     except Exception:
         return JsonResponse({"status": "error", "database": "unreachable"}, status=503)
     return JsonResponse({"status": "ok"})
+
+
+@login_not_required
+@require_GET
+def static_file(request: HttpRequest, path: str) -> FileResponse:
+    """The installed apps' static files (the console's scripts, the API docs' Swagger UI), served
+    by mailgate itself so that nothing is fetched from a CDN and no separate web server is needed.
+    Only files the static finders know are served."""
+    if ".." in Path(path).parts:
+        raise Http404("no such file")
+    found = finders.find(path)
+    if not found or not isinstance(found, str):
+        raise Http404("no such file")
+    content_type = mimetypes.guess_type(found)[0] or "application/octet-stream"
+    response = FileResponse(open(found, "rb"), content_type=content_type)  # noqa: SIM115
+    response["Cache-Control"] = "public, max-age=3600"
+    return response
