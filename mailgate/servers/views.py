@@ -41,6 +41,10 @@ def _form_page(
         "stored_notes": form.stored_notes(),
         "retyped_secrets": form.retyped_secrets(),
         "read_only": not is_administrator(request.user),
+        # Set by Send test message (mailgate.diagnostics.views.send_test_key), shown once.
+        "send_test": request.session.pop(f"mailgate.send-test.{server.pk}", None)
+        if server
+        else None,
     }
     return render(request, "servers/form.html", context)
 
