@@ -12,6 +12,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_GET
 
 from mailgate.diagnostics.health import server_reports, system_findings
+from mailgate.diagnostics.traffic import PERIODS, SERIES, traffic
 from mailgate.servers.forms import note_console_origin
 
 # Ok findings the dashboard's columns already show (status badge, last test).
@@ -26,9 +27,11 @@ def dashboard(request: HttpRequest) -> HttpResponse:
     reports = []
     if not any(f.needs_action and f.check in ("database", "migrations") for f in system):
         reports = server_reports(now=now)
+    charts = traffic([r.server for r in reports], now=now)
     rows = [
         {
             "report": r,
+            "charts": [charts[r.server.pk][p.key] for p in PERIODS],
             "problems": r.problems,
             "notes": [
                 f for f in r.findings if not f.needs_action and f.check not in SHOWN_IN_COLUMNS
@@ -46,6 +49,8 @@ def dashboard(request: HttpRequest) -> HttpResponse:
             "rows": rows,
             "problem_count": problems,
             "checked_at": now,
+            "periods": PERIODS,
+            "series": [(label, colour) for _, label, colour, _ in SERIES],
         },
     )
 

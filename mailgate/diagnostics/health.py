@@ -8,6 +8,7 @@ hold reasons, the connection test's summary) wherever one applies.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from collections import defaultdict
 from collections.abc import Callable, Iterable
@@ -21,6 +22,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.db.models import Count, Min
+from django.urls import reverse
 from django.utils import timezone
 
 from mailgate import providers
@@ -46,7 +48,9 @@ TOKEN_FAILURES_TO_REPORT = 3
 # Reference: https://learn.microsoft.com/entra/identity-platform/how-to-add-credentials (24 months)
 MAX_SECRET_LIFETIME: dict[str, dt.timedelta] = {"microsoft": dt.timedelta(days=730)}
 
-SERVERS_PATH = "Settings > Technical > Mail Server > Mail Servers"
+# The console's breadcrumb separator (U+203A, written as an escape).
+SEP = " \u203a "
+SERVERS_PATH = SEP.join(["Settings", "Technical", "Mail Server", "Mail Servers"])
 
 
 class Level(StrEnum):
@@ -67,6 +71,7 @@ class Finding:
     detail: str = ""
     fix: str = ""
     check: str = ""  # a stable name for machines, e.g. "secret_expired"
+    fix_url: str = ""  # the console page where the fix is made (the dashboard links "Fix:" to it)
 
     @property
     def needs_action(self) -> bool:
@@ -196,7 +201,11 @@ def server_reports(
             queue=facts.queues.get(server.pk, QueueCounts()),
             grant=facts.grants.get(server.pk),
         )
-        report.findings = _server_findings(server, report, facts, now)
+        page = reverse("servers:edit", args=[server.pk]) + "#connection"
+        report.findings = [
+            dataclasses.replace(f, fix_url=f.fix_url or page) if f.fix else f
+            for f in _server_findings(server, report, facts, now)
+        ]
         reports.append(report)
     return reports
 
@@ -207,7 +216,7 @@ def server_findings(server: MailServer, *, now: dt.datetime | None = None) -> li
 
 
 def _where(server: MailServer) -> str:
-    return f"Open {SERVERS_PATH} > {server.name}"
+    return f"Open {SERVERS_PATH}{SEP}{server.name}"
 
 
 def _server_findings(

@@ -142,7 +142,7 @@ def route(address: str, servers: list[MailServer] | None = None) -> Route:
         raise InvalidMessage.one(
             "from",
             "no active mail server with an SMTP Server is configured: add one under "
-            "Settings > Technical > Mail Server > Mail Servers",
+            "Settings \u203a Technical \u203a Mail Server \u203a Mail Servers",
         )
     raise InvalidMessage.one(
         "from",

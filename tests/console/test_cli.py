@@ -82,3 +82,8 @@ def test_an_empty_database_is_named_too(tmp_path: Path) -> None:
         result.stderr
     )
     assert "Run `mailgate migrate`." in result.stderr
+
+
+def test_the_sqlite_database_is_created_readable_by_its_owner_only(tmp_path: Path) -> None:
+    assert _mailgate("migrate", home=tmp_path).returncode == 0
+    assert (tmp_path / "mailgate.sqlite3").stat().st_mode & 0o777 == 0o600
