@@ -50,6 +50,7 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
             ("doctor", "check the deployment and every server, with the fix for each problem"),
             ("migrate", "create or update the database schema"),
             ("rotate-keys", "re-encrypt stored secrets with the newest key"),
+            ("backup", "copy the SQLite database to a file (PostgreSQL: pg_dump)"),
         ],
     ),
 ]

@@ -64,28 +64,32 @@ class LoginView(auth_views.LoginView):
 # -- Settings > Users (administrators) and Change password (everyone) ---------------------------
 
 
-class PasswordChangeView(auth_views.PasswordChangeView):
+class _SaysDone:
+    """After a valid form, say `done` on the next page."""
+
+    done = ""
+    request: HttpRequest
+
+    def form_valid(self, form: Any) -> HttpResponse:
+        response: HttpResponse = super().form_valid(form)  # type: ignore[misc]
+        messages.success(self.request, self.done)
+        return response
+
+
+class PasswordChangeView(_SaysDone, auth_views.PasswordChangeView):
     """Change password: every signed-in user, for their own account."""
 
     template_name = "accounts/password_change.html"
     success_url = reverse_lazy("dashboard")
-
-    def form_valid(self, form: Any) -> HttpResponse:
-        response = super().form_valid(form)
-        messages.success(self.request, "Your password was changed.")
-        return response
+    done = "Your password was changed."
 
 
-class PasswordResetConfirmView(auth_views.PasswordResetConfirmView):
+class PasswordResetConfirmView(_SaysDone, auth_views.PasswordResetConfirmView):
     """The page a one-time reset link opens: choose a new password, then sign in."""
 
     template_name = "accounts/password_reset_confirm.html"
     success_url = reverse_lazy("login")
-
-    def form_valid(self, form: Any) -> HttpResponse:
-        response = super().form_valid(form)
-        messages.success(self.request, "Password set: sign in with it.")
-        return response
+    done = "Password set: sign in with it."
 
 
 class AddUserForm(forms.Form):

@@ -788,29 +788,20 @@ def _workers(now: dt.datetime) -> list[Finding]:
 
 
 def _public_url() -> list[Finding]:
+    checks = [
+        (public_url_warning(), ". ", "MAILGATE_PUBLIC_URL is not https", "public_url"),
+        (
+            last_origin_warning(),
+            "registered. ",
+            "The console is opened at another address than MAILGATE_PUBLIC_URL",
+            "public_url_origin",
+        ),
+    ]
     found = []
-    if warning := public_url_warning():
-        head, _, fix = warning.partition(". ")
-        found.append(
-            Finding(
-                Level.WARNING,
-                "MAILGATE_PUBLIC_URL is not https",
-                head + ".",
-                fix,
-                "public_url",
-            )
-        )
-    if warning := last_origin_warning():
-        head, _, fix = warning.partition("registered. ")
-        found.append(
-            Finding(
-                Level.WARNING,
-                "The console is opened at another address than MAILGATE_PUBLIC_URL",
-                head + "registered.",
-                fix,
-                "public_url_origin",
-            )
-        )
+    for warning, split, title, check in checks:
+        if warning:
+            head, sep, fix = warning.partition(split)
+            found.append(Finding(Level.WARNING, title, head + sep.rstrip(), fix, check))
     return found
 
 

@@ -9,6 +9,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from mailgate import providers
+from mailgate.oauth.models import Grant
 from mailgate.outbox.models import WAITING, OutgoingMessage, ServerState, Status
 from mailgate.outbox.routing import forget_servers
 from mailgate.outbox.wakeup import announce
@@ -113,6 +114,8 @@ def connect_first(server: MailServer) -> str:
     being retried against its host; connecting the account releases it (`mail_may_flow`).
     """
     if not server.provider_key or server.status != ServerStatus.NOT_CONNECTED:
+        return ""  # the status is the cheap test; the grant row settles it
+    if Grant.objects.filter(server_id=server.pk).exists():
         return ""
     label = providers.get(server.provider_key).connect_label
     mailbox = f" as {server.username}" if server.username else ""
