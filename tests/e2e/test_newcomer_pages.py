@@ -1,6 +1,6 @@
 """The newcomer's pages in Debian's chromium, for an administrator and a viewer: the server page
 led by its connection panel (Send test message with the result inline), the dashboard's traffic
-chart, Settings › Users and Change password. Screenshots: docs/screenshots with `make screenshots`."""
+chart, Settings > Users and Change password. Screenshots: docs/screenshots with `make screenshots`."""
 
 from __future__ import annotations
 

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from io import StringIO
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.test import Client
 
-from mailgate.outbox.models import OutgoingMessage
+from mailgate.outbox.models import OutgoingMessage, Status
 from mailgate.sandbox.pages import when
 
 
@@ -44,3 +49,20 @@ def test_the_outbox_finds_messages_by_recipient_subject_or_message_id(
 def test_the_sandbox_shows_message_times_readably() -> None:
     assert when(1772442005.5) == "2026-03-02 09:00:05 UTC"
     assert when("") == ""
+
+
+def test_outbox_retry_takes_many_ids_or_a_status(make_server) -> None:
+    server = make_server()
+    failed = [
+        OutgoingMessage.objects.create(
+            server=server, from_address="a@x.example", raw=b"x", status=Status.FAILED
+        )
+        for _ in range(3)
+    ]
+    out = StringIO()
+    call_command("outbox", "retry", "--status", "failed", stdout=out)
+    assert out.getvalue().splitlines() == [f"message {m.pk}: queued" for m in failed]
+    call_command("outbox", "cancel", str(failed[0].pk), str(failed[1].pk), stdout=StringIO())
+    assert OutgoingMessage.objects.filter(status=Status.CANCELLED).count() == 2
+    with pytest.raises(CommandError, match="ids or --status, not both"):
+        call_command("outbox", "retry", "1", "--status", "failed", stdout=StringIO())
