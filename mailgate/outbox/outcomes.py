@@ -250,6 +250,7 @@ class OutcomeRecorder:
                 server.name,
                 message.recipients_count,
                 reply,
+                extra={"server": server.name, "message_id": message.message_id},
             )
 
     def _partly_sent(
@@ -368,4 +369,5 @@ class OutcomeRecorder:
             error.step or "connect",
             reply or error,
             f" ({verdict.diagnosis})" if verdict.diagnosis else "",
+            extra={"server": server.name, "message_id": message.message_id},
         )
