@@ -51,6 +51,7 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
             ("migrate", "create or update the database schema"),
             ("rotate-keys", "re-encrypt stored secrets with the newest key"),
             ("backup", "copy the SQLite database to a file (PostgreSQL: pg_dump)"),
+            ("purge", "delete the content of messages finished long ago"),
         ],
     ),
 ]
