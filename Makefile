@@ -5,7 +5,7 @@ PORT ?= 8000
 PG_URL ?= postgresql://postgres@127.0.0.1:5432/mailgate
 export UV_LINK_MODE ?= copy
 
-.PHONY: uv sync run web worker test test-deps lint test-sqlite test-postgres test-python bench demo sandbox chaos
+.PHONY: uv sync run web worker test test-deps lint test-sqlite test-postgres test-python bench demo sandbox chaos screenshots
 
 uv:
 	@command -v uv >/dev/null 2>&1 || python3 -m pip install --quiet uv
@@ -46,6 +46,12 @@ test-python: test-deps
 test: test-deps lint
 	$(MAKE) test-sqlite
 	$(MAKE) test-postgres
+
+# docs/screenshots/*.png: only this target writes them (a plain test run saves its screenshots in
+# temporary folders, so it never changes tracked files).
+screenshots: test-deps
+	env -u MAILGATE_DATABASE_URL MAILGATE_SCREENSHOTS=1 uv run pytest -q \
+		tests/e2e/test_console.py tests/e2e/test_sandbox_pages.py tests/e2e/test_newcomer_pages.py
 
 bench: test-deps
 	uv run python -m tests.bench.run

@@ -68,6 +68,18 @@ def parse_http_url(variable: str, value: str, *, allow_path: bool = True) -> str
     return value.rstrip("/")
 
 
+def listen_url(host: str, port: int) -> str:
+    """The URL a browser on this machine opens for a console listening on host:port.
+
+    A wildcard address (0.0.0.0, ::) is reached as 127.0.0.1; an IPv6 address is bracketed.
+    """
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
 def parse_public_url(value: str) -> str:
     """MAILGATE_PUBLIC_URL may be http on any host (a warning is shown in the console)."""
     variable = "MAILGATE_PUBLIC_URL"
@@ -222,6 +234,8 @@ class Config:
     session_hours: int = 12
     max_recipients: int = 500
     api_rate_limit: int = 600
+    # False when MAILGATE_PUBLIC_URL is unset: `run` / `web` then derive it from --host / --port.
+    public_url_explicit: bool = True
 
 
 def _bool(variable: str, value: str) -> bool:
@@ -293,6 +307,7 @@ def load(env: dict[str, str] | None = None) -> Config:
     else:
         database = Database("mailgate.dbsqlite", str(home / "mailgate.sqlite3"))
 
+    public_url_explicit = bool(env.get("MAILGATE_PUBLIC_URL", "").strip())
     public_url = parse_public_url(env.get("MAILGATE_PUBLIC_URL") or "http://127.0.0.1:8000")
 
     secret_key = env.get("MAILGATE_SECRET_KEY", "").strip()
@@ -357,6 +372,7 @@ def load(env: dict[str, str] | None = None) -> Config:
         home=home,
         database=database,
         public_url=public_url,
+        public_url_explicit=public_url_explicit,
         secret_key=secret_key,
         encryption_keys=keys,
         admin_email=admin_email,

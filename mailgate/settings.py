@@ -43,6 +43,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "mailgate.audit",
+    "ninja",  # its templates and static files: the API docs page works offline
     "mailgate.core",
     "mailgate.console",
     "mailgate.accounts",

@@ -1,6 +1,7 @@
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
 
+from mailgate.accounts import views as account_views
 from mailgate.accounts.views import LoginView
 from mailgate.console import views as console_views
 from mailgate.diagnostics.metrics import metrics_view
@@ -9,6 +10,18 @@ urlpatterns = [
     path("", console_views.dashboard, name="dashboard"),
     path("accounts/login/", LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path(
+        "accounts/password_change/",
+        account_views.PasswordChangeView.as_view(),
+        name="password_change",
+    ),
+    path(
+        "accounts/reset/<uidb64>/<token>/",
+        account_views.PasswordResetConfirmView.as_view(),
+        name="password_reset_confirm",
+    ),
+    path("settings/users/", account_views.user_list, name="users"),
+    path("settings/users/<int:pk>/", account_views.user_action, name="user-action"),
     path("settings/", console_views.settings_menu, name="settings"),
     path("settings/technical/", console_views.technical_menu, name="settings-technical"),
     path("settings/technical/mail-servers/", include("mailgate.servers.urls")),
@@ -19,6 +32,7 @@ urlpatterns = [
     path("outbox/", include("mailgate.outbox.urls")),
     path("inbox/", include("mailgate.inbox.urls")),
     path("healthz", console_views.healthz, name="healthz"),
+    path("static/<path:path>", console_views.static_file, name="static-file"),
     path("metrics", metrics_view, name="metrics"),
     path("api/v1/", include("mailgate.api.urls")),
 ]

@@ -1,25 +1,42 @@
-"""The REST API, served by django-ninja with its OpenAPI document at /api/v1/openapi.json."""
+"""The REST API, served by django-ninja: OpenAPI at /api/v1/openapi.json, Swagger UI at /api/v1/docs."""
 
 import logging
 from functools import partial
 
 from django.db import OperationalError
 from django.http import HttpRequest, HttpResponse
-from ninja import NinjaAPI
-from ninja.errors import HttpError
+from ninja.errors import HttpError, ValidationError
+from ninja.openapi.docs import Swagger
 
 from mailgate.api.auth import APIKeyError, BearerKey, api_key_error_response
 from mailgate.api.inbox import router as inbox_router
+from mailgate.api.problems import ProblemAPI, validation_problem
 from mailgate.outbox.api import router as messages_router
 from mailgate.servers.api import router as servers_router
 
-api = NinjaAPI(
+DESCRIPTION = """Send mail through the mailboxes configured in mailgate (Outlook / Microsoft 365 and
+Gmail with OAuth 2.0, or any SMTP server).
+
+**Authentication.** Every call needs the header `Authorization: Bearer <API key>`, with a key
+created in the console (Settings > API Keys) or with `mailgate api-keys create`. Press
+**Authorize** above to try the calls from this page.
+
+**Retries.** Send `Idempotency-Key: <unique value>` with `POST /api/v1/messages`: a retry with the
+same key and the same body answers with the first message (200) instead of queueing a second one.
+
+**Errors.** Every error is RFC 9457 problem details (`application/problem+json`): `type`,
+`title`, `status`, `detail`, and `errors` mapping each failing field's path (e.g. `to[1]`,
+`attachments[0].content_base64`) to what is wrong. Unknown fields are refused (422), not ignored.
+"""
+
+api = ProblemAPI(
     title="mailgate",
     version="1",
-    description="Send and receive mail through OAuth 2.0 mailboxes. Every call needs "
-    "`Authorization: Bearer <API key>`.",
+    description=DESCRIPTION,
     urls_namespace="api",
-    docs_url=None,
+    # Swagger UI from django-ninja's own static files ("ninja" is an installed app): no CDN.
+    docs=Swagger(settings={"persistAuthorization": True}),
+    docs_url="/docs",
     auth=BearerKey(),
 )
 api.add_exception_handler(APIKeyError, partial(api_key_error_response, api))
@@ -36,6 +53,7 @@ def _http_error(request: HttpRequest, exc: HttpError | type[HttpError]) -> HttpR
 
 
 api.add_exception_handler(HttpError, _http_error)
+api.add_exception_handler(ValidationError, partial(validation_problem, api))
 # Servers and incoming mail are read with a `read` or `admin` key; messages check the scope per
 # operation (a `send` key queues and reads its own).
 api.add_router("/servers", servers_router, auth=BearerKey(actions={"read_all"}))

@@ -49,7 +49,7 @@ class BearerKey(HttpBearer):
             raise APIKeyError(
                 "missing_api_key",
                 "No API key: send the header 'Authorization: Bearer <key>' with a key created "
-                "in Settings > API Keys or with `mailgate apikeys create`.",
+                "in Settings \u203a API Keys or with `mailgate api-keys create`.",
             )
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import signal
 import threading
@@ -13,6 +14,9 @@ from django.conf import settings
 from django.core.management import call_command
 from waitress.server import create_server
 
+from mailgate.conf import listen_url
+from mailgate.servers.forms import redirect_urls
+from mailgate.servers.models import AUTH_METHODS
 from mailgate.wsgi import application
 
 log = logging.getLogger("mailgate.web")
@@ -21,6 +25,29 @@ log = logging.getLogger("mailgate.web")
 def migrate() -> None:
     call_command("migrate", interactive=False, verbosity=0)
     call_command("createcachetable", verbosity=0)
+
+
+def adopt_listen_url(host: str, port: int) -> str:
+    """Without MAILGATE_PUBLIC_URL, the public URL is where this process listens; return it.
+
+    So the OAuth2 Redirect URL shown in the form is the one the browser comes back to, whatever
+    --host / --port say.
+    """
+    if not settings.CONFIG.public_url_explicit:
+        url = listen_url(host, port)
+        settings.CONFIG = dataclasses.replace(settings.CONFIG, public_url=url)
+        settings.MAILGATE_PUBLIC_URL = url
+        settings.CSRF_TRUSTED_ORIGINS = [url]
+    return str(settings.MAILGATE_PUBLIC_URL)
+
+
+def describe_redirect_urls() -> str:
+    """The lines that tell which OAuth2 Redirect URL each provider's app registration must have."""
+    return "\n".join(
+        f"  {AUTH_METHODS[key].label}: register the redirect URL {url}"
+        for key, url in redirect_urls().items()
+        if url
+    )
 
 
 # Request headers and the JSON around a message's base64 body, beyond Django's own upload limit.
@@ -69,7 +96,9 @@ def serve(host: str, port: int, *, with_worker: bool) -> None:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    print(f"mailgate: serving on http://{host}:{port}/", flush=True)
+    public_url = adopt_listen_url(host, port)
+    print(f"mailgate: serving on http://{host}:{port}/ (console: {public_url}/)", flush=True)
+    print(describe_redirect_urls(), flush=True)
     with contextlib.suppress(OSError, ValueError):  # the listening socket was closed by stop()
         server.run()
     if thread is not None:

@@ -8,6 +8,7 @@ hold reasons, the connection test's summary) wherever one applies.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import os
 import ssl
@@ -25,6 +26,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db.migrations.executor import MigrationExecutor
 from django.db.models import Count, Min
+from django.urls import reverse
 from django.utils import timezone
 
 from mailgate import providers
@@ -36,7 +38,7 @@ from mailgate.inbox.models import Status as InboxStatus
 from mailgate.oauth.models import Grant
 from mailgate.outbox.hold import is_held
 from mailgate.outbox.models import WAITING, OutgoingMessage, ServerState, Status
-from mailgate.servers.forms import public_url_warning
+from mailgate.servers.forms import last_origin_warning, public_url_warning
 from mailgate.servers.models import MailServer, ServerStatus
 from mailgate.servers.validation import SECRET_EXPIRY_WARNING_DAYS
 
@@ -51,7 +53,9 @@ TOKEN_FAILURES_TO_REPORT = 3
 # Reference: https://learn.microsoft.com/entra/identity-platform/how-to-add-credentials (24 months)
 MAX_SECRET_LIFETIME: dict[str, dt.timedelta] = {"microsoft": dt.timedelta(days=730)}
 
-SERVERS_PATH = "Settings > Technical > Mail Server > Mail Servers"
+# The console's breadcrumb separator (U+203A, written as an escape).
+SEP = " \u203a "
+SERVERS_PATH = SEP.join(["Settings", "Technical", "Mail Server", "Mail Servers"])
 
 
 class Level(StrEnum):
@@ -72,6 +76,7 @@ class Finding:
     detail: str = ""
     fix: str = ""
     check: str = ""  # a stable name for machines, e.g. "secret_expired"
+    fix_url: str = ""  # the console page where the fix is made (the dashboard links "Fix:" to it)
 
     @property
     def needs_action(self) -> bool:
@@ -201,7 +206,11 @@ def server_reports(
             queue=facts.queues.get(server.pk, QueueCounts()),
             grant=facts.grants.get(server.pk),
         )
-        report.findings = _server_findings(server, report, facts, now)
+        page = reverse("servers:edit", args=[server.pk]) + "#connection"
+        report.findings = [
+            dataclasses.replace(f, fix_url=f.fix_url or page) if f.fix else f
+            for f in _server_findings(server, report, facts, now)
+        ]
         reports.append(report)
     return reports
 
@@ -212,7 +221,7 @@ def server_findings(server: MailServer, *, now: dt.datetime | None = None) -> li
 
 
 def _where(server: MailServer) -> str:
-    return f"Open {SERVERS_PATH} > {server.name}"
+    return f"Open {SERVERS_PATH}{SEP}{server.name}"
 
 
 def _server_findings(
@@ -784,19 +793,21 @@ def _workers(now: dt.datetime) -> list[Finding]:
 
 
 def _public_url() -> list[Finding]:
-    warning = public_url_warning()
-    if not warning:
-        return []
-    head, _, fix = warning.partition(". ")
-    return [
-        Finding(
-            Level.WARNING,
-            "MAILGATE_PUBLIC_URL is not https",
-            head + ".",
-            fix,
-            "public_url",
-        )
+    checks = [
+        (public_url_warning(), ". ", "MAILGATE_PUBLIC_URL is not https", "public_url"),
+        (
+            last_origin_warning(),
+            "registered. ",
+            "The console is opened at another address than MAILGATE_PUBLIC_URL",
+            "public_url_origin",
+        ),
     ]
+    found = []
+    for warning, split, title, check in checks:
+        if warning:
+            head, sep, fix = warning.partition(split)
+            found.append(Finding(Level.WARNING, title, head + sep.rstrip(), fix, check))
+    return found
 
 
 def _is_production() -> bool:

@@ -8,4 +8,5 @@ app_name = "diagnostics"
 
 urlpatterns: list[URLPattern | URLResolver] = [
     path("<int:pk>/test", views.test_connection, name="test"),
+    path("<int:pk>/send-test", views.send_test, name="send-test"),
 ]

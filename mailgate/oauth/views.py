@@ -22,7 +22,8 @@ log = logging.getLogger("mailgate.oauth")
 
 
 def _edit_url(server: MailServer) -> str:
-    return reverse("servers:edit", args=[server.pk])
+    """The server's page, opened on its connection panel (status, Connect, Test Connection)."""
+    return reverse("servers:edit", args=[server.pk]) + "#connection"
 
 
 def _setup_problems(server: MailServer) -> list[str]:

@@ -22,28 +22,81 @@ router = Router(tags=["messages"])
 
 
 class AttachmentIn(Schema):
-    filename: str
-    content_type: str = "application/octet-stream"
-    content_base64: str
+    filename: str = Field(description="The file name the recipient sees.", examples=["invoice.pdf"])
+    content_type: str = Field(
+        "application/octet-stream",
+        description="The MIME type of the file.",
+        examples=["application/pdf"],
+    )
+    content_base64: str = Field(
+        description="The file's bytes, base64-encoded (RFC 4648, with padding).",
+        examples=["JVBERi0xLjQK"],
+    )
+
+    model_config = {"extra": "forbid"}
 
 
 class MessageIn(Schema):
     """Either the fields of a message or a complete RFC 5322 message in `raw`."""
 
-    sender: str | None = Field(None, alias="from")
-    to: list[str] | str = Field(default_factory=list)
-    cc: list[str] | str = Field(default_factory=list)
-    bcc: list[str] | str = Field(default_factory=list)
-    reply_to: str | None = None
-    subject: str = ""
-    text: str | None = None
-    html: str | None = None
-    headers: dict[str, str] = Field(default_factory=dict)
-    attachments: list[AttachmentIn] = Field(default_factory=list)
-    raw: str | None = None
-    server: str | None = Field(None, description="a server name; default: chosen by From Filter")
+    sender: str | None = Field(
+        None,
+        alias="from",
+        description="The From address, with an optional display name. It also picks the mail "
+        "server (From Filter, then the server whose mailbox it is) unless `server` is given.",
+        examples=["Billing <billing@contoso.example>"],
+    )
+    to: list[str] | str = Field(
+        default_factory=list,
+        description="Recipients: a list, or one string of comma-separated addresses.",
+        examples=[["alex@example.org", "Sam <sam@example.org>"]],
+    )
+    cc: list[str] | str = Field(
+        default_factory=list, description="Copy recipients.", examples=[["team@example.org"]]
+    )
+    bcc: list[str] | str = Field(
+        default_factory=list,
+        description="Blind copy recipients (not written into the message).",
+        examples=[["archive@contoso.example"]],
+    )
+    reply_to: str | None = Field(
+        None, description="Where replies go.", examples=["support@contoso.example"]
+    )
+    subject: str = Field("", description="The subject line.", examples=["Your invoice 2024-117"])
+    text: str | None = Field(
+        None,
+        description="The plain-text body.",
+        examples=["Hello Alex,\n\nyour invoice is attached."],
+    )
+    html: str | None = Field(
+        None,
+        description="An HTML body (sent as an alternative to `text`).",
+        examples=["<p>Hello Alex,</p><p>your invoice is attached.</p>"],
+    )
+    headers: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra headers (no line breaks; From, To and the like come from their fields).",
+        examples=[{"X-Order": "2024-117"}],
+    )
+    attachments: list[AttachmentIn] = Field(
+        default_factory=list, description="Files to attach, each base64-encoded."
+    )
+    raw: str | None = Field(
+        None,
+        description="A complete RFC 5322 message instead of the fields above (its Bcc header "
+        "is removed before sending).",
+        examples=[
+            "From: billing@contoso.example\r\nTo: alex@example.org\r\nSubject: Hi\r\n\r\nHello\r\n"
+        ],
+    )
+    server: str | None = Field(
+        None,
+        description="The name of the mail server to send through; default: chosen by the From "
+        "address (the reason is in the answer's `route_reason`).",
+        examples=["Contoso Outlook"],
+    )
 
-    model_config = {"populate_by_name": True}
+    model_config = {"populate_by_name": True, "extra": "forbid"}
 
     def spec(self) -> MessageSpec:
         """The message this body asks for (the fields share MessageSpec's names); an empty
@@ -61,32 +114,57 @@ NOT_MESSAGE_FIELDS = {"sender", "attachments", "server"}
 
 
 class AttemptOut(Schema):
-    started_at: datetime
-    duration_ms: int
-    outcome: str
-    step: str
-    reply: str
-    error: str
+    started_at: datetime = Field(description="When the attempt began (UTC).")
+    duration_ms: int = Field(description="How long it took.", examples=[412])
+    outcome: str = Field(
+        description="sent, deferred, throttled, held or failed.", examples=["deferred"]
+    )
+    step: str = Field(
+        description="The SMTP step that answered (connect, auth, mail, rcpt, data).",
+        examples=["rcpt"],
+    )
+    reply: str = Field(
+        description="The server's reply.", examples=["451 4.7.500 Server busy, try again later"]
+    )
+    error: str = Field(description="What went wrong, in mailgate's words.", examples=[""])
 
 
 class MessageOut(Schema):
-    id: int
-    status: str
-    message_id: str
-    server: str
-    sender: str = Field(alias="from")
-    to: list[str]
-    cc: list[str]
-    subject: str
-    size: int
-    attempts: int
-    last_error: str
-    last_reply: str
-    diagnosis: str
-    queue_id: str
-    created_at: datetime
-    next_attempt_at: datetime | None
-    sent_at: datetime | None
+    id: int = Field(description="mailgate's id of the message.", examples=[117])
+    status: str = Field(
+        description="queued, sending, sent, deferred (retried later), held (waits for its "
+        "server to be fixed), failed or cancelled.",
+        examples=["queued"],
+    )
+    message_id: str = Field(
+        description="The Message-ID header, fixed when queued.",
+        examples=["<171234.117@contoso.example>"],
+    )
+    server: str = Field(
+        description="The mail server it goes through.", examples=["Contoso Outlook"]
+    )
+    sender: str = Field(
+        alias="from", description="The From address.", examples=["billing@contoso.example"]
+    )
+    to: list[str] = Field(description="Recipients.", examples=[["alex@example.org"]])
+    cc: list[str] = Field(description="Copy recipients.", examples=[[]])
+    subject: str = Field(description="The subject line.", examples=["Your invoice 2024-117"])
+    size: int = Field(description="Size of the message in bytes.", examples=[2048])
+    attempts: int = Field(description="Delivery attempts so far.", examples=[0])
+    last_error: str = Field(description="The last attempt's error.", examples=[""])
+    last_reply: str = Field(description="The server's last reply.", examples=["250 2.0.0 OK"])
+    diagnosis: str = Field(
+        description="Why it waits or failed, and the fix.",
+        examples=["connect your account: ... Fix: press Connect your Outlook account"],
+    )
+    route_reason: str = Field(
+        description="Why this server was chosen (From Filter, mailbox, connected, Priority).",
+        examples=["routed by From: From Filter names the address, status Token Valid, Priority 10"],
+    )
+    queue_id: str = Field(description="The receiving server's queue id, once sent.", examples=[""])
+    created_at: datetime = Field(description="When it was queued (UTC).")
+    next_attempt_at: datetime | None = Field(description="The next try, while it waits.")
+    sent_at: datetime | None = Field(description="When the server accepted it.")
 
     model_config = {"populate_by_name": True}
 
@@ -96,16 +174,36 @@ class MessageDetailOut(MessageOut):
 
 
 class ErrorOut(Schema):
-    detail: str
-    errors: dict[str, str] = Field(default_factory=dict)
+    """RFC 9457 problem details, served as application/problem+json: every error of the API."""
+
+    type: str = Field(
+        "about:blank", description="A URI naming the kind of problem.", examples=["about:blank"]
+    )
+    title: str = Field("", description="A short summary of it.", examples=["Bad Request"])
+    status: int = Field(0, description="The HTTP status code.", examples=[400])
+    detail: str = Field(
+        description="What is wrong and how to fix it.",
+        examples=["to: 'alex@' is not a valid address"],
+    )
+    errors: dict[str, str] = Field(
+        default_factory=dict,
+        description="Each failing field's path and what is wrong with it.",
+        examples=[{"to[0]": "'alex@' is not a valid address"}],
+    )
 
 
-class ProblemOut(ErrorOut):
-    """RFC 9457 problem details (served as application/problem+json)."""
+ProblemOut = ErrorOut
 
-    type: str
-    title: str
-    status: int
+IDEMPOTENCY_HEADER = {
+    "in": "header",
+    "name": "Idempotency-Key",
+    "required": False,
+    "description": "A unique value per message (1 to 255 printable characters): a retry with "
+    "the same key and body answers 200 with the first message instead of queueing another; "
+    "the same key with another body is refused (422).",
+    "schema": {"type": "string", "maxLength": 255},
+    "example": "order-2024-117",
+}
 
 
 # draft-ietf-httpapi-idempotency-key-header, "Error Scenarios": a key reused with another payload
@@ -129,6 +227,7 @@ def _out(message: OutgoingMessage) -> dict[str, Any]:
         "last_error": message.last_error,
         "last_reply": message.last_reply,
         "diagnosis": message.diagnosis,
+        "route_reason": message.route_reason,
         "queue_id": message.queue_id,
         "created_at": message.created_at,
         "next_attempt_at": message.next_attempt_at if waiting else None,
@@ -236,6 +335,7 @@ def _key_reused(header: str, exc: IdempotencyKeyReused) -> HttpResponse:
     },
     by_alias=True,
     summary="Queue a message",
+    openapi_extra={"parameters": [IDEMPOTENCY_HEADER]},
 )
 def create_message(
     request: HttpRequest, payload: MessageIn

@@ -18,7 +18,7 @@ from django.utils import timezone
 from mailgate.core.heartbeat import dead_after, dead_workers
 from mailgate.outbox import conf
 from mailgate.outbox.connection_pool import ConnectionPool
-from mailgate.outbox.hold import is_held, not_held
+from mailgate.outbox.hold import connect_first, hold_server, is_held, not_held
 from mailgate.outbox.models import (
     WAITING,
     ConnectionLease,
@@ -97,6 +97,9 @@ class Claimer:
                 return None
             server = MailServer.objects.get(pk=server_id)
             if not server.active or is_held(server):
+                return None
+            if reason := connect_first(server):
+                hold_server(server, reason)
                 return None
             in_flight = OutgoingMessage.objects.filter(
                 server_id=server_id, status=Status.SENDING, claimed_until__gte=now

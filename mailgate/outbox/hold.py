@@ -8,6 +8,8 @@ from django.db import transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
+from mailgate import providers
+from mailgate.oauth.models import Grant
 from mailgate.outbox.models import WAITING, OutgoingMessage, ServerState, Status
 from mailgate.outbox.routing import forget_servers
 from mailgate.outbox.wakeup import announce
@@ -103,3 +105,21 @@ def not_held(prefix: str = "") -> Q:
 def held_servers() -> QuerySet[MailServer]:
     """Every server whose outgoing mail is held."""
     return MailServer.objects.exclude(not_held())
+
+
+def connect_first(server: MailServer) -> str:
+    """The hold reason for an OAuth server whose account was never connected ("" otherwise).
+
+    Such a server cannot authenticate, so its mail waits held (like a revoked grant) instead of
+    being retried against its host; connecting the account releases it (`mail_may_flow`).
+    """
+    if not server.provider_key or server.status != ServerStatus.NOT_CONNECTED:
+        return ""  # the status is the cheap test; the grant row settles it
+    if Grant.objects.filter(server_id=server.pk).exists():
+        return ""
+    label = providers.get(server.provider_key).connect_label
+    mailbox = f" as {server.username}" if server.username else ""
+    return (
+        f"connect your account: {server.name} has no connected account yet. "
+        f"Fix: press {label} on the server's page and sign in{mailbox}."
+    )

@@ -71,6 +71,8 @@ class OutgoingMessage(models.Model):
     idempotency_fingerprint = models.CharField(  # noqa: DJ001
         max_length=64, null=True, blank=True
     )
+    # Which rule chose the server (routing.route): shown with the message so a surprise is explained.
+    route_reason = models.CharField(max_length=300, blank=True)
     created_at = models.DateTimeField(default=timezone.now, db_index=True)
     updated_at = models.DateTimeField(auto_now=True)
     # When retention emptied `raw` (the body and attachments); the rest of the row stays.

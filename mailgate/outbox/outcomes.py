@@ -242,6 +242,16 @@ class OutcomeRecorder:
         )
         if not updated:
             log.warning("message %s was sent but its claim had moved on", message.pk)
+        else:
+            # One line per outcome (sent, deferred, throttled, held, failed), for `journalctl -f`.
+            log.info(
+                "sent message %s via %s to %d recipient(s): %s",
+                message.pk,
+                server.name,
+                message.recipients_count,
+                reply,
+                extra={"server": server.name, "message_id": message.message_id},
+            )
 
     def _partly_sent(
         self, server: MailServer, message: OutgoingMessage, result: SendResult, later: list[str]
@@ -349,3 +359,15 @@ class OutcomeRecorder:
             step=error.step,
         )
         self._write(message, changes, attempt)
+        log_level = logging.WARNING if outcome in (Outcome.FAILED, Outcome.HELD) else logging.INFO
+        log.log(
+            log_level,
+            "%s message %s via %s at %s: %s%s",
+            outcome,
+            message.pk,
+            server.name,
+            error.step or "connect",
+            reply or error,
+            f" ({verdict.diagnosis})" if verdict.diagnosis else "",
+            extra={"server": server.name, "message_id": message.message_id},
+        )

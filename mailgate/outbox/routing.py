@@ -1,17 +1,18 @@
-"""Which mail server sends a given From address (From Filter: exact address, domain, catch-all; by Priority)."""
+"""Which mail server sends a given From address: From Filter, then mailbox, then connected, then Priority."""
 
 from __future__ import annotations
 
 import itertools
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from django.db import connection
 from django.db.models.signals import post_delete, post_migrate, post_save
 
 from mailgate.outbox.compose import InvalidMessage
-from mailgate.servers.models import MailServer
+from mailgate.servers.models import MailServer, ServerStatus
 
 # The server list is read once per transaction (and at most every CACHE_SECONDS outside one) instead
 # of once per message: one query per enqueued message was a third of the enqueue time. Saves and
@@ -76,25 +77,72 @@ def _domain_entries(domain: str) -> set[str]:
     return {domain, "@" + domain, "*@" + domain}
 
 
-def choose_server(address: str, servers: list[MailServer] | None = None) -> MailServer:
-    """The server for a From address: an exact From Filter entry, then its domain, then no filter."""
+# A server counts as connected when its last check passed: its token works (OAuth) or its
+# connection test succeeded (password, certificate).
+CONNECTED = (ServerStatus.TOKEN_VALID, ServerStatus.READY)
+
+
+@dataclass(frozen=True)
+class Route:
+    """The server a message goes through and why (stored on the message)."""
+
+    server: MailServer
+    reason: str
+
+
+def _filter_rank(server: MailServer, address: str, domain: str) -> int | None:
+    """0: the From Filter names the address, 1: its domain, 2: no filter; None: it excludes it."""
+    entries = server.from_filter_entries()
+    if not entries:
+        return 2
+    if address in entries:
+        return 0
+    if _domain_entries(domain) & set(entries):
+        return 1
+    return None
+
+
+def _is_mailbox(server: MailServer, address: str) -> bool:
+    """Whether the server signs in as the address or lists it among its Send As Addresses."""
+    return address == server.username.lower() or address in server.send_as_entries()
+
+
+def route(address: str, servers: list[MailServer] | None = None) -> Route:
+    """The server for a From address without an explicit server, with the reason.
+
+    In order: a From Filter naming the address, then its domain, then servers without a filter;
+    within each, a server whose Username or Send As Addresses equal the address; then a connected
+    server (Token Valid / Ready) over one that is not; then Priority (and name).
+    """
     address = address.lower()
     domain = address.rsplit("@", 1)[-1]
     candidates = sending_servers() if servers is None else servers
-    exact = [s for s in candidates if address in s.from_filter_entries()]
-    if exact:
-        return exact[0]
-    by_domain = [s for s in candidates if _domain_entries(domain) & set(s.from_filter_entries())]
-    if by_domain:
-        return by_domain[0]
-    catch_all = [s for s in candidates if not s.from_filter_entries()]
-    if catch_all:
-        return catch_all[0]
+    ranked = []
+    for server in candidates:
+        rank = _filter_rank(server, address, domain)
+        if rank is not None:
+            mailbox = _is_mailbox(server, address)
+            connected = server.status in CONNECTED
+            ranked.append(
+                ((rank, not mailbox, not connected, server.priority, server.name), server)
+            )
+    if ranked:
+        key, server = min(ranked, key=lambda pair: pair[0])
+        reasons = [
+            ("From Filter names the address", "From Filter names the domain", "no From Filter")[
+                key[0]
+            ]
+        ]
+        if not key[1]:
+            reasons.append("its mailbox (Username / Send As) is the From address")
+        reasons.append(f"status {server.get_status_display()}")
+        reasons.append(f"Priority {server.priority}")
+        return Route(server, "routed by From: " + ", ".join(reasons))
     if not candidates:
         raise InvalidMessage.one(
             "from",
             "no active mail server with an SMTP Server is configured: add one under "
-            "Settings > Technical > Mail Server > Mail Servers",
+            "Settings \u203a Technical \u203a Mail Server \u203a Mail Servers",
         )
     raise InvalidMessage.one(
         "from",
@@ -121,6 +169,11 @@ def check_from_filter(server: MailServer, address: str) -> None:
             f"{', '.join(server.from_filter_entries())}. Send from an address in it, add the "
             "address or its domain to the filter, or choose another server",
         )
+
+
+def choose_server(address: str, servers: list[MailServer] | None = None) -> MailServer:
+    """The server for a From address (see route())."""
+    return route(address, servers).server
 
 
 def check_send_as(server: MailServer, address: str) -> None:
@@ -152,26 +205,32 @@ def check_send_as(server: MailServer, address: str) -> None:
     )
 
 
-def resolve_server(server: MailServer | str | int | None, address: str, *also: str) -> MailServer:
-    """The given server or the routed one; the From Filter and the send-as rule are checked
-    against it for the address and every other sender address of the message (`also`: a raw
-    message's From header)."""
+def resolve_route(server: MailServer | str | int | None, address: str, *also: str) -> Route:
+    """The given server (checked) or the routed one, with the reason; the From Filter and the
+    send-as rule are checked against it for the address and every other sender address of the
+    message (`also`: a raw message's From header)."""
     if server is None:
-        chosen = choose_server(address)
+        chosen = route(address)
     else:
         if isinstance(server, MailServer):
-            chosen = server
+            found: MailServer | None = server
         else:
             lookup = {"pk": server} if isinstance(server, int) else {"name": server}
             found = MailServer.objects.filter(**lookup).first()
             if found is None:
                 raise InvalidMessage.one("server", f"no mail server named {server!r}")
-            chosen = found
-        if not chosen.active or not chosen.smtp_host:
+        assert found is not None
+        if not found.active or not found.smtp_host:
             raise InvalidMessage.one(
-                "server", f"mail server {chosen.name!r} is not active or has no SMTP Server"
+                "server", f"mail server {found.name!r} is not active or has no SMTP Server"
             )
+        chosen = Route(found, "chosen by the sender (server given explicitly)")
     for sender in dict.fromkeys((address, *also)):
-        check_from_filter(chosen, sender)
-        check_send_as(chosen, sender)
+        check_from_filter(chosen.server, sender)
+        check_send_as(chosen.server, sender)
     return chosen
+
+
+def resolve_server(server: MailServer | str | int | None, address: str, *also: str) -> MailServer:
+    """The given server (checked) or the routed one, with the From Filter and send-as rules applied."""
+    return resolve_route(server, address, *also).server

@@ -13,9 +13,9 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from mailgate.outbox.compose import Attachment, InvalidMessage, MessageSpec
-from mailgate.outbox.hold import is_held
+from mailgate.outbox.hold import connect_first, hold_server, is_held
 from mailgate.outbox.models import OutgoingMessage, Status
-from mailgate.outbox.routing import resolve_server
+from mailgate.outbox.routing import resolve_route
 from mailgate.outbox.wakeup import announce
 from mailgate.servers.models import MailServer
 
@@ -124,7 +124,8 @@ def enqueue(
             "split the message",
         )
     authors = [composed.author.address] if composed.author else []
-    chosen = resolve_server(server, composed.sender.address, *authors)
+    route = resolve_route(server, composed.sender.address, *authors)
+    chosen = route.server
     size = len(composed.raw)
     if size > chosen.max_message_bytes:
         raise InvalidMessage.one(
@@ -140,6 +141,9 @@ def enqueue(
             f"{chosen.limit_recipients_per_day} recipients per day: split the message",
         )
     held = is_held(chosen)
+    if not held and (reason := connect_first(chosen)):
+        hold_server(chosen, reason)
+        held = True
     message = OutgoingMessage(
         server=chosen,
         status=Status.HELD if held else Status.QUEUED,
@@ -159,6 +163,7 @@ def enqueue(
         idempotency_key=idempotency_key,
         idempotency_fingerprint=fingerprint,
         diagnosis=chosen.hold_reason if held else "",
+        route_reason=route.reason[:300],
     )
     if idempotency_key is None:
         message.save()

@@ -6,6 +6,7 @@ import datetime as dt
 
 from django.contrib import messages
 from django.core.paginator import Paginator
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
@@ -31,6 +32,18 @@ def message_list(request: HttpRequest) -> HttpResponse:
     rows, filters, problems = filter_by_status_and_server(rows, request, Status)
     since = request.GET.get("since", "")
     until = request.GET.get("until", "")
+    query = request.GET.get("q", "").strip()
+    if query:
+        # Recipient, subject or Message-ID (and sender): what someone asking "where is my mail?"
+        # has at hand.
+        rows = rows.filter(
+            Q(to__icontains=query)
+            | Q(cc__icontains=query)
+            | Q(bcc__icontains=query)
+            | Q(subject__icontains=query)
+            | Q(message_id__icontains=query.strip("<>"))
+            | Q(from_address__icontains=query)
+        )
     since_date, until_date = _date(since), _date(until)
     if since and since_date is None:
         problems.append("From date: use the form YYYY-MM-DD.")
@@ -49,7 +62,7 @@ def message_list(request: HttpRequest) -> HttpResponse:
             "statuses": Status.choices,
             "servers": MailServer.objects.all(),
             "counts": status_counts(OutgoingMessage, Status),
-            "filters": {**filters, "since": since, "until": until},
+            "filters": {**filters, "since": since, "until": until, "q": query},
             "problems": problems,
         },
     )

@@ -28,7 +28,7 @@ from mailgate.outbox.claims import (
 )
 from mailgate.outbox.connection_pool import ConnectionPool
 from mailgate.outbox.diagnosis import Action, classify
-from mailgate.outbox.hold import held_servers, hold_server, release_server
+from mailgate.outbox.hold import connect_first, held_servers, hold_server, release_server
 from mailgate.outbox.models import OutgoingMessage, ServerState
 from mailgate.outbox.outcomes import BackgroundRecorder, OutcomeRecorder
 from mailgate.servers.models import MailServer
@@ -157,6 +157,8 @@ class Deliverer:
         for server in (
             held_servers().filter(active=True, held_at__lte=probe_before).exclude(smtp_host="")
         ):
+            if connect_first(server):
+                continue  # only connecting the account releases it
             ServerState.objects.get_or_create(server=server)
             # Compare-and-swap on last_probe_at: one worker probes, the others skip.
             taken = (

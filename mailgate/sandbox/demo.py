@@ -112,6 +112,8 @@ def _demo_servers(
                 demo["tenant_domain"],
                 "--client-secret-expires-on",
                 _date(demo.get("client_secret_expires_at")),
+                "--from-filter",
+                demo["user"],
                 "--client-secret-stdin",
                 *common,
                 *incoming,
@@ -130,12 +132,22 @@ def _demo_servers(
                 demo["google_user"],
                 "--client-id",
                 demo["google_client_id"],
+                "--from-filter",
+                demo["google_user"],
                 "--client-secret-stdin",
                 *common,
             ],
             demo["google_client_secret"],
         ),
     ]
+
+
+def send_command(sender: str) -> str:
+    """A ready `mailgate send` for the demo mailbox (the sandbox accepts any recipient)."""
+    return (
+        f"uv run mailgate send --from {sender} --to someone@example.net "
+        "--subject 'Hello from mailgate' --body 'It works.' --wait"
+    )
 
 
 def main(argv: list[str]) -> int:
@@ -177,7 +189,7 @@ def main(argv: list[str]) -> int:
         demo = sandbox.demo
         public_url = f"http://{args.host}:{args.port}"
         for provider in ("microsoft", "google"):
-            uri = f"http://127.0.0.1:{args.port}/oauth/{provider}/callback"
+            uri = f"{public_url}/oauth/{provider}/callback"
             if provider == "microsoft":
                 sandbox.control.add_redirect_uri(demo["client_id"], uri)
             else:
@@ -240,7 +252,10 @@ def main(argv: list[str]) -> int:
             "Then: Settings › Technical › Mail Server › Mail Servers › Demo Outlook ›"  # noqa: RUF001
             " Connect your Outlook account; sign in at the sandbox as"
             f" {demo['user']} / {demo['password']} and press Accept.\n"
-            "Press Ctrl+C to stop.",
+            "\nTo send from another terminal (the demo's database is in its own folder):\n"
+            f"  export MAILGATE_HOME={state_dir / 'mailgate-home'}\n"
+            f"  {send_command(demo['user'])}\n"
+            "\nPress Ctrl+C to stop.",
             flush=True,
         )
         while not stop.wait(0.5):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from html import escape
 from typing import Any
 
@@ -151,11 +152,19 @@ def form_post(action: str, fields: dict[str, str]) -> str:
     )
 
 
+def when(value: object) -> str:
+    """An epoch time as "2026-03-02 09:00:05 UTC" (other values as they are)."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        moment = datetime.datetime.fromtimestamp(value, datetime.UTC)
+        return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
+    return str(value)
+
+
 def messages(rows: list[dict[str, Any]]) -> str:
     body = "".join(
         "<tr>"
         f"<td><a href='/sandbox/messages/{escape(str(m.get('id', '')))}'>{escape(str(m.get('id', '')))}</a></td>"
-        f"<td>{escape(str(m.get('received_at', '')))}</td>"
+        f"<td>{escape(when(m.get('received_at', '')))}</td>"
         f"<td>{escape(str(m.get('mail_from', '')))}</td>"
         f"<td>{escape(', '.join(m.get('rcpt_tos', [])))}</td>"
         f"<td>{escape(str(m.get('subject', '')))}</td>"

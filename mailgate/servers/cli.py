@@ -9,6 +9,7 @@ from argparse import SUPPRESS, ArgumentParser
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from rich.console import Console
 from rich.table import Table
@@ -299,6 +300,13 @@ class AddServer(Subcommand):
                 "Then connect the account in the console (Connect your "
                 f"{'Outlook' if server.auth_method == 'outlook' else 'Gmail'} account)."
             )
+            if not settings.CONFIG.public_url_explicit:
+                command.stderr.write(
+                    "warning: MAILGATE_PUBLIC_URL is not set, so this URL assumes the console at "
+                    f"{settings.MAILGATE_PUBLIC_URL}; `mailgate run --port N` serves it at another "
+                    "address, and the provider must have the URL of the address you open. Set "
+                    "MAILGATE_PUBLIC_URL to that address to be sure."
+                )
 
 
 class ExportServers(Subcommand):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 from urllib.parse import urlsplit
 
 from django import forms
 from django.conf import settings
+from django.core.cache import cache
+from django.db import DatabaseError
+from django.http import HttpRequest
 
 from mailgate import providers
 from mailgate.conf import is_loopback_host
@@ -225,6 +229,63 @@ def public_url_warning() -> str:
             "MAILGATE_PUBLIC_URL to its https address."
         )
     return ""
+
+
+# The origin (host:port) the console was last opened under, kept in the shared cache so `doctor`,
+# which sees no browser, can tell when it differs from MAILGATE_PUBLIC_URL.
+ORIGIN_CACHE_KEY = "mailgate:console-origin"
+ORIGIN_SECONDS = 7 * 86400
+
+
+def _netloc(url: str) -> str:
+    parts = urlsplit(url if "//" in url else "//" + url)
+    default = {"http": 80, "https": 443}.get(parts.scheme)
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    port = parts.port
+    return host if port is None or port == default else f"{host}:{port}"
+
+
+def origin_warning(seen: str) -> str:
+    """A warning when the console is opened at another host:port than MAILGATE_PUBLIC_URL's
+    (when it is set).
+
+    The provider sends the browser back to the OAuth2 Redirect URL, which is built from
+    MAILGATE_PUBLIC_URL: the app registration must have that one, not the address in the browser.
+    """
+    public = settings.MAILGATE_PUBLIC_URL
+    # Unset, it is derived from where `run` / `web` listen, which only their process knows.
+    if not settings.CONFIG.public_url_explicit or not seen or _netloc(seen) == _netloc(public):
+        return ""
+    needed = ", ".join(url for url in dict.fromkeys(redirect_urls().values()) if url)
+    return (
+        f"This console was opened at {seen}, but MAILGATE_PUBLIC_URL is {public}: after sign-in "
+        f"Microsoft and Google send the browser back to {needed}, so Azure / Google must have "
+        f"exactly that redirect URL registered. Open the console at {public}, or set "
+        f"MAILGATE_PUBLIC_URL to {seen} and register {seen}/oauth/… instead."
+    )
+
+
+def note_console_origin(request: HttpRequest) -> str:
+    """Remember where the console was opened (for `doctor`); the origin warning for it, or ""."""
+    seen = f"{request.scheme}://{request.get_host()}"
+    if settings.CONFIG.public_url_explicit:
+        with contextlib.suppress(DatabaseError):  # no cache table yet: only doctor misses it
+            if cache.get(ORIGIN_CACHE_KEY) != seen:
+                cache.set(ORIGIN_CACHE_KEY, seen, ORIGIN_SECONDS)
+    return origin_warning(seen)
+
+
+def last_origin_warning() -> str:
+    """The origin warning for the address the console was last opened at ("" when none seen)."""
+    if not settings.CONFIG.public_url_explicit:
+        return ""
+    try:
+        seen = cache.get(ORIGIN_CACHE_KEY) or ""
+    except DatabaseError:  # the cache table is made with the first `mailgate run`
+        return ""
+    return origin_warning(seen)
 
 
 def form_defaults() -> dict[str, Any]:

@@ -14,7 +14,12 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django.views.decorators.http import require_http_methods
 
 from mailgate.accounts.roles import admin_required, is_administrator
-from mailgate.servers.forms import MailServerForm, form_defaults, public_url_warning
+from mailgate.servers.forms import (
+    MailServerForm,
+    form_defaults,
+    note_console_origin,
+    public_url_warning,
+)
 from mailgate.servers.models import AUTH_METHODS, MailServer
 
 
@@ -44,9 +49,14 @@ def _form_page(
         "defaults": defaults,
         "redirect_url": defaults["methods"].get(method, {}).get("redirect_url", ""),
         "public_url_warning": public_url_warning(),
+        "origin_warning": note_console_origin(request),
         "stored_notes": form.stored_notes(),
         "retyped_secrets": form.retyped_secrets(),
         "read_only": not is_administrator(request.user),
+        # Set by Send test message (mailgate.diagnostics.views.send_test_key), shown once.
+        "send_test": request.session.pop(f"mailgate.send-test.{server.pk}", None)
+        if server
+        else None,
     }
     return render(request, "servers/form.html", context)
 

@@ -46,7 +46,11 @@ def test_an_oauth_callback_needs_the_signed_in_administrator(
         ("/healthz", 200, "application/json"),
         ("/metrics", 200, "text/plain"),
         ("/api/v1/openapi.json", 200, "application/json"),
-        ("/api/v1/messages", 401, "application/json"),  # the API asks for its key, not a sign-in
+        (
+            "/api/v1/messages",
+            401,
+            "application/problem+json",
+        ),  # the API asks for its key, not a sign-in
     ],
 )
 def test_health_metrics_and_the_api_answer_a_stranger_without_sign_in(

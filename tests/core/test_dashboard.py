@@ -119,7 +119,10 @@ def test_each_server_shows_status_queue_counts_last_test_and_problems_with_their
     assert "Outgoing queue held (1 message)" in page
     assert "The server refused the credentials (535): reconnect the account." in page
     assert "Client secret expires in 18 days (2026-03-20)" in page
-    assert "Fix: Open Settings > Technical > Mail Server > Mail Servers > Contoso" in page
+    assert (
+        "Fix: Open Settings \u203a Technical \u203a Mail Server \u203a Mail Servers \u203a Contoso"
+        in page
+    )
     assert "1 message failed in the last 24 hours" in page
     # A problem count for the whole page (held queue, expiring secret, failed message).
     assert "3 problems need action." in page

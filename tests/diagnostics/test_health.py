@@ -131,7 +131,7 @@ def test_reconnect_required_names_the_stored_reason_and_the_providers_fix(frozen
     assert "Fix:" not in finding.detail
     assert (
         finding.fix
-        == f"Open Settings > Technical > Mail Server > Mail Servers > Sales: {RECONNECT_FIX}"
+        == f"Open Settings \u203a Technical \u203a Mail Server \u203a Mail Servers \u203a Sales: {RECONNECT_FIX}"
     )
 
 

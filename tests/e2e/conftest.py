@@ -2,6 +2,10 @@
 
 Fixtures: `browser` (chromium), `context` (clipboard permissions for the live server's origin),
 `page`, and `sign_in(page, email, password)` which goes through the real sign-in page.
+
+`screenshots` is where a test saves its screenshots: docs/screenshots/ only when asked
+(MAILGATE_SCREENSHOTS=1, `make screenshots`), else the test's temporary folder, so that a test run
+never changes tracked files.
 """
 
 from __future__ import annotations
@@ -88,7 +92,14 @@ def sign_in() -> Callable[[Page, str, str], None]:
     return do
 
 
+def screenshots_wanted() -> bool:
+    return os.environ.get("MAILGATE_SCREENSHOTS", "") == "1"
+
+
 @pytest.fixture
-def screenshots() -> Path:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    return SCREENSHOTS
+def screenshots(tmp_path: Path) -> Path:
+    """docs/screenshots/ with MAILGATE_SCREENSHOTS=1, else a temporary folder (the screenshots are
+    still taken, so the pages are still rendered the same way)."""
+    folder = SCREENSHOTS if screenshots_wanted() else tmp_path / "screenshots"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import httpx
@@ -12,7 +13,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from mailgate.sandbox.server import Sandbox
-from tests.e2e.conftest import SCREENSHOTS, TIMEOUT_MS
+from tests.e2e.conftest import TIMEOUT_MS
 from tests.sandbox_fixtures import sandbox, sandbox_factory, sandbox_template
 
 __all__ = ["sandbox", "sandbox_factory", "sandbox_template"]
@@ -79,7 +80,7 @@ def _sign_in(page: Page, sandbox: Sandbox, callback: str) -> None:
 
 
 def test_sign_in_and_accept_returns_a_code_to_the_app(
-    page: Page, sandbox: Sandbox, callback: str
+    page: Page, sandbox: Sandbox, callback: str, screenshots: Path
 ) -> None:
     _sign_in(page, sandbox, callback)
     expect(page.get_by_text("Send email as you (SMTP.Send)")).to_be_visible()
@@ -89,8 +90,7 @@ def test_sign_in_and_accept_returns_a_code_to_the_app(
     expect(
         page.get_by_text("Maintain access to data you have given it access to (offline_access)")
     ).to_be_visible()
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOTS / "consent.png"))
+    page.screenshot(path=str(screenshots / "consent.png"))
     page.get_by_role("button", name="Accept").click()
     page.wait_for_url(callback + "?*")
     expect(page.get_by_text("callback received")).to_be_visible()

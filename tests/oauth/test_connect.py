@@ -19,7 +19,9 @@ def test_connecting_outlook_stores_encrypted_tokens_and_shows_token_valid(
 ) -> None:
     response = connect(admin_client, browser, outlook_server, idp.demo["password"])
     assert response.status_code == 302
-    assert response["Location"] == f"/settings/technical/mail-servers/{outlook_server.pk}/"
+    assert response["Location"] == (
+        f"/settings/technical/mail-servers/{outlook_server.pk}/#connection"
+    )  # the page opens on its connection panel
     grant = Grant.objects.get(server=outlook_server)
     assert grant.account == "alex@contoso.example"
     assert grant.refresh_token is not None and grant.access_token is not None

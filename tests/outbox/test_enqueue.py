@@ -45,7 +45,12 @@ def test_no_matching_server_is_an_error_at_enqueue_time(make_server):
 
 
 def test_an_oauth_mailbox_refuses_a_foreign_from_unless_send_as_allows_it(make_server):
-    make_server(auth_method="outlook", username="app@example.com", send_as="sales@example.com")
+    make_server(
+        auth_method="outlook",
+        username="app@example.com",
+        send_as="sales@example.com",
+        status="token_valid",
+    )
     assert _send(from_address="app@example.com").status == Status.QUEUED
     assert _send(from_address="sales@example.com").status == Status.QUEUED
     with pytest.raises(InvalidMessage, match=r"may not send as ceo@example\.com"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -84,6 +85,21 @@ def test_the_demo_runs_mailgate_against_the_sandbox(tmp_path: Path) -> None:
             check=True,
         )
         outlook = next(s for s in json.loads(listed.stdout) if s["name"] == "Demo Outlook")
+        # The banner's two lines for another terminal work as printed (the message waits, held,
+        # until the account is connected).
+        home = state / "mailgate-home"
+        assert f"  export MAILGATE_HOME={home}" in lines
+        send = next(line.strip() for line in lines if "mailgate send --from" in line)
+        assert send.startswith(f"uv run mailgate send --from {snapshot['demo']['user']} ")
+        sent = subprocess.run(
+            [sys.executable, "-m", "mailgate.cli", *shlex.split(send)[3:]],
+            env={**os.environ, "MAILGATE_HOME": str(home)},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert sent.returncode == 1, sent.stderr
+        assert "connect your account" in sent.stdout + sent.stderr
         expires = dt.datetime.fromtimestamp(snapshot["demo"]["client_secret_expires_at"], dt.UTC)
         assert outlook["client_secret_expires_on"] == expires.date().isoformat()
     finally:

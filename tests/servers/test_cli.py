@@ -411,6 +411,13 @@ def test_the_real_command_exits_2_and_never_echoes_an_argv_secret(tmp_path: Path
         "MAILGATE_HOME": str(tmp_path),
         "MAILGATE_DATABASE_URL": f"sqlite:///{tmp_path}/db.sqlite3",
     }
+    # With the schema in place (without it the CLI stops earlier, naming the database).
+    subprocess.run(
+        [sys.executable, "-m", "mailgate.cli", "migrate", "--verbosity", "0"],
+        env=env,
+        timeout=120,
+        check=True,
+    )
     result = subprocess.run(
         [
             sys.executable,

@@ -36,4 +36,7 @@ def connection_panel(context: template.Context, server: MailServer) -> dict[str,
         "last_diagnosis": last_diagnosis,
         "is_administrator": context.get("is_administrator", False),
         "csrf_token": context.get("csrf_token", ""),
+        # Send test message: the last result (the server page passes it) and a default recipient.
+        "send_test": context.get("send_test"),
+        "user_email": getattr(context.get("user"), "email", ""),
     }

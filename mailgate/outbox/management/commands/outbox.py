@@ -1,13 +1,15 @@
-"""`mailgate outbox list [--status S] [--json] | retry ID | cancel ID`."""
+"""`mailgate outbox list [--status S] [--json] | retry ID... | retry --status S | cancel ID... | cancel --status S`."""
 
 from __future__ import annotations
 
 import json
+import sys
 from argparse import ArgumentParser
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from rich.console import Console
+from rich.progress import track
 from rich.table import Table
 
 from mailgate.outbox.actions import ActionRefused, cancel_message, retry_message
@@ -30,18 +32,47 @@ class Command(BaseCommand):
             ("cancel", "cancel a waiting message"),
         ):
             sub = commands.add_parser(name, help=what)
-            sub.add_argument("id", type=int)
+            sub.add_argument("id", type=int, nargs="*", help="message ids")
+            sub.add_argument(
+                "--status",
+                dest="with_status",
+                choices=[s.value for s in Status],
+                help=f"every message with this status (instead of ids), e.g. {name} --status "
+                + ("failed" if name == "retry" else "deferred"),
+            )
 
     def handle(self, *args: Any, action: str, **options: Any) -> None:
         if action == "list":
             self._list(options["status"], options["limit"], options["json"])
             return
         operation = retry_message if action == "retry" else cancel_message
-        try:
-            message = operation(options["id"])
-        except ActionRefused as exc:
-            raise CommandError(str(exc), returncode=1) from None
-        self.stdout.write(f"message {message.pk}: {message.status}")
+        ids: list[int] = list(options["id"])
+        if options["with_status"]:
+            if ids:
+                raise CommandError("give message ids or --status, not both", returncode=2)
+            ids = list(
+                OutgoingMessage.objects.filter(status=options["with_status"])
+                .order_by("id")
+                .values_list("id", flat=True)
+            )
+        elif not ids:
+            raise CommandError("give one or more message ids, or --status", returncode=2)
+        refused = []
+        # Many messages: a progress bar on the terminal (nothing when the output is not one).
+        for pk in track(
+            ids,
+            description=f"{action} {len(ids)} messages",
+            console=Console(stderr=True),
+            disable=len(ids) < 2 or not sys.stderr.isatty(),
+        ):
+            try:
+                message = operation(pk)
+            except ActionRefused as exc:
+                refused.append(str(exc))
+                continue
+            self.stdout.write(f"message {message.pk}: {message.status}")
+        if refused:
+            raise CommandError("\n".join(refused), returncode=1)
 
     def _list(self, status: str | None, limit: int, as_json: bool) -> None:
         if limit < 1:

@@ -110,6 +110,7 @@ class Command(BaseCommand):
             raise CommandError("; ".join(problems), returncode=EXIT_BAD_INPUT) from None
         self.stdout.write(
             f"queued message {message.pk} {message.message_id} via {message.server.name}"
+            + (f" ({message.route_reason})" if message.route_reason else "")
         )
         if not options["wait"]:
             return
