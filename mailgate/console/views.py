@@ -5,6 +5,7 @@ from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
+from django.views.defaults import page_not_found
 
 from mailgate.accounts.roles import admin_required
 from mailgate.audit.models import KINDS, AuditEvent
@@ -73,3 +74,11 @@ def audit_log(request: HttpRequest) -> HttpResponse:
         events = events.filter(kind=kind)
     context = {"events": events[:500], "kinds": KINDS, "kind": kind}
     return render(request, "mailgate/audit.html", context)
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """404: JSON naming the path under /api/ (a client reads it), Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        problem = "no API operation at this path: see /api/v1/openapi.json"
+        return JsonResponse({"detail": f"path: {problem}", "errors": {"path": problem}}, status=404)
+    return page_not_found(request, exception or Exception("not found"))

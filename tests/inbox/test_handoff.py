@@ -78,7 +78,7 @@ def receiver() -> Iterator[Receiver]:
 
 @pytest.fixture
 def api(db: None) -> dict[str, str]:
-    return {"HTTP_AUTHORIZATION": f"Bearer {APIKey.issue('erp')[1]}"}
+    return {"HTTP_AUTHORIZATION": f"Bearer {APIKey.issue('erp', scope='read')[1]}"}
 
 
 def with_attachment(subject: str) -> bytes:

@@ -5,7 +5,7 @@ class Migration(migrations.Migration):
     """Connect and disconnect write audit events: the audit table comes first wherever oauth goes."""
 
     dependencies = [
-        ("oauth", "0001_initial"),
+        ("oauth", "0002_grant_refresh_claim"),
         ("audit", "0001_initial"),
     ]
 

@@ -5,7 +5,7 @@ class Migration(migrations.Migration):
     """Saving a server writes audit events: the audit table comes first wherever servers go."""
 
     dependencies = [
-        ("servers", "0001_initial"),
+        ("servers", "0003_incoming_mail"),
         ("audit", "0001_initial"),
     ]
 

@@ -5,7 +5,7 @@ from django.db import migrations, models
 
 class Migration(migrations.Migration):
     dependencies = [
-        ("outbox", "0005_idempotency_fingerprint"),
+        ("outbox", "0006_message_purged_at"),
     ]
 
     operations = [
