@@ -36,3 +36,5 @@ urlpatterns = [
     path("metrics", metrics_view, name="metrics"),
     path("api/v1/", include("mailgate.api.urls")),
 ]
+
+handler404 = "mailgate.console.views.not_found"

@@ -4,7 +4,7 @@ import logging
 from functools import partial
 
 from django.db import OperationalError
-from django.http import HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse
 from ninja.errors import HttpError, ValidationError
 from ninja.openapi.docs import Swagger
 
@@ -54,6 +54,18 @@ def _http_error(request: HttpRequest, exc: HttpError | type[HttpError]) -> HttpR
 
 api.add_exception_handler(HttpError, _http_error)
 api.add_exception_handler(ValidationError, partial(validation_problem, api))
+
+
+def _not_found(request: HttpRequest, exc: Http404 | type[Http404]) -> HttpResponse:
+    """404 naming the path parameter that found nothing (get_object_or_404 in a view)."""
+    match = request.resolver_match
+    params = dict(match.kwargs) if match else {}
+    errors = {name: f"nothing has {name} {value}" for name, value in params.items()}
+    detail = "; ".join(f"{name}: {text}" for name, text in errors.items()) or "Not Found"
+    return api.create_response(request, {"detail": detail, "errors": errors}, status=404)
+
+
+api.add_exception_handler(Http404, _not_found)
 # Servers and incoming mail are read with a `read` or `admin` key; messages check the scope per
 # operation (a `send` key queues and reads its own).
 api.add_router("/servers", servers_router, auth=BearerKey(actions={"read_all"}))

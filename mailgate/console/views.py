@@ -10,6 +10,7 @@ from django.http import FileResponse, Http404, HttpRequest, HttpResponse, JsonRe
 from django.shortcuts import render
 from django.utils import timezone
 from django.views.decorators.http import require_GET
+from django.views.defaults import page_not_found
 
 from mailgate.accounts.roles import admin_required
 from mailgate.audit.models import KINDS, AuditEvent
@@ -102,3 +103,11 @@ def static_file(request: HttpRequest, path: str) -> FileResponse:
     response = FileResponse(open(found, "rb"), content_type=content_type)  # noqa: SIM115
     response["Cache-Control"] = "public, max-age=3600"
     return response
+
+
+def not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponse:
+    """404: JSON naming the path under /api/ (a client reads it), Django's page elsewhere."""
+    if request.path.startswith("/api/"):
+        problem = "no API operation at this path: see /api/v1/openapi.json"
+        return JsonResponse({"detail": f"path: {problem}", "errors": {"path": problem}}, status=404)
+    return page_not_found(request, exception or Exception("not found"))
