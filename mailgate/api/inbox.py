@@ -14,6 +14,7 @@ from mailgate.inbox.handoff import message_json
 from mailgate.inbox.models import IncomingMessage
 from mailgate.inbox.store import attachment, contents
 from mailgate.inbox.views import download
+from mailgate.outbox.api import ErrorOut  # the one problem-details schema of the API
 from mailgate.servers.models import MailServer
 
 router = Router(tags=["inbox"])
@@ -61,11 +62,6 @@ class InboxMessageOut(InboxItemOut):
     text: str | None
     html: str | None
     last_error: str
-
-
-class ErrorOut(Schema):
-    detail: str
-    errors: dict[str, str] = Field(default_factory=dict)
 
 
 def _bad(field: str, problem: str) -> Status[dict[str, Any]]:

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+from django.db import connection
 from django.test import Client
 
 from mailgate.diagnostics import send_test
@@ -32,6 +33,7 @@ def worker(transactional_db: None) -> Iterator[None]:
         while not stop.wait(0.05):
             deliverer.step(stop)
         deliverer.close_all()
+        connection.close()  # this thread's own connection, so the test database can be dropped
 
     thread = threading.Thread(target=loop, daemon=True)
     thread.start()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from playwright.sync_api import Page, expect
 
 from mailgate.outbox.worker import Deliverer
@@ -48,6 +49,7 @@ def relay(transactional_db: None) -> Iterator[MailServer]:
             while not stop.wait(0.05):
                 deliverer.step(stop)
             deliverer.close_all()
+            connection.close()  # this thread's own connection
 
         thread = threading.Thread(target=loop, daemon=True)
         thread.start()
