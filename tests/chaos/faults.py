@@ -395,7 +395,7 @@ def long_application_transactions(kind: str, home: Path, bounded: bool) -> Row:
     """An application holds enqueue transactions of 1 s back to back while the worker delivers
     (SQLite: one writer at a time). The worker's writes must wait at most about one of them."""
     assert kind == "sqlite"
-    transactions, hold = (6, 1.0) if bounded else (60, 1.0)
+    transactions, hold = (10, 1.0) if bounded else (60, 1.0)
     total = 200
     with lab(kind, home) as deployed, SMTPSink(data_delay=0.01) as sink:
         deployed.harness("setup", {"server": sink_server(sink), "messages": total})
@@ -438,8 +438,9 @@ def long_application_transactions(kind: str, home: Path, bounded: bool) -> Row:
         f"longest wait of the worker {longest:.1f} s, {len(during)} delivered during "
         f"{ended - began:.0f} s of application transactions",
         crashes=0,
-        # Never starved for longer than one such transaction (plus the worker's own step).
-        within_bound=longest <= 2 * hold,
+        # About one such transaction (plus the worker's own step and, on a loaded machine, its
+        # wait for a CPU); without the fair turn it waited for several in a row (6 s of 6).
+        within_bound=longest <= 3 * hold,
     )
 
 

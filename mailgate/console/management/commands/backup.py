@@ -10,6 +10,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
 
 
 class Command(BaseCommand):
@@ -24,7 +25,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, file: str, **options: Any) -> None:
         database = settings.DATABASES["default"]
-        if not str(database["ENGINE"]).endswith("sqlite3"):
+        if connections["default"].vendor != "sqlite":  # any SQLite backend (mailgate.dbsqlite)
             raise CommandError(
                 "the database is PostgreSQL: back it up with pg_dump, e.g. "
                 "pg_dump --format=custom --file=mailgate.dump DBNAME"
