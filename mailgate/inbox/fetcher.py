@@ -276,7 +276,7 @@ def _take(
             if rows and server.after_fetch != "keep":
                 _pause_after_store()
                 _act(transport, server, [r.uid for r in rows if r.uid is not None])
-                IncomingMessage.objects.filter(pk__in=[r.pk for r in rows]).update(
+                IncomingMessage.objects.filter(seq__in=[r.seq for r in rows]).update(
                     remote_action=RemoteAction.DONE
                 )
     return stored
