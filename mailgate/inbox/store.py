@@ -21,7 +21,6 @@ from email.header import decode_header, make_header
 from email.message import EmailMessage, Message
 from email.parser import BytesHeaderParser, BytesParser
 from email.policy import compat32
-from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -130,32 +129,46 @@ def store(
     *,
     cursor: FolderCursor | None = None,
     remote_pending: bool = False,
-) -> list[IncomingMessage]:
+) -> list[Stored]:
     """Commit the messages (and move the folder's cursor past them) in one transaction."""
     if not items:
         return []
-    rows = [_row(server, item, remote_pending) for item in items]
+    rows = [_row(item) for item in items]
+    batch = {
+        "server_id": server.pk,
+        "remote_action": RemoteAction.PENDING if remote_pending else RemoteAction.NONE,
+        "received_at": timezone.now(),
+    }
     with transaction.atomic():
         first = next_sequence(len(rows))
         for i, row in enumerate(rows):
-            row.seq = first + i
-        _insert(rows)
+            row["seq"] = first + i
+        _insert(batch, rows)
         if cursor is not None:
             highest = max(item.uid or 0 for item in items)
             if highest > cursor.last_uid:
                 cursor.last_uid = highest
                 FolderCursor.objects.filter(pk=cursor.pk).update(last_uid=highest)
-    return rows
+    return [Stored(row["seq"], row["uid"]) for row in rows]
+
+
+@dataclass(frozen=True)
+class Stored:
+    """A committed message: its arrival number (unique) and its UID (IMAP)."""
+
+    seq: int
+    uid: int | None
 
 
 # Values of these field types go to the database as they are (no per-value conversion).
 _AS_IS = (models.CharField, models.TextField, models.IntegerField, models.BooleanField)
 
 
-def _insert(rows: list[IncomingMessage]) -> None:
-    """INSERT the rows with one executemany: what bulk_create does, without its per-value
-    machinery (it cost more than parsing the messages). Only the JSON, date and binary fields are
-    converted for the database; the rows' primary keys stay unset (`seq` names each row)."""
+def _insert(batch: dict[str, Any], rows: list[dict[str, Any]]) -> None:
+    """INSERT the rows with one executemany: what bulk_create does, without model instances and
+    its per-value machinery (they cost more than parsing the messages). Each row gives its own
+    values by attribute name; `batch` those shared by the batch; the rest are the fields'
+    defaults. Only the JSON, date and binary values are converted for the database."""
     meta = IncomingMessage._meta
     fields = [f for f in meta.concrete_fields if not f.primary_key]
     connection = connections[router.db_for_write(IncomingMessage)]
@@ -165,37 +178,58 @@ def _insert(rows: list[IncomingMessage]) -> None:
         ", ".join(quote(str(f.column)) for f in fields),
         ", ".join(["%s"] * len(fields)),
     )
-    preps = [
-        None if isinstance(f, _AS_IS) else partial(f.get_db_prep_save, connection=connection)
-        for f in fields
+
+    def prepared(field: models.Field[Any, Any], value: Any) -> Any:
+        if value is None or isinstance(field, _AS_IS):
+            return value
+        return field.get_db_prep_save(value, connection=connection)
+
+    shared = [
+        prepared(f, batch[f.attname] if f.attname in batch else f.get_default()) for f in fields
     ]
+    own = [(i, f) for i, f in enumerate(fields) if f.attname in rows[0]]
     params = []
     for row in rows:
-        values = []
-        for f, prep in zip(fields, preps, strict=True):
-            value = getattr(row, f.attname)
-            values.append(value if prep is None or value is None else prep(value))
+        values = list(shared)
+        for i, f in own:
+            values[i] = prepared(f, row[f.attname])
         params.append(values)
     with connection.cursor() as cursor:
         cursor.executemany(sql, params)
 
 
-def _row(server: MailServer, item: Fetched, remote_pending: bool) -> IncomingMessage:
-    fields = parse_summary(item)
-    return IncomingMessage(
-        server=server,
-        folder=item.folder,
-        uidvalidity=item.uidvalidity,
-        uid=item.uid,
-        uidl=item.uidl,
-        size=item.size,
-        sha256=item.sha256,
-        raw=item.data if not item.raw_file else None,
-        raw_file=item.raw_file,
-        remote_action=RemoteAction.PENDING if remote_pending else RemoteAction.NONE,
-        received_at=timezone.now(),
-        **fields,
-    )
+def _row(item: Fetched) -> dict[str, Any]:
+    """A message's own column values (by attribute name), parsed fields included."""
+    return {
+        "folder": item.folder,
+        "uidvalidity": item.uidvalidity,
+        "uid": item.uid,
+        "uidl": item.uidl,
+        "size": item.size,
+        "sha256": item.sha256,
+        "raw": item.data if not item.raw_file else None,
+        "raw_file": item.raw_file,
+        "seq": 0,
+        **_summary_fields(item),
+    }
+
+
+def _summary_fields(item: Fetched) -> dict[str, Any]:
+    """parse_summary's fields, each present (a header that did not parse leaves them empty)."""
+    found = parse_summary(item)
+    return {**_EMPTY_SUMMARY, **found}
+
+
+_EMPTY_SUMMARY: dict[str, Any] = {
+    "message_id": "",
+    "sender": "",
+    "to": [],
+    "cc": [],
+    "subject": "",
+    "date": None,
+    "attachments": [],
+    "parse_error": "",
+}
 
 
 # -- parsing (best effort: a message that does not parse is stored raw all the same) ----------
