@@ -16,6 +16,7 @@ import socket
 import time
 import uuid
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -262,23 +263,37 @@ def _take(
     uids: list[int],
     holder: str,
 ) -> int:
-    """Fetch, store and then act on `uids` (ascending) in bounded batches."""
+    """Fetch, store and then act on `uids` (ascending) in bounded batches.
+
+    The next batch is downloaded (BODY.PEEK: nothing changes on the server) by a helper thread
+    while this one commits the current batch, so the transfer overlaps the commit; the connection
+    is used by one thread at a time (the download is awaited before the After Fetch action)."""
     stored = 0
-    for start in range(0, len(uids), SUMMARY_CHUNK):
-        chunk = uids[start : start + SUMMARY_CHUNK]
-        sizes = transport.sizes(chunk)
-        summaries = [MessageSummary(u, sizes[u], None, "") for u in chunk if u in sizes]
-        for batch in _batches(summaries):
-            renew(server, holder)
-            items = _download(transport, server, cursor, batch)
-            rows = store(server, items, cursor=cursor, remote_pending=server.after_fetch != "keep")
-            stored += len(rows)
-            if rows and server.after_fetch != "keep":
-                _pause_after_store()
-                _act(transport, server, [r.uid for r in rows if r.uid is not None])
-                IncomingMessage.objects.filter(pk__in=[r.pk for r in rows]).update(
-                    remote_action=RemoteAction.DONE
-                )
+    keep_all = server.after_fetch == "keep"
+    # Leaving the block (an error included) waits for a download still under way.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-fetch") as pool:
+        for start in range(0, len(uids), SUMMARY_CHUNK):
+            chunk = uids[start : start + SUMMARY_CHUNK]
+            sizes = transport.sizes(chunk)
+            summaries = [MessageSummary(u, sizes[u], None, "") for u in chunk if u in sizes]
+            batches = _batches(summaries)
+            ahead: Future[list[Fetched]] | None = None
+            for i, batch in enumerate(batches):
+                renew(server, holder)
+                items = ahead.result() if ahead else _download(transport, cursor, batch)
+                ahead = None
+                if i + 1 < len(batches):
+                    ahead = pool.submit(_download, transport, cursor, batches[i + 1])
+                rows = store(server, items, cursor=cursor, remote_pending=not keep_all)
+                stored += len(rows)
+                if rows and not keep_all:
+                    _pause_after_store()
+                    if ahead is not None:
+                        wait([ahead])  # the connection is free again
+                    _act(transport, server, [r.uid for r in rows if r.uid is not None])
+                    IncomingMessage.objects.filter(seq__in=[r.seq for r in rows]).update(
+                        remote_action=RemoteAction.DONE
+                    )
     return stored
 
 
@@ -305,7 +320,7 @@ def _batches(summaries: list[MessageSummary]) -> list[list[MessageSummary]]:
 
 
 def _download(
-    transport: IMAPTransport, server: MailServer, cursor: FolderCursor, batch: list[MessageSummary]
+    transport: IMAPTransport, cursor: FolderCursor, batch: list[MessageSummary]
 ) -> list[Fetched]:
     where = {"folder": cursor.folder, "uidvalidity": cursor.uidvalidity}
     if len(batch) == 1 and batch[0].size > FILE_BYTES:
