@@ -13,6 +13,7 @@ from django.conf import settings
 from django.core.management import call_command
 from waitress.server import create_server
 
+from mailgate.console.relay import configured_relay, describe
 from mailgate.wsgi import application
 
 log = logging.getLogger("mailgate.web")
@@ -46,12 +47,17 @@ def make_server(host: str, port: int, app: Any = application) -> Any:
     )
 
 
-def serve(host: str, port: int, *, with_worker: bool) -> None:
-    """Serve until SIGTERM/SIGINT; with_worker runs the worker loop in a thread of this process."""
+def serve(host: str, port: int, *, with_worker: bool, with_relay: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT; with_worker runs the worker loop in a thread of this process,
+    with_relay the SMTP relay when MAILGATE_SMTP_LISTEN (or MAILGATE_SMTPS_LISTEN) is set."""
     if host not in ("0.0.0.0", "::", "") and host not in settings.ALLOWED_HOSTS:
         # The address it was told to listen on is a name clients use for it.
         settings.ALLOWED_HOSTS.append(f"[{host}]" if ":" in host else host)
     server = make_server(host, port)
+    relay = configured_relay() if with_relay else None
+    if relay is not None:
+        relay.start()
+        print(describe(relay), flush=True)
     worker = None
     thread = None
     if with_worker:
@@ -72,5 +78,7 @@ def serve(host: str, port: int, *, with_worker: bool) -> None:
     print(f"mailgate: serving on http://{host}:{port}/", flush=True)
     with contextlib.suppress(OSError, ValueError):  # the listening socket was closed by stop()
         server.run()
+    if relay is not None:
+        relay.stop()
     if thread is not None:
         thread.join(timeout=30)
