@@ -37,6 +37,17 @@ EXTRA_EXTENSIONS = ["PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES"]
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid: the username is the API key's name and the password the key (scope send)"
 
 
+class _NoLoginDataNotice(logging.Filter):
+    """aiosmtpd warns that Session.login_data is deprecated at every login it sets it itself;
+    the relay never reads it, so the warning says nothing to an operator."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "login_data is deprecated" not in record.getMessage()
+
+
+logging.getLogger("mail.log").addFilter(_NoLoginDataNotice())
+
+
 def is_loopback(peer: object) -> bool:
     host = peer[0] if isinstance(peer, tuple) and peer else peer
     try:
@@ -224,7 +235,7 @@ class _Handler:
         try:
             parse_mailbox("to", address)
         except InvalidMessage as exc:
-            return submission.refusal(exc).reply
+            return Refused(553, "5.1.3", str(exc)).reply
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(options)
         return "250 2.1.5 OK"

@@ -112,13 +112,22 @@ def check_sender(client: Client, address: str) -> None:
             raise refusal(exc) from None
 
 
+def lf_line_ends(data: bytes) -> bytes:
+    """SMTP ends the content with CRLF whatever the client's line ends: a message written with LF
+    throughout (smtplib sends bytes as they are) keeps LF to its end, so the outbox reads it as an
+    LF message rather than as one that mixes line ends (which it refuses)."""
+    if data.endswith(b"\r\n") and b"\r" not in data[:-2] and b"\n" in data[:-2]:
+        return data[:-2] + b"\n"
+    return data
+
+
 @_database_job
 def queue(client: Client, mail_from: str, recipients: list[str], data: bytes) -> int:
     """Commit the message to the outbox (the envelope's sender and recipients, the bytes as the
     raw message) and return its id; the transaction is committed when this returns."""
     with transaction.atomic():
         message = enqueue(
-            raw=data,
+            raw=lf_line_ends(data),
             from_address=mail_from or None,
             to=recipients,
             source="smtp",
