@@ -85,7 +85,7 @@ def test_a_message_is_committed_before_250_and_delivered_once(
     client = running_relay.connect()
     refused = client.send_message(invoice(), to_addrs=["ann@example.org", "bob@example.org"])
     assert refused == {}
-    code, reply = client.noop()
+    code, _ = client.noop()
     assert code == 250
     queued = OutgoingMessage.objects.get()
     assert queued.source == "smtp" and queued.status == Status.QUEUED
@@ -240,7 +240,7 @@ def test_an_oversized_message_gets_552(
 ) -> None:
     client = running_relay.connect()
     limit = int(client.esmtp_features["size"])
-    code, reply = client.mail(SENDER, [f"SIZE={limit + 1}"])
+    code, _ = client.mail(SENDER, [f"SIZE={limit + 1}"])
     assert code == 552
     client.rset()
     # Announced small, sent large: the bytes past the limit are refused too.
