@@ -39,11 +39,20 @@ ROOT = Path(__file__).resolve().parents[2]
 PG_ADMIN_URL = os.environ.get("BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 # Issue 5: mailgate on one worker at least this fraction of the raw loop's speed (raw s / mailgate s).
 TARGET_RATIO = 0.8
+# Issue 13: through the SMTP relay (smtplib, one connection) at least this fraction of the raw loop,
+# and a login to the relay (connect, STARTTLS, AUTH PLAIN, QUIT) under this much of its CPU.
+RELAY_TARGET_RATIO = 0.9
+RELAY_LOGIN_TARGET_MS = 5.0
+# Logins timed for the relay's CPU per login.
+RELAY_LOGINS = 50
 
 TARGETS = ("sandbox", "postfix")
-# mode -> (PIPELINING, CHUNKING): "data" turns CHUNKING off, "plain" both (the raw loop uses neither).
-MODES = {"": (True, True), "data": (True, False), "plain": (False, False)}
-SERVER_PLAN = "sqlite:1,sqlite:1:data,sqlite:1:plain,postgresql:1,postgresql:2,postgresql:4"
+# mode -> (PIPELINING, CHUNKING): "data" turns CHUNKING off, "plain" both (the raw loop uses neither);
+# "relay": the application sends by smtplib through `mailgate relay` instead of calling enqueue().
+MODES = {"": (True, True), "data": (True, False), "plain": (False, False), "relay": (True, True)}
+SERVER_PLAN = (
+    "sqlite:1,sqlite:1:data,sqlite:1:plain,sqlite:1:relay,postgresql:1,postgresql:2,postgresql:4"
+)
 DEFAULT_PLAN = ",".join(f"{target}:{item}" for target in TARGETS for item in SERVER_PLAN.split(","))
 
 
@@ -65,7 +74,12 @@ class Config:
         return MODES[self.mode][1]
 
     def describe(self) -> str:
-        off = {"": "", "data": ", CHUNKING off", "plain": ", PIPELINING+CHUNKING off"}[self.mode]
+        off = {
+            "": "",
+            "data": ", CHUNKING off",
+            "plain": ", PIPELINING+CHUNKING off",
+            "relay": ", via the SMTP relay",
+        }[self.mode]
         database = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[self.backend]
         return f"{database}, {self.workers} worker{'s' if self.workers > 1 else ''}{off}"
 
@@ -74,7 +88,8 @@ def parse_plan(text: str) -> list[Config]:
     """BENCH_PLAN: comma-separated [server:]backend:workers[:mode] runs, e.g. "postfix:sqlite:1:data".
 
     server is sandbox (the default) or postfix; mode is empty (PIPELINING and CHUNKING on, as by
-    default), `data` (MAILGATE_OUTBOX_SMTP_CHUNKING=0) or `plain` (PIPELINING off too).
+    default), `data` (MAILGATE_OUTBOX_SMTP_CHUNKING=0), `plain` (PIPELINING off too) or `relay` (the
+    messages go by smtplib over one connection through `mailgate relay`).
     """
     plan = []
     for item in text.split(","):
@@ -291,6 +306,99 @@ def peak_rss_kb(pid: int) -> int:
     return 0
 
 
+def enqueue_directly(
+    env: dict[str, str], sender: str, count: int, body_bytes: int
+) -> dict[str, Any]:
+    """The application calls enqueue() (the harness, in a process of its own)."""
+    harness = [sys.executable, "-m", "tests.bench.harness"]
+    enqueued = subprocess.run(
+        [
+            *harness,
+            "enqueue",
+            json.dumps(
+                {
+                    "count": count,
+                    "body_bytes": body_bytes,
+                    "from": sender,
+                    "per_transaction": env_int("BENCH_PER_TRANSACTION", 100),
+                }
+            ),
+        ],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        timeout=600,
+        capture_output=True,
+    )
+    return dict(json.loads(enqueued.stdout))
+
+
+@dataclass
+class RelayProcess:
+    """`mailgate relay` on a free port, with an API key of scope send."""
+
+    process: subprocess.Popen[str]
+    port: int
+    ca_file: str
+    key: str
+
+    def client(self) -> smtplib.SMTP:
+        smtp = smtplib.SMTP("localhost", self.port, timeout=60)
+        smtp.starttls(context=ssl.create_default_context(cafile=self.ca_file))
+        smtp.ehlo()
+        smtp.login("bench", self.key)
+        return smtp
+
+    def send(self, sender: str, messages: list[tuple[str, bytes]]) -> dict[str, Any]:
+        """Send every message over one connection; the time, and the relay's CPU for it."""
+        cpu = cpu_seconds(self.process.pid)
+        started = time.time()
+        with self.client() as smtp:
+            for recipient, data in messages:
+                smtp.sendmail(sender, [recipient], data)
+        finished = time.time()
+        return {
+            "started": started,
+            "finished": finished,
+            "cpu": cpu_seconds(self.process.pid) - cpu,
+        }
+
+    def login_cost(self) -> float:
+        """The relay's CPU milliseconds per login: RELAY_LOGINS connections that STARTTLS, log in
+        and quit, once the mail is delivered (nothing else runs in the relay then)."""
+        cpu = cpu_seconds(self.process.pid)
+        for _ in range(RELAY_LOGINS):
+            self.client().quit()
+        return (cpu_seconds(self.process.pid) - cpu) / RELAY_LOGINS * 1000
+
+
+def start_relay(env: dict[str, str], home: Path) -> RelayProcess:
+    created = subprocess.run(
+        [sys.executable, "-m", "mailgate.cli", "apikeys", "create", "--name", "bench"],
+        env=env,
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    process = subprocess.Popen(
+        [sys.executable, "-m", "mailgate.cli", "relay", "--listen", "127.0.0.1:0"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "127.0.0.1:" not in line:
+        raise SystemExit(f"bench: mailgate relay did not start ({line!r})")
+    port = int(line.split("127.0.0.1:")[1].split()[0])
+    key = created.stdout.strip().splitlines()[-1]
+    return RelayProcess(process, port, str(home / "smtp-tls-cert.pem"), key)
+
+
 def mailgate_run(
     target: MailTarget,
     facts: dict[str, Any],
@@ -299,6 +407,7 @@ def mailgate_run(
     count: int,
     body_bytes: int,
     folder: Path,
+    messages: list[tuple[str, bytes]] | None = None,
 ) -> dict[str, Any]:
     from mailgate.sandbox.control import ControlClient
 
@@ -313,6 +422,8 @@ def mailgate_run(
         "PYTHONPATH": str(ROOT),
         "MAILGATE_OUTBOX_SMTP_PIPELINING": "1" if config.pipelining else "0",
         "MAILGATE_OUTBOX_SMTP_CHUNKING": "1" if config.chunking else "0",
+        # The bench sends 2,000 messages a minute with one key: no per-key rate limit.
+        "MAILGATE_API_RATE_LIMIT": "0",
     }
     demo = facts["demo"]
     server = {
@@ -356,34 +467,26 @@ def mailgate_run(
                 stderr=log,
             )
         )
+    relay = None
     try:
-        # Start-up is not what is measured: wait until every worker is idle, waiting for mail.
+        if config.mode == "relay":
+            relay = start_relay(env, home)
+
+        # Start-up is not what is measured: wait until every worker (and the relay) is idle.
         def workers_cpu_now() -> float:
             return sum(cpu_seconds(p.pid) for p in processes)
 
-        wait_until_idle(workers_cpu_now, "the workers were")
+        def relay_cpu_now() -> float:
+            return cpu_seconds(relay.process.pid) if relay is not None else 0.0
+
+        wait_until_idle(lambda: workers_cpu_now() + relay_cpu_now(), "the workers were")
         server_cpu = target.cpu()
         workers_cpu = workers_cpu_now()
-        enqueued = subprocess.run(
-            [
-                *harness,
-                "enqueue",
-                json.dumps(
-                    {
-                        "count": count,
-                        "body_bytes": body_bytes,
-                        "from": demo["user"],
-                        "per_transaction": env_int("BENCH_PER_TRANSACTION", 100),
-                    }
-                ),
-            ],
-            env=env,
-            cwd=ROOT,
-            check=True,
-            timeout=600,
-            capture_output=True,
-        )
-        timing = json.loads(enqueued.stdout)
+        if relay is not None:
+            assert messages is not None
+            timing = relay.send(demo["user"], messages)
+        else:
+            timing = enqueue_directly(env, demo["user"], count, body_bytes)
         started = timing["started"]
 
         def all_sent() -> bool:
@@ -401,7 +504,13 @@ def mailgate_run(
         rss = max(peak_rss_kb(p.pid) for p in processes)
         server_cpu = target.cpu() - server_cpu
         workers_cpu = workers_cpu_now() - workers_cpu
+        if relay is not None:
+            timing["relay_login_cpu_ms"] = relay.login_cost()
+            if relay.process.poll() is not None:
+                raise SystemExit("bench: mailgate relay exited during the run")
     finally:
+        if relay is not None:
+            processes.append(relay.process)
         for p in processes:
             p.send_signal(signal.SIGTERM)
         for p in processes:
@@ -430,6 +539,7 @@ def mailgate_run(
             "workers": workers_cpu / count * 1000,
             "enqueue": timing["cpu"] / count * 1000,
         },
+        **({"relay_login_cpu_ms": timing["relay_login_cpu_ms"]} if relay is not None else {}),
     }
 
 
@@ -506,6 +616,16 @@ def summary(
                 },
                 "tries": tries,
                 "description": config.describe(),
+                "relay": config.mode == "relay",
+                **(
+                    {
+                        "relay_login_cpu_ms": statistics.median(
+                            t["relay_login_cpu_ms"] for t in tries
+                        )
+                    }
+                    if config.mode == "relay"
+                    else {}
+                ),
             }
         )
     return runs
@@ -592,7 +712,9 @@ def main() -> None:
                     timed_raw_loop(target, user, tokens.access_token, messages)
                 )
                 settle(target)
-                result = mailgate_run(target, facts, tokens, config, count, body_bytes, folder)
+                result = mailgate_run(
+                    target, facts, tokens, config, count, body_bytes, folder, messages
+                )
                 results[config].append(result)
                 cpu = result["cpu_ms_per_message"]
                 print(
@@ -613,6 +735,16 @@ def main() -> None:
         print()
         print_table(runs, raws, count, repeat)
         for run in runs:
+            if run["relay"]:
+                verdict = "met" if run["ratio"] >= RELAY_TARGET_RATIO else "not met"
+                login = run["relay_login_cpu_ms"]
+                print(
+                    f"issue 13 target (>= {RELAY_TARGET_RATIO}x the raw loop through the SMTP "
+                    f"relay), {run['target']} {run['backend']}: {run['ratio']:.2f}x, {verdict}; "
+                    f"relay CPU per login {login:.2f} ms (target < {RELAY_LOGIN_TARGET_MS:.0f} "
+                    f"ms), {'met' if login < RELAY_LOGIN_TARGET_MS else 'not met'}"
+                )
+                continue
             if run["workers"] == 1 and run["extensions"]:
                 verdict = "met" if run["ratio"] >= TARGET_RATIO else "not met"
                 print(
