@@ -22,7 +22,7 @@ def test_the_benchmark_runs_on_both_servers_and_reports_every_run_in_one_table()
     env = {
         **os.environ,
         "BENCH_MESSAGES": "30",
-        "BENCH_PLAN": "sqlite:1,postfix:sqlite:1,postfix:sqlite:1:data",
+        "BENCH_PLAN": "sqlite:1,sqlite:1:relay,postfix:sqlite:1,postfix:sqlite:1:data",
         "BENCH_REPEAT": "1",
         "PYTHONPATH": str(ROOT),
     }
@@ -43,6 +43,7 @@ def test_the_benchmark_runs_on_both_servers_and_reports_every_run_in_one_table()
     for row in (
         "sandbox  raw smtplib loop, 1 connection",
         "sandbox  SQLite, 1 worker ",
+        "sandbox  SQLite, 1 worker, via the SMTP relay",
         "postfix  raw smtplib loop, 1 connection",
         "postfix  SQLite, 1 worker ",
         "postfix  SQLite, 1 worker, CHUNKING off",
@@ -50,7 +51,9 @@ def test_the_benchmark_runs_on_both_servers_and_reports_every_run_in_one_table()
         assert row in table
     report = json.loads(out[out.index("\n{") + 1 :])
     assert report["messages"] == 30
-    for target, runs_there in (("sandbox", 1), ("postfix", 2)):
+    assert "issue 13 target (>= 0.9x the raw loop through the SMTP relay), sandbox sqlite:" in out
+    assert "relay CPU per login" in out
+    for target, runs_there in (("sandbox", 2), ("postfix", 2)):
         raw = report["raw"][target]
         # Before each of the server's runs, and once at the end.
         raw_times = sorted(loop["seconds"] for loop in raw["loops"])
@@ -59,6 +62,7 @@ def test_the_benchmark_runs_on_both_servers_and_reports_every_run_in_one_table()
         assert raw["fastest_seconds"] == raw_times[0]
     runs = report["runs"]
     assert [(r["target"], r["pipelining"], r["chunking"]) for r in runs] == [
+        ("sandbox", True, True),
         ("sandbox", True, True),
         ("postfix", True, True),
         ("postfix", True, False),
@@ -74,6 +78,9 @@ def test_the_benchmark_runs_on_both_servers_and_reports_every_run_in_one_table()
         assert run["cpu_ms_per_message"]["mail_server"] > 0
         # The access token from the sign-in was fresh: delivering needed no token request.
         assert run["token_requests"] == 0
+    (relayed,) = [r for r in runs if r["relay"]]
+    assert relayed["description"] == "SQLite, 1 worker, via the SMTP relay"
+    assert 0 < relayed["relay_login_cpu_ms"] < 100
 
 
 def test_a_plan_names_the_server_the_database_the_workers_and_the_extensions() -> None:
