@@ -7,6 +7,7 @@ import email
 import os
 import signal
 import smtplib
+import socket
 import ssl
 import subprocess
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.outbox.own_database import ROOT, own_database, process_env, query
+from tests.peers.postfix import wait_until
 from tests.smtpsink import SMTPSink
 
 pytestmark = [
@@ -127,3 +129,44 @@ def test_mailgate_relay_without_a_listener_says_what_to_set(tmp_path: Path) -> N
     )
     assert done.returncode != 0
     assert "MAILGATE_SMTP_LISTEN is not set" in done.stderr
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("deployment", ["sqlite"], indirect=True)
+def test_mailgate_run_starts_the_relay_when_smtp_listen_is_set(
+    deployment: tuple[dict[str, str], str, str], sink: SMTPSink
+) -> None:
+    env, url, key = deployment
+    port = free_port()
+    env = {**env, "MAILGATE_SMTP_LISTEN": f"127.0.0.1:{port}"}
+    run = subprocess.Popen(
+        [sys.executable, "-m", "mailgate.cli", "run", "--port", str(free_port())],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert run.stdout is not None
+        announced = f"mailgate: SMTP relay on smtp://127.0.0.1:{port} (STARTTLS)\n"
+        lines = []
+        while announced not in lines and len(lines) < 10:  # after the first administrator's lines
+            lines.append(run.stdout.readline())
+        assert announced in lines, lines
+        with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+            client.login("erp", key)  # plain login is allowed from this machine (loopback)
+            client.sendmail(SENDER, ["ann@example.org"], b"From: erp@contoso.example\r\n"
+                            b"To: ann@example.org\r\nSubject: Via run\r\n\r\nHello.\r\n")  # fmt: skip
+        assert wait_until(lambda: len(sink.received) == 1, 60)
+        assert wait_until(
+            lambda: query(url, "SELECT status FROM outbox_outgoingmessage") == [("sent",)], 30
+        )
+    finally:
+        run.terminate()
+        run.wait(timeout=30)
