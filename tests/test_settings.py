@@ -169,5 +169,5 @@ def test_the_relay_is_off_by_default_and_reads_its_listeners_and_certificate(
     assert relay == conf.RelayConfig(
         ("0.0.0.0", 587), ("::1", 465), tmp_path / "c.pem", tmp_path / "k.pem"
     )
-    with pytest.raises(conf.SettingsError, match="MAILGATE_SMTP_TLS_KEY: .* is not a readable"):
+    with pytest.raises(conf.SettingsError, match=r"MAILGATE_SMTP_TLS_KEY: .* is not a readable"):
         load(tmp_path, MAILGATE_SMTP_TLS_CERT="c.pem", MAILGATE_SMTP_TLS_KEY="missing.pem")
