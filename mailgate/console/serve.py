@@ -54,9 +54,16 @@ def serve(host: str, port: int, *, with_worker: bool, with_relay: bool = False) 
         # The address it was told to listen on is a name clients use for it.
         settings.ALLOWED_HOSTS.append(f"[{host}]" if ":" in host else host)
     server = make_server(host, port)
-    relay = configured_relay() if with_relay else None
+    relay = None
+    if with_relay:
+        try:
+            relay = configured_relay()
+            if relay is not None:
+                relay.start()
+        except (OSError, ValueError) as exc:
+            server.close()
+            raise SystemExit(f"mailgate: the SMTP relay cannot start: {exc}") from None
     if relay is not None:
-        relay.start()
         print(describe(relay), flush=True)
     worker = None
     thread = None
