@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import re
 import secrets
 import stat
 from dataclasses import dataclass, field
@@ -236,6 +237,68 @@ class Config:
     api_rate_limit: int = 600
     # False when MAILGATE_PUBLIC_URL is unset: `run` / `web` then derive it from --host / --port.
     public_url_explicit: bool = True
+    relay: RelayConfig | None = None
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    """The SMTP relay's listeners and certificate; a listener is None when not set (off)."""
+
+    listen: tuple[str, int] | None = None
+    listen_tls: tuple[str, int] | None = None  # implicit TLS (port 465 style)
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
+def parse_listen(variable: str, value: str) -> tuple[str, int] | None:
+    """host:port ([v6]:port for IPv6); empty gives None (the listener is off)."""
+    value = value.strip()
+    if not value:
+        return None
+    expected = "host:port, such as 0.0.0.0:587 or [::1]:587"
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.strip():
+        raise SettingsError(variable, f"{value!r} is not host:port", expected)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9.-]+", host):
+            raise SettingsError(
+                variable, f"{host!r} is not an address or host name", expected
+            ) from None
+    return host, parse_int(variable, port, 0, 0, 65535)
+
+
+def parse_relay(env: dict[str, str], home: Path) -> RelayConfig:
+    """MAILGATE_SMTP_LISTEN, MAILGATE_SMTPS_LISTEN, MAILGATE_SMTP_TLS_CERT / _KEY (both or neither)."""
+    cert_value = env.get("MAILGATE_SMTP_TLS_CERT", "").strip()
+    key_value = env.get("MAILGATE_SMTP_TLS_KEY", "").strip()
+    if bool(cert_value) != bool(key_value):
+        missing = "MAILGATE_SMTP_TLS_KEY" if cert_value else "MAILGATE_SMTP_TLS_CERT"
+        raise SettingsError(
+            missing, "is not set while its pair is", "both the certificate and its key, or neither"
+        )
+    paths: list[Path | None] = []
+    for variable, value in (
+        ("MAILGATE_SMTP_TLS_CERT", cert_value),
+        ("MAILGATE_SMTP_TLS_KEY", key_value),
+    ):
+        if not value:
+            paths.append(None)
+            continue
+        path = Path(value).expanduser()
+        path = path if path.is_absolute() else home / path
+        if not path.is_file():
+            raise SettingsError(variable, f"{path} is not a readable file", "a PEM file")
+        paths.append(path)
+    return RelayConfig(
+        listen=parse_listen("MAILGATE_SMTP_LISTEN", env.get("MAILGATE_SMTP_LISTEN", "")),
+        listen_tls=parse_listen("MAILGATE_SMTPS_LISTEN", env.get("MAILGATE_SMTPS_LISTEN", "")),
+        tls_cert=paths[0],
+        tls_key=paths[1],
+    )
 
 
 def _bool(variable: str, value: str) -> bool:
@@ -393,6 +456,7 @@ def load(env: dict[str, str] | None = None) -> Config:
         api_rate_limit=parse_int(
             "MAILGATE_API_RATE_LIMIT", env.get("MAILGATE_API_RATE_LIMIT", ""), 600, 0, 1_000_000
         ),
+        relay=parse_relay(env, home),
     )
 
 

@@ -3,6 +3,7 @@ from django.urls import include, path
 
 from mailgate.accounts import views as account_views
 from mailgate.accounts.views import LoginView
+from mailgate.api import console_views as api_console_views
 from mailgate.console import views as console_views
 from mailgate.diagnostics.metrics import metrics_view
 
@@ -27,6 +28,7 @@ urlpatterns = [
     path("settings/technical/mail-servers/", include("mailgate.servers.urls")),
     path("settings/technical/mail-servers/", include("mailgate.diagnostics.urls")),
     path("settings/api-keys/", include("mailgate.api.console_urls")),
+    path("settings/smtp-relay/", api_console_views.relay_page, name="smtp-relay"),
     path("settings/audit/", console_views.audit_log, name="audit"),
     path("oauth/", include("mailgate.oauth.urls")),
     path("outbox/", include("mailgate.outbox.urls")),

@@ -134,3 +134,40 @@ def test_the_security_settings_have_defaults(tmp_path: Path) -> None:
     assert (config.session_hours, config.max_recipients, config.api_rate_limit) == (12, 500, 600)
     config = load(tmp_path, MAILGATE_TRUSTED_PROXIES="10.0.0.0/8, ::1", MAILGATE_API_RATE_LIMIT="0")
     assert config.trusted_proxies == ("10.0.0.0/8", "::1/128") and config.api_rate_limit == 0
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "problem"),
+    [
+        ("MAILGATE_SMTP_LISTEN", "587", "is not host:port"),
+        ("MAILGATE_SMTP_LISTEN", "mail host:587", "is not an address or host name"),
+        ("MAILGATE_SMTPS_LISTEN", "0.0.0.0:99999", "out of range"),
+        ("MAILGATE_SMTP_TLS_CERT", "/nonexistent/cert.pem", "is not set while its pair is"),
+    ],
+)
+def test_the_relay_settings_are_parsed_strictly(
+    tmp_path: Path, variable: str, value: str, problem: str
+) -> None:
+    with pytest.raises(conf.SettingsError, match=problem) as refused:
+        load(tmp_path, **{variable: value})
+    assert str(refused.value).startswith("MAILGATE_SMTP")
+
+
+def test_the_relay_is_off_by_default_and_reads_its_listeners_and_certificate(
+    tmp_path: Path,
+) -> None:
+    assert load(tmp_path).relay == conf.RelayConfig()
+    (tmp_path / "c.pem").write_text("cert")
+    (tmp_path / "k.pem").write_text("key")
+    relay = load(
+        tmp_path,
+        MAILGATE_SMTP_LISTEN="0.0.0.0:587",
+        MAILGATE_SMTPS_LISTEN="[::1]:465",
+        MAILGATE_SMTP_TLS_CERT="c.pem",
+        MAILGATE_SMTP_TLS_KEY=str(tmp_path / "k.pem"),
+    ).relay
+    assert relay == conf.RelayConfig(
+        ("0.0.0.0", 587), ("::1", 465), tmp_path / "c.pem", tmp_path / "k.pem"
+    )
+    with pytest.raises(conf.SettingsError, match=r"MAILGATE_SMTP_TLS_KEY: .* is not a readable"):
+        load(tmp_path, MAILGATE_SMTP_TLS_CERT="c.pem", MAILGATE_SMTP_TLS_KEY="missing.pem")

@@ -1,8 +1,12 @@
-"""Settings > API Keys: administrators create (key shown once) and revoke; viewers read the list."""
+"""Settings > API Keys: administrators create (key shown once) and revoke; viewers read the list.
+Settings > SMTP Relay: the keys that send through the relay and the settings applications need."""
 
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from django import forms
+from django.conf import settings
 from django.contrib import messages
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
@@ -10,6 +14,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 
 from mailgate.accounts.roles import admin_required
 from mailgate.api.models import SCOPES, SEND, APIKey
+from mailgate.relay.clients import endpoints, relay_clients
 
 
 class APIKeyForm(forms.Form):
@@ -80,3 +85,12 @@ def apikey_revoke(request: HttpRequest, pk: int) -> HttpResponse:
     key.revoke()
     messages.success(request, f"API key “{key.name}” revoked.")
     return redirect("apikeys")
+
+
+def relay_page(request: HttpRequest) -> HttpResponse:
+    public_host = urlsplit(settings.MAILGATE_PUBLIC_URL).hostname or "localhost"
+    context = {
+        "clients": relay_clients(),
+        "endpoints": endpoints(settings.MAILGATE_RELAY, public_host),
+    }
+    return render(request, "api/relay.html", context)

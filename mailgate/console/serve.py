@@ -15,6 +15,7 @@ from django.core.management import call_command
 from waitress.server import create_server
 
 from mailgate.conf import listen_url
+from mailgate.console.relay import configured_relay, describe
 from mailgate.servers.forms import redirect_urls
 from mailgate.servers.models import AUTH_METHODS
 from mailgate.wsgi import application
@@ -73,12 +74,24 @@ def make_server(host: str, port: int, app: Any = application) -> Any:
     )
 
 
-def serve(host: str, port: int, *, with_worker: bool) -> None:
-    """Serve until SIGTERM/SIGINT; with_worker runs the worker loop in a thread of this process."""
+def serve(host: str, port: int, *, with_worker: bool, with_relay: bool = False) -> None:
+    """Serve until SIGTERM/SIGINT; with_worker runs the worker loop in a thread of this process,
+    with_relay the SMTP relay when MAILGATE_SMTP_LISTEN (or MAILGATE_SMTPS_LISTEN) is set."""
     if host not in ("0.0.0.0", "::", "") and host not in settings.ALLOWED_HOSTS:
         # The address it was told to listen on is a name clients use for it.
         settings.ALLOWED_HOSTS.append(f"[{host}]" if ":" in host else host)
     server = make_server(host, port)
+    relay = None
+    if with_relay:
+        try:
+            relay = configured_relay()
+            if relay is not None:
+                relay.start()
+        except (OSError, ValueError) as exc:
+            server.close()
+            raise SystemExit(f"mailgate: the SMTP relay cannot start: {exc}") from None
+    if relay is not None:
+        print(describe(relay), flush=True)
     worker = None
     thread = None
     if with_worker:
@@ -101,5 +114,7 @@ def serve(host: str, port: int, *, with_worker: bool) -> None:
     print(describe_redirect_urls(), flush=True)
     with contextlib.suppress(OSError, ValueError):  # the listening socket was closed by stop()
         server.run()
+    if relay is not None:
+        relay.stop()
     if thread is not None:
         thread.join(timeout=30)

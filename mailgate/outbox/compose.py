@@ -363,7 +363,11 @@ def _header_boxes(message: Message, name: str) -> list[Mailbox]:
     for i, (display, address) in enumerate(email.utils.getaddresses(values)):
         if not address:
             continue
-        boxes.append(parse_mailbox(f"raw.{name}[{i}]", email.utils.formataddr((display, address))))
+        try:
+            value = email.utils.formataddr((display, address))
+        except UnicodeEncodeError:  # an internationalised address (RFC 6532): checked alone
+            value = address
+        boxes.append(parse_mailbox(f"raw.{name}[{i}]", value))
     return boxes
 
 

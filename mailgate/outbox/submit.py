@@ -42,6 +42,10 @@ class IdempotencyKeyReused(InvalidMessage):
         )
 
 
+class MessageTooLarge(InvalidMessage):
+    """The message is larger than its server takes (SMTP's 552 5.3.4)."""
+
+
 def _canonical(value: object) -> object:
     if isinstance(value, bytes | bytearray | memoryview):
         return {"sha256": hashlib.sha256(value).hexdigest()}
@@ -128,7 +132,7 @@ def enqueue(
     chosen = route.server
     size = len(composed.raw)
     if size > chosen.max_message_bytes:
-        raise InvalidMessage.one(
+        raise MessageTooLarge.one(
             spec.body_field,
             f"the message is {_human(size)}, over the {_human(chosen.max_message_bytes)} limit of "
             f"server {chosen.name!r}: make it smaller or send large files as links",

@@ -12,7 +12,10 @@ from mailgate.console.serve import migrate, serve
 
 
 class Command(BaseCommand):
-    help = "Migrate, ensure a first administrator, serve the console and API, and run one worker."
+    help = (
+        "Migrate, ensure a first administrator, serve the console and API, and run one worker "
+        "(and the SMTP relay when MAILGATE_SMTP_LISTEN is set)."
+    )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
         add_listen_arguments(parser)
@@ -22,4 +25,4 @@ class Command(BaseCommand):
         message = ensure_first_admin(settings.CONFIG.admin_email, settings.CONFIG.admin_password)
         if message:
             self.stdout.write(message)
-        serve(host, port, with_worker=True)
+        serve(host, port, with_worker=True, with_relay=True)

@@ -1,0 +1,73 @@
+"""Checking a presented key: known, not revoked, a scope that allows the action, within its rate."""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+
+from django.conf import settings
+from django.utils import timezone
+
+from mailgate.accounts import throttle
+from mailgate.keys.models import APIKey, hash_key
+
+# last_used_at is written at most this often per key, so a busy client does not write on every call.
+LAST_USED_RESOLUTION = dt.timedelta(minutes=1)
+
+
+class APIKeyError(Exception):
+    """A request's API key is missing, malformed, unknown, revoked, lacks the scope (403) or has
+    made too many requests (429, retry_after seconds); the message says which."""
+
+    def __init__(self, code: str, message: str, status: int = 401, retry_after: int = 0) -> None:
+        super().__init__(message)
+        self.code = code
+        self.status = status
+        self.retry_after = retry_after
+
+
+def find_key(token: str, actions: set[str] | None = None) -> APIKey:
+    """The active key for a presented token whose scope allows one of `actions` (any when None)."""
+    key = APIKey.objects.filter(key_hash=hash_key(token)).first()
+    if key is None:
+        raise APIKeyError("invalid_api_key", "The API key is not valid.")
+    if key.revoked_at is not None:
+        raise APIKeyError(
+            "revoked_api_key",
+            f"The API key {key.prefix}… was revoked on {key.revoked_at:%Y-%m-%d}: create a new one.",
+        )
+    if actions is not None and not any(key.allows(a) for a in actions):
+        needed = "read" if "read_all" in actions else "send"
+        raise APIKeyError(
+            "insufficient_scope",
+            f"The API key {key.prefix}… has scope {key.scope!r}, which does not allow this: "
+            f"it needs scope {needed} or admin (`mailgate apikeys create --name N "
+            f"--scope {needed}`).",
+            status=403,
+        )
+    return key
+
+
+def note_use(key: APIKey) -> None:
+    """Record that the key was used now (at most once per LAST_USED_RESOLUTION)."""
+    now = timezone.now()
+    if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
+        APIKey.objects.filter(pk=key.pk).update(last_used_at=now)
+        key.last_used_at = now
+
+
+def count_request(key: APIKey) -> None:
+    """Count the request against the key's rate (atomic across processes); 429 past the limit."""
+    limit = settings.MAILGATE_API_RATE_LIMIT
+    if not limit:
+        return
+    count, window_end = throttle.hit(f"apikey:{key.pk}", 60)
+    if count > limit:
+        wait = max(1, math.ceil((window_end - timezone.now()).total_seconds()))
+        raise APIKeyError(
+            "rate_limited",
+            f"The API key {key.prefix}… made more than {limit} requests this minute "
+            f"(MAILGATE_API_RATE_LIMIT): retry after {wait} seconds.",
+            status=429,
+            retry_after=wait,
+        )
