@@ -73,8 +73,8 @@ def test_an_unknown_top_level_field_is_refused_too(api: Client, make_server) -> 
 
 def test_bad_input_401_404_and_422_share_one_shape(api: Client, make_server) -> None:
     make_server()
-    bad = _problem(_post(api, {"from": "app@example.com", "to": ["alex@"], "text": "x"}), 400)
-    assert bad["title"] == "Bad Request" and "to" in str(bad["errors"])
+    bad = _problem(_post(api, {"from": "app@example.com", "to": ["alex@"], "text": "x"}), 422)
+    assert bad["title"] == "Unprocessable Entity" and "to[0]" in bad["errors"]
     unauthorized = _problem(Client().get("/api/v1/messages"), 401)
     assert unauthorized["title"] == "Unauthorized" and unauthorized["code"] == "missing_api_key"
     missing = _problem(api.get("/api/v1/messages/99999"), 404)
