@@ -15,7 +15,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from tests.peers.postfix import PostfixDovecotPeer, _group_members
+from tests.peers.postfix import PostfixDovecotPeer, _group_members, wait_until
 
 pytestmark = pytest.mark.nodb
 
@@ -187,7 +187,9 @@ def test_accepted_mail_lands_in_the_maildir_with_delivered_to(peer: PostfixDovec
         [message] = peer.wait_for_messages(rcpt, 1)
         assert message["Message-ID"] == "<m1@example.org>"
         assert message["Return-Path"] == "<bob@example.org>"
-    assert peer.postfix_log_lines(r"to=<dan@example\.org>, relay=virtual, .*status=sent")
+    # Postfix writes its log line after the Maildir file, so it may lag behind under load.
+    sent = r"to=<dan@example\.org>, relay=virtual, .*status=sent"
+    assert wait_until(lambda: bool(peer.postfix_log_lines(sent)), 10), sent
 
 
 def test_the_submissions_port_speaks_implicit_tls(peer: PostfixDovecotPeer) -> None:
