@@ -50,6 +50,8 @@ GROUPS: list[tuple[str, list[tuple[str, str]]]] = [
             ("doctor", "check the deployment and every server, with the fix for each problem"),
             ("migrate", "create or update the database schema"),
             ("rotate-keys", "re-encrypt stored secrets with the newest key"),
+            ("relay", "the SMTP relay for applications that only speak SMTP"),
+            ("audit", "the log of security events"),
             ("backup", "copy the SQLite database to a file (PostgreSQL: pg_dump)"),
             ("purge", "delete the content of messages finished long ago"),
         ],
