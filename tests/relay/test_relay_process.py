@@ -119,6 +119,14 @@ def test_a_relay_killed_right_after_250_loses_nothing(
 def test_mailgate_relay_without_a_listener_says_what_to_set(tmp_path: Path) -> None:
     env = {k: v for k, v in process_env("", tmp_path).items() if k != "MAILGATE_DATABASE_URL"}
     env.pop("MAILGATE_SMTP_LISTEN", None)
+    migrated = subprocess.run(
+        [sys.executable, "-m", "mailgate.cli", "migrate", "--verbosity", "0"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+    )
+    assert migrated.returncode == 0, migrated.stderr
     done = subprocess.run(
         [sys.executable, "-m", "mailgate.cli", "relay"],
         env=env,
