@@ -78,8 +78,8 @@ class IdleWatcher(threading.Thread):
                 if self.stop.is_set():
                     return
                 if transport.idle_wait(self.idle_seconds):
-                    self.wakeups += 1
                     make_due(self.server_id)
+                    self.wakeups += 1  # counted once the server is due, so a reader sees both
                     close_old_connections()
 
 
