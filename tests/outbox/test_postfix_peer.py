@@ -161,12 +161,12 @@ def test_an_outlook_server_sends_over_xoauth2_and_the_message_id_arrives_intact(
         assert [m["Message-ID"] for m in delivered] == [message.message_id]
         assert delivered[0]["Subject"] == f"Invoice {i}"
         assert delivered[0].get_content() == f"Invoice number {i}.\n"
-        assert env.postfix_log_lines(
+        assert env.wait_for_log_lines(
             rf"{message.queue_id}: to=<{re.escape(readers[i])}>, .*status=sent"
         )
     copies = env.wait_for_messages(copy, 1)
     assert copies[0]["Message-ID"] == messages[0].message_id
-    assert env.postfix_log_lines(rf"sasl_method=XOAUTH2, sasl_username={sender}")
+    assert env.wait_for_log_lines(rf"sasl_method=XOAUTH2, sasl_username={sender}")
     assert identity.control.counters().get("introspect_smtp", 0) >= 1
     # The token from the sign-in was still fresh: no refresh was needed for the batch.
     assert identity.control.token_requests("refresh_token") == 0
@@ -240,9 +240,11 @@ def test_a_refused_cached_token_is_refreshed_once_and_the_mail_goes_out(
     outlook.refresh_from_db()
     assert outlook.held_at is None
     assert not DeliveryAttempt.objects.exclude(outcome="sent").exists()
-    assert env.postfix_log_lines(rf"SASL XOAUTH2 authentication failed.*sasl_username={sender}")
+    assert env.wait_for_log_lines(rf"SASL XOAUTH2 authentication failed.*sasl_username={sender}")
     # Dovecot's own reason for the refusal of the cached token (Postfix says "reason unavailable").
-    assert "oauth2 failed: Introspection failed" in env.dovecot_log_text()[dovecot_log_before:]
+    assert "oauth2 failed: Introspection failed" in env.wait_for_dovecot_log(
+        "oauth2 failed", start=dovecot_log_before
+    )
     for rcpt, queued in zip(recipients, messages, strict=True):
         delivered = env.wait_for_messages(rcpt, 1)
         assert delivered[0]["Message-ID"] == queued.message_id
@@ -273,7 +275,7 @@ def test_a_password_server_sends_with_plain_through_the_same_postfix(
     assert message.server_id == server.pk
     delivered = env.wait_for_messages(rcpt, 1)
     assert delivered[0]["Message-ID"] == queued.message_id
-    assert env.postfix_log_lines(
+    assert env.wait_for_log_lines(
         rf"{message.queue_id}: client=.*sasl_method=PLAIN, sasl_username={PASSWORD_USER}"
     )
 

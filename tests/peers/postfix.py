@@ -515,8 +515,28 @@ class PostfixDovecotPeer:
         text = self.postfix_log.read_text(errors="replace") if self.postfix_log.exists() else ""
         return [line for line in text.splitlines() if re.search(pattern, line)]
 
+    def wait_for_log_lines(self, pattern: str, *, timeout: float = 10.0) -> list[str]:
+        """Postfix's log lines matching `pattern`, once there is one (postlogd writes the log in
+        another process, a little after the SMTP reply); an AssertionError with the log's tail when
+        none comes within `timeout`."""
+        if not wait_until(lambda: bool(self.postfix_log_lines(pattern)), timeout, interval=0.05):
+            raise AssertionError(
+                f"no line of Postfix's log matched {pattern!r} within {timeout:.0f} s:\n"
+                f"{_tail(self.postfix_log, 15)}"
+            )
+        return self.postfix_log_lines(pattern)
+
     def dovecot_log_text(self) -> str:
         return self.dovecot_log.read_text(errors="replace") if self.dovecot_log.exists() else ""
+
+    def wait_for_dovecot_log(self, text: str, *, start: int = 0, timeout: float = 10.0) -> str:
+        """Dovecot's log from offset `start`, once it contains `text` (bounded by `timeout`)."""
+        if not wait_until(lambda: text in self.dovecot_log_text()[start:], timeout, interval=0.05):
+            raise AssertionError(
+                f"{text!r} did not appear in Dovecot's log within {timeout:.0f} s:\n"
+                f"{_tail(self.dovecot_log, 15)}"
+            )
+        return self.dovecot_log_text()[start:]
 
 
 def _mkdir(path: Path, mode: int, uid: int, gid: int) -> None:

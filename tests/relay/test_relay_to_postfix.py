@@ -60,7 +60,7 @@ def test_djangos_smtp_backend_sends_a_20_mb_attachment_through_the_relay_to_post
     assert small["Message-ID"] == queued["Note"].message_id
     # Exactly once: Postfix logged one delivery per message.
     for reader in readers:
-        assert len(env.postfix_log_lines(rf"to=<{reader}>, .*status=sent")) == 1
+        assert len(env.wait_for_log_lines(rf"to=<{reader}>, .*status=sent")) == 1
 
 
 def test_smtplib_with_utf8_and_pipelined_bdat_through_the_relay_to_postfix(
