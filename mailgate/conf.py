@@ -128,6 +128,10 @@ class Database:
                 "transaction_mode": "IMMEDIATE",
                 "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
             }
+            # Tests run on an in-memory database, one per test process (said outright: the engine
+            # is not Django's own sqlite3, so pytest-django would otherwise derive a file name from
+            # the path for each xdist worker).
+            db["TEST"] = {"NAME": ":memory:"}
         return db
 
 

@@ -42,6 +42,23 @@ def adopt_listen_url(host: str, port: int) -> str:
     return str(settings.MAILGATE_PUBLIC_URL)
 
 
+def wildcard_without_public_url(host: str) -> bool:
+    return host in ("0.0.0.0", "::", "") and not settings.CONFIG.public_url_explicit
+
+
+def wildcard_warning(port: int) -> str:
+    """What to do when listening on every address without a public URL: the console then answers
+    only as 127.0.0.1 (a browser on another machine gets 400 Bad Request), and the OAuth2 redirect
+    URL names 127.0.0.1, which only a browser on this machine can reach."""
+    return (
+        f"mailgate: listening on every address, but without MAILGATE_PUBLIC_URL the console answers "
+        f"only at http://127.0.0.1:{port}/ (other host names get 400 Bad Request) and the OAuth2 "
+        f"redirect URL names 127.0.0.1. Set MAILGATE_PUBLIC_URL to the address browsers use, e.g. "
+        f"MAILGATE_PUBLIC_URL=https://mail.corp.example (behind a TLS proxy), and register that "
+        f"redirect URL in Azure / Google."
+    )
+
+
 def describe_redirect_urls() -> str:
     """The lines that tell which OAuth2 Redirect URL each provider's app registration must have."""
     return "\n".join(
@@ -111,6 +128,8 @@ def serve(host: str, port: int, *, with_worker: bool, with_relay: bool = False) 
     signal.signal(signal.SIGINT, stop)
     public_url = adopt_listen_url(host, port)
     print(f"mailgate: serving on http://{host}:{port}/ (console: {public_url}/)", flush=True)
+    if wildcard_without_public_url(host):
+        print(wildcard_warning(port), flush=True)
     print(describe_redirect_urls(), flush=True)
     with contextlib.suppress(OSError, ValueError):  # the listening socket was closed by stop()
         server.run()

@@ -117,3 +117,27 @@ def test_the_form_the_dashboard_and_doctor_warn_when_opened_elsewhere(
     # Opened at the right address, the warnings go.
     admin_client.get("/", HTTP_HOST="127.0.0.1:8000")
     assert "public_url_origin" not in [f.check for f in system_findings()]
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize(
+    ("host", "explicit", "warned"),
+    [
+        ("0.0.0.0", False, True),
+        ("::", False, True),
+        ("0.0.0.0", True, False),
+        ("127.0.0.1", False, False),
+    ],
+)
+def test_listening_everywhere_without_a_public_url_says_what_to_set(
+    settings: pytest.FixtureRequest, host: str, explicit: bool, warned: bool
+) -> None:
+    from django.conf import settings as live
+
+    from mailgate.console.serve import wildcard_warning, wildcard_without_public_url
+
+    settings.CONFIG = dataclasses.replace(live.CONFIG, public_url_explicit=explicit)  # type: ignore[attr-defined]
+    assert wildcard_without_public_url(host) is warned
+    text = wildcard_warning(8025)
+    assert "http://127.0.0.1:8025/" in text and "MAILGATE_PUBLIC_URL=" in text
+    assert "400 Bad Request" in text
