@@ -30,11 +30,15 @@ lint: sync
 	uv run ruff format --check mailgate tests
 	uv run mypy mailgate
 
+# Test files run side by side, one process per core (pytest-xdist; each process has its own
+# database, home folder and test peers): `make test XDIST=` runs them one after another.
+XDIST ?= -n auto --dist loadfile
+
 test-sqlite:
-	env -u MAILGATE_DATABASE_URL uv run pytest
+	env -u MAILGATE_DATABASE_URL uv run pytest $(XDIST)
 
 test-postgres:
-	MAILGATE_DATABASE_URL=$(PG_URL) uv run pytest -m "not nodb"
+	MAILGATE_DATABASE_URL=$(PG_URL) uv run pytest $(XDIST) -m "not nodb"
 
 # The SQLite suite on another Python, in an environment of its own from the same lock file:
 # `make test-python PY=3.13`, or PY=/path/to/python3.13 where uv cannot download an interpreter.

@@ -429,8 +429,9 @@ def long_application_transactions(kind: str, home: Path, bounded: bool) -> Row:
         f"{ended - began:.0f} s of application transactions",
         crashes=0,
         # About one such transaction (plus the worker's own step and, on a loaded machine, its
-        # wait for a CPU); without the fair turn it waited for several in a row (6 s of 6).
-        within_bound=longest <= 3 * hold,
+        # wait for a CPU); without the fair turn it waited for several in a row (6 s of 6). A
+        # transaction lasts `hold` on a quiet machine and longer on a loaded one, as measured.
+        within_bound=longest <= 3 * max(hold, (ended - began) / transactions),
     )
 
 
