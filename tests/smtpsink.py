@@ -29,6 +29,7 @@ class Received:
     rcpt_tos: list[str]
     data: bytes
     login: str | None
+    mail_options: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -95,6 +96,7 @@ class _Handler:
                     list(envelope.rcpt_tos),
                     bytes(envelope.original_content or b""),
                     login,
+                    list(envelope.mail_options),
                 )
             )
             number = len(self.sink.received)
@@ -186,6 +188,8 @@ class SMTPSink:
     bearer_logins: list[tuple[str, str]] = field(default_factory=list)
     # Called after each accepted message: True closes the connection before the reply is sent.
     drop_after_data: Callable[[], bool] | None = None
+    # Advertise SMTPUTF8 (RFC 6531) and take UTF-8 addresses with it; aiosmtpd's default is off.
+    smtputf8: bool = False
 
     def __post_init__(self) -> None:
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -216,6 +220,8 @@ class SMTPSink:
             )
         if self.tls_context is not None:
             kwargs.update(tls_context=self.tls_context, require_starttls=True)
+        if self.smtputf8:
+            kwargs.update(enable_SMTPUTF8=True)
         return _CountingSMTP(
             self, _Handler(self), hostname="sink.localhost", ident="sink", **kwargs
         )

@@ -9,6 +9,7 @@ import unicodedata
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 
@@ -25,6 +26,10 @@ for _name in ("local", "localhost", "test"):
 
 # 7bit transfer encodings only: every server accepts the result without 8BITMIME; CRLF line ends.
 POLICY = email.policy.SMTP.clone(cte_type="7bit")
+# A message with an address whose local part is not ASCII (jörg@corp.local) is an internationalised
+# message (RFC 6532): its headers are UTF-8, since an RFC 2047 word is not allowed in an address; it
+# can only be delivered with SMTPUTF8 (RFC 6531). The body keeps 7bit transfer encodings.
+UTF8_POLICY = email.policy.SMTPUTF8.clone(cte_type="7bit")
 
 # Header names RFC 5322 allows (printable ASCII except the colon).
 HEADER_NAME_RE = re.compile(r"^[!-9;-~]+$")
@@ -125,7 +130,16 @@ class Mailbox:
     address: str
 
     def formatted(self) -> str:
-        return email.utils.formataddr((self.name, self.address))
+        if self.address.isascii():
+            return email.utils.formataddr((self.name, self.address))
+        # formataddr() takes ASCII addresses only; this form is for a UTF-8 header (RFC 6532).
+        local, _, domain = self.address.rpartition("@")
+        return str(Address(display_name=self.name, username=local, domain=domain))
+
+    @property
+    def needs_smtputf8(self) -> bool:
+        """True for a non-ASCII local part: only SMTPUTF8 (RFC 6531) carries it."""
+        return not self.address.isascii()
 
 
 @dataclass
@@ -171,7 +185,11 @@ def _no_line_breaks(field_name: str, value: str) -> None:
 
 
 def parse_mailbox(field_name: str, value: str) -> Mailbox:
-    """One address, `a@b.example` or `Name <a@b.example>`; IDN domains become their ASCII form."""
+    """One address, `a@b.example` or `Name <a@b.example>`; IDN domains become their ASCII form.
+
+    A non-ASCII local part (`jörg@corp.local`, RFC 6531) is kept in UTF-8 (NFC): such a message is
+    delivered only through a server that offers SMTPUTF8, and fails naming that otherwise.
+    """
     if not isinstance(value, str) or not value.strip():
         raise InvalidMessage.one(field_name, "is empty: give an address such as name@example.com")
     _no_line_breaks(field_name, value)
@@ -191,13 +209,17 @@ def parse_mailbox(field_name: str, value: str) -> Mailbox:
         )
     except EmailNotValidError as exc:
         raise InvalidMessage.one(field_name, f"{address!r} is not a valid address: {exc}") from None
-    if checked.ascii_email is None:
-        raise InvalidMessage.one(
-            field_name,
-            f"{address!r} has a non-ASCII local part, which needs SMTPUTF8 end to end; "
-            "use an ASCII address (international domain names are fine)",
-        )
-    return Mailbox(name.strip(), checked.ascii_email)
+    if checked.ascii_email is not None:
+        return Mailbox(name.strip(), checked.ascii_email)
+    return Mailbox(name.strip(), f"{checked.local_part}@{checked.ascii_domain}")
+
+
+def _joined(name: str, address: str) -> str:
+    """One entry of a comma-separated list again, for parse_mailbox()."""
+    if address.isascii():
+        return email.utils.formataddr((name, address))
+    # formataddr() takes ASCII addresses only (a UTF-8 local part, RFC 6531).
+    return f'"{email.utils.quote(name)}" <{address}>' if name else address
 
 
 def parse_mailboxes(field_name: str, values: str | Iterable[str] | None) -> list[Mailbox]:
@@ -205,9 +227,7 @@ def parse_mailboxes(field_name: str, values: str | Iterable[str] | None) -> list
         return []
     if isinstance(values, str):
         _no_line_breaks(field_name, values)
-        values = [
-            email.utils.formataddr(pair) for pair in email.utils.getaddresses([values]) if any(pair)
-        ]
+        values = [_joined(*pair) for pair in email.utils.getaddresses([values]) if any(pair)]
     result = []
     for i, value in enumerate(values):
         result.append(parse_mailbox(f"{field_name}[{i}]", value))
@@ -312,7 +332,8 @@ def _plain_ascii_bytes(message: EmailMessage, text: str) -> bytes | None:
     message.set_raw("Content-Type", 'text/plain; charset="utf-8"')
     message.set_raw("Content-Transfer-Encoding", "7bit")
     message.set_raw("MIME-Version", "1.0")
-    head = b"".join(POLICY.fold_binary(name, value) for name, value in message.raw_items())
+    policy = message.policy
+    head = b"".join(policy.fold_binary(name, value) for name, value in message.raw_items())
     return head + b"\r\n" + b"\r\n".join(lines) + b"\r\n"
 
 
@@ -332,7 +353,9 @@ def build(spec: MessageSpec) -> Composed:
     extra = _check_headers(spec.headers)
     kinds = [_check_attachment(i, a) for i, a in enumerate(attachments)]
 
-    message = EmailMessage(policy=POLICY)
+    boxes = [from_box, *to_boxes, *cc_boxes, *bcc_boxes, *reply_boxes]
+    international = any(box.needs_smtputf8 for box in boxes)
+    message = EmailMessage(policy=UTF8_POLICY if international else POLICY)
     _set_header(message, "From", from_box.formatted())
     if to_boxes:
         _set_header(message, "To", ", ".join(m.formatted() for m in to_boxes))
@@ -351,7 +374,7 @@ def build(spec: MessageSpec) -> Composed:
         raw = _plain_ascii_bytes(message, text or "")
     if raw is None:
         _set_body(message, text, html, attachments, kinds)
-        raw = message.as_bytes(policy=POLICY)
+        raw = message.as_bytes(policy=message.policy)
     return Composed(from_box, to_boxes, cc_boxes, bcc_boxes, reply_boxes, subject, message_id, raw)
 
 

@@ -46,6 +46,10 @@ def classify(error: TransportError, provider_key: str | None = None) -> Verdict:
     if error.step in ("connect", "tls") and error.permanent and reply.code is None:
         # Configuration problems (no STARTTLS offered, no host): nothing a retry could fix.
         return Verdict(Action.HOLD, known or str(error))
+    if error.step in ("mail", "rcpt", "data") and error.permanent and reply.code is None:
+        # Found by the client before the server was asked (an address that is not ASCII for a
+        # server without SMTPUTF8): this message can never go through this server.
+        return Verdict(Action.FAIL, known or str(error))
     if reply.code is not None and reply.code >= 500:
         return Verdict(Action.FAIL, known or "The server refused the message permanently.")
     return Verdict(Action.DEFER, known or "A temporary problem; retrying later.")

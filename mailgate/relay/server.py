@@ -34,6 +34,11 @@ DATABASE_THREADS = 8
 IDLE_TIMEOUT = 300
 # Extensions aiosmtpd does not list itself.
 EXTRA_EXTENSIONS = ["PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES"]
+# RFC 6531 section 3.4: an address that is not ASCII only in a transaction that asked for SMTPUTF8.
+NEEDS_SMTPUTF8 = (
+    "553 5.6.7 An address whose local part is not ASCII needs the SMTPUTF8 parameter on "
+    "MAIL FROM (RFC 6531): MAIL FROM:<address> SMTPUTF8"
+)
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid: the username is the API key's name and the password the key (scope send)"
 
 
@@ -210,6 +215,8 @@ class _Handler:
     ) -> str:
         client = session.auth_data
         assert isinstance(client, Client)
+        if not address.isascii() and not envelope.smtp_utf8:
+            return NEEDS_SMTPUTF8
         try:
             await self.relay.run(submission.check_sender, client, address)
         except Refused as exc:
@@ -232,6 +239,8 @@ class _Handler:
                 f"452 4.5.3 Too many recipients: at most {limit} per message "
                 "(MAILGATE_MAX_RECIPIENTS); send the others in another message"
             )
+        if not address.isascii() and not envelope.smtp_utf8:
+            return NEEDS_SMTPUTF8
         try:
             parse_mailbox("to", address)
         except InvalidMessage as exc:

@@ -90,6 +90,20 @@ def _dot_stuffed(data: bytes) -> bytes:
     return stuffed
 
 
+def non_ascii_address(envelope: Envelope) -> str:
+    """The envelope's first address that is not ASCII (a UTF-8 local part), or ""."""
+    for address in (envelope.mail_from, *envelope.recipients):
+        if not address.isascii():
+            return address
+    return ""
+
+
+def has_utf8_headers(data: bytes) -> bool:
+    """True when the message's header block is not ASCII (UTF-8 headers, RFC 6532)."""
+    end = data.find(b"\r\n\r\n")
+    return not data[: end if end >= 0 else len(data)].isascii()
+
+
 def _reply_error(exc: smtplib.SMTPResponseException, step: str, what: str) -> TransportError:
     reply = Reply.parse(exc.smtp_code, exc.smtp_error)
     permanent = exc.smtp_code >= 500
@@ -301,20 +315,48 @@ class SMTPTransport(Transport):
             raise TransportError(f"AUTH {mechanism} failed: {exc}", step="auth") from None
         return Reply.parse(code, message)
 
-    def mail(self, sender: str, *, size: int | None = None, eight_bit: bool = False) -> Reply:
-        """MAIL FROM with SIZE (and BODY=8BITMIME) when the server supports them."""
+    def mail(
+        self,
+        sender: str,
+        *,
+        size: int | None = None,
+        eight_bit: bool = False,
+        smtputf8: bool = False,
+    ) -> Reply:
+        """MAIL FROM with SIZE, BODY=8BITMIME and SMTPUTF8 when asked for and the server supports
+        them (smtplib then writes the commands of the transaction in UTF-8)."""
         connection = self._require()
-        options = self._mail_options(size, eight_bit)
+        options = self._mail_options(size, eight_bit, smtputf8)
         return self._command("mail", lambda: connection.mail(sender, options), "MAIL FROM")
 
-    def _mail_options(self, size: int | None, eight_bit: bool) -> list[str]:
+    def _mail_options(self, size: int | None, eight_bit: bool, smtputf8: bool = False) -> list[str]:
         connection = self._require()
         options = []
         if size is not None and connection.has_extn("size"):
             options.append(f"SIZE={size}")
         if eight_bit and connection.has_extn("8bitmime"):
             options.append("BODY=8BITMIME")
+        if smtputf8 and connection.has_extn("smtputf8"):
+            options.append("SMTPUTF8")
         return options
+
+    def _smtputf8(self, envelope: Envelope) -> bool:
+        """Whether the transaction asks for SMTPUTF8 (RFC 6531): when the server offers it and an
+        address or a header is UTF-8. An address that is not ASCII cannot travel without it: a
+        server that does not offer SMTPUTF8 gets a permanent TransportError naming the address."""
+        connection = self._require()
+        offered = connection.has_extn("smtputf8")
+        address = non_ascii_address(envelope)
+        if address and not offered:
+            raise TransportError(
+                f"{self.address} does not offer SMTPUTF8, which the address {address} needs "
+                "(RFC 6531: a local part that is not ASCII travels only with SMTPUTF8): this "
+                "server cannot deliver the message; send it from and to ASCII addresses, or "
+                "through a server that offers SMTPUTF8",
+                permanent=True,
+                step="mail",
+            )
+        return offered and bool(address or has_utf8_headers(envelope.data))
 
     def rcpt(self, recipient: str) -> Reply:
         connection = self._require()
@@ -435,7 +477,13 @@ class SMTPTransport(Transport):
         self.open()
         started = time.monotonic()
         result = SendResult(envelope)
-        commands = self._envelope_commands(envelope)
+        try:
+            smtputf8 = self._smtputf8(envelope)
+        except TransportError as exc:
+            result.error = exc
+            result.duration = time.monotonic() - started
+            return result
+        commands = self._envelope_commands(envelope, smtputf8=smtputf8)
         if commands is not None:
             try:
                 self._send_pipelined(envelope, commands, before_data, result)
@@ -447,6 +495,7 @@ class SMTPTransport(Transport):
                 envelope.mail_from,
                 size=len(envelope.data),
                 eight_bit=not envelope.data.isascii(),
+                smtputf8=smtputf8,
             )
             accepted = 0
             first_refusal: TransportError | None = None
@@ -482,22 +531,27 @@ class SMTPTransport(Transport):
             result.duration = time.monotonic() - started
         return result
 
-    def _envelope_commands(self, envelope: Envelope) -> bytes | None:
+    def _envelope_commands(self, envelope: Envelope, *, smtputf8: bool = False) -> bytes | None:
         """MAIL FROM and every RCPT TO as one write, or None to go step by step.
 
         Step by step when the server does not offer PIPELINING, when pipelining is turned off, or
-        when an address is not plain ASCII (smtplib's own commands then decide what is possible).
-        Addresses were validated at enqueue time, so they go in angle brackets as they are.
+        when an address is not plain ASCII outside an SMTPUTF8 transaction (smtplib's own commands
+        then decide what is possible). Addresses were validated at enqueue time, so they go in
+        angle brackets as they are; with SMTPUTF8 the commands are UTF-8 (RFC 6531 section 3.3).
         """
         connection = self._require()
         if not self.pipelining or not connection.has_extn("pipelining"):
             return None
-        options = self._mail_options(len(envelope.data), not envelope.data.isascii())
+        options = self._mail_options(len(envelope.data), not envelope.data.isascii(), smtputf8)
         commands = [" ".join([f"MAIL FROM:<{envelope.mail_from}>", *options])]
         commands += [f"RCPT TO:<{rcpt}>" for rcpt in envelope.recipients]
         text = "".join(f"{command}\r\n" for command in commands)
         addresses = [envelope.mail_from, *envelope.recipients]
-        if not text.isascii() or any(c in address for address in addresses for c in "\r\n<>"):
+        if any(c in address for address in addresses for c in "\r\n<>"):
+            return None
+        if "SMTPUTF8" in options:
+            return text.encode("utf-8")
+        if not text.isascii():
             return None
         return text.encode("ascii")
 

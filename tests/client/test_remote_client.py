@@ -178,6 +178,22 @@ def test_refusals_raise_with_the_status_and_the_field(running: Running) -> None:
     assert refused.value.status == 401
 
 
+def test_utf8_local_parts_are_accepted_and_a_server_without_smtputf8_fails_them_naming_why(
+    running: Running,
+) -> None:
+    """The client and the API take `ünal@corp.local` (RFC 6531); the sink does not offer
+    SMTPUTF8, so the worker fails the message at once, saying so, and sends nothing."""
+    with Client(running.url, running.api_key) as client:
+        recipients = ["Ünal <ünal@corp.local>", "jörg@host.test"]
+        queued = client.send(sender=SENDER, to=recipients, subject="Grüße 1", text="Hallo.")
+        assert queued.data["to"] == ["ünal@corp.local", "jörg@host.test"]
+        done = client.wait(queued.id, timeout=60)
+    assert done.status == "failed" and done.attempts == 1
+    assert "does not offer SMTPUTF8" in done.last_error and "ünal@corp.local" in done.last_error
+    assert "SMTPUTF8" in done.data["diagnosis"]
+    assert not [r for r in running.sink.received if "ünal@corp.local" in r.rcpt_tos]
+
+
 def test_the_client_needs_an_address_and_a_key() -> None:
     with pytest.raises(ValueError, match="url"):
         Client("", "key")

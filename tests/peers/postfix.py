@@ -213,6 +213,7 @@ class PostfixDovecotPeer:
         introspection_url: str,
         password_users: Mapping[str, str] | None = None,
         auth_debug: bool = False,
+        smtputf8: bool = False,
     ) -> None:
         # Dovecot's HTTP client resolves names through its own DNS service (docs/test-peers.md, note 17).
         self.introspection_url = re.sub(
@@ -220,6 +221,8 @@ class PostfixDovecotPeer:
         )
         self.password_users = {k.lower(): v for k, v in (password_users or {}).items()}
         self.auth_debug = auth_debug
+        # smtputf8_enable: off by default, as a server that does not offer SMTPUTF8 (RFC 6531).
+        self.smtputf8 = smtputf8
         self.host = HOST
         self.run_dir: Path | None = None
         self.submission_port = 0
@@ -299,6 +302,7 @@ class PostfixDovecotPeer:
             "MAIL_GID": str(self.mail_gid),
             "INTROSPECTION_URL": self.introspection_url,
             "AUTH_DEBUG": "yes" if self.auth_debug else "no",
+            "SMTPUTF8": "yes" if self.smtputf8 else "no",
         }
 
     def _configure(self) -> None:

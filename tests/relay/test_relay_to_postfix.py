@@ -20,6 +20,7 @@ from tests.outbox.test_postfix_peer import (
 from tests.peers.postfix import PostfixDovecotPeer
 from tests.relay.apps import django_app
 from tests.relay.conftest import RunningRelay
+from tests.relay.test_relay_smtputf8_postfix import SENDER, corp_server, send_utf8
 
 __all__ = ["env", "identity", "outlook", "peer", "trust_file"]
 
@@ -86,3 +87,17 @@ def test_smtplib_with_utf8_and_pipelined_bdat_through_the_relay_to_postfix(
     (arrived,) = env.wait_for_messages(f"{local}@xn--bcher-kva.example", 1)
     assert arrived["Subject"] == "Grüße"
     assert arrived["Message-ID"] == OutgoingMessage.objects.get().message_id
+
+
+def test_a_utf8_address_fails_at_once_naming_smtputf8_where_postfix_does_not_offer_it(
+    env: PostfixDovecotPeer, running_relay: RunningRelay
+) -> None:
+    """The peer runs with smtputf8_enable = no: nothing is sent, the message fails saying why."""
+    corp_server(env)
+    recipient = send_utf8(running_relay)
+    run_worker_once()
+    failed = OutgoingMessage.objects.get()
+    assert failed.status == Status.FAILED and failed.attempts == 1
+    assert "does not offer SMTPUTF8" in failed.last_error and SENDER in failed.last_error
+    assert env.postfix_log_lines(rf"from=<{SENDER}>") == []
+    assert env.messages(recipient) == []

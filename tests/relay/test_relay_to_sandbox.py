@@ -130,3 +130,24 @@ def test_an_address_outside_send_as_is_refused_at_mail_from(
     assert client.rcpt("ann@example.org")[0] == 503  # no transaction was started
     client.quit()
     assert OutgoingMessage.objects.count() == 0
+
+
+def test_a_utf8_recipient_reaches_outlook_with_smtputf8(
+    idp: Sandbox, outlook: MailServer, running_relay: RunningRelay
+) -> None:
+    """The sandbox's Exchange-like server offers SMTPUTF8: a local part that is not ASCII arrives."""
+    sender = idp.demo["user"]
+    message = EmailMessage()
+    message["From"] = sender
+    message["To"] = "Jürgen <jürgen@bücher.example>"
+    message["Subject"] = "Grüße an Jürgen"
+    message.set_content("Hallo.\n")
+    client = running_relay.connect()
+    assert client.send_message(message, mail_options=["SMTPUTF8"]) == {}
+    client.quit()
+    deliver()
+    queued = OutgoingMessage.objects.get()
+    assert queued.status == Status.SENT, queued.last_error
+    (summary,) = idp.control.messages()
+    assert summary["rcpt_tos"] == ["jürgen@xn--bcher-kva.example"]
+    assert str(stored(idp, queued.queue_id)["To"]) == "Jürgen <jürgen@bücher.example>"
