@@ -417,9 +417,14 @@ def _crlf_line_ends(data: bytes) -> bytes:
 
 def _check_raw_headers(message: Message) -> None:
     """Every header of a raw message is one line once unfolded, before and after decoding."""
-    for (name, value), (_, parsed) in zip(message.raw_items(), message.items(), strict=True):
+    for name, value in message.raw_items():
         unfolded = re.sub(r"\r?\n(?=[ \t])", "", str(value))
-        if not is_one_line(unfolded) or not is_one_line(str(parsed)):
+        # Decoding changes only RFC 2047 words and bytes that are not ASCII; the header registry's
+        # parse costs about as much as the rest of the checks, so other headers skip it.
+        decoded = unfolded
+        if "=?" in unfolded or not unfolded.isascii():
+            decoded = str(message.policy.header_fetch_parse(name, value))
+        if not is_one_line(unfolded) or not is_one_line(decoded):
             raise InvalidMessage.one(
                 f"raw.{name}",
                 "contains a line break or a control character (VT, FF, NUL, U+2028, ...): "
@@ -476,6 +481,9 @@ def parse_raw(
             "to", "no recipient: the raw message has no To/Cc/Bcc and none was given"
         )
     changed = False
+    # Header lines to put before the message's own (a missing Message-ID or Date), when nothing
+    # else changes: the message's bytes are then kept as they came, without writing it anew.
+    added: list[bytes] = []
     if "Bcc" in message:
         del message["Bcc"]
         changed = True
@@ -483,14 +491,18 @@ def parse_raw(
     if not re.fullmatch(r"<[^<>\s]+@[^<>\s]+>", message_id):
         if "Message-ID" in message:
             del message["Message-ID"]
+            changed = True
         message_id = new_message_id(header_from[0].address.rsplit("@", 1)[1])
         message["Message-ID"] = message_id
-        changed = True
+        added.append(f"Message-ID: {message_id}\r\n".encode("ascii"))
     if "Date" not in message:
-        message["Date"] = email.utils.formatdate(localtime=False, usegmt=True)
-        changed = True
+        date = email.utils.formatdate(localtime=False, usegmt=True)
+        message["Date"] = date
+        added.append(f"Date: {date}\r\n".encode("ascii"))
     if changed:
         data = message.as_bytes(policy=email.policy.SMTP)
+    elif added:
+        data = b"".join(added) + data
     subject = str(message.get("Subject", ""))
     reply_to = _header_boxes(message, "Reply-To")
     return Composed(

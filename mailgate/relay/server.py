@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -32,6 +34,10 @@ T = TypeVar("T")
 DATABASE_THREADS = 8
 # Seconds a client may stay silent before the relay hangs up (RFC 5321 4.5.3.2 asks for minutes).
 IDLE_TIMEOUT = 300
+# Seconds a connection reuses a sender's MAIL FROM check (key active, From Filter / Send As) without
+# asking the database: the message is still counted, its key checked and its From routed when it is
+# queued, in the one database job a message then needs.
+SENDER_CHECK_SECONDS = 10.0
 # Extensions aiosmtpd does not list itself.
 EXTRA_EXTENSIONS = ["PIPELINING", "CHUNKING", "ENHANCEDSTATUSCODES"]
 # RFC 6531 section 3.4: an address that is not ASCII only in a transaction that asked for SMTPUTF8.
@@ -70,6 +76,10 @@ class RelaySMTP(SMTP):
         self._chunks = bytearray()
         self._chunks_refused = False
         self._credentials: LoginPassword | None = None
+        # The sender whose MAIL FROM check passed last on this connection, and when.
+        self.checked_sender: tuple[str, float] | None = None
+        # Whether the transaction's message is yet to be counted against the key's rate.
+        self.count_at_data = False
         super().__init__(
             _Handler(relay),
             hostname=relay.hostname,
@@ -217,10 +227,20 @@ class _Handler:
         assert isinstance(client, Client)
         if not address.isascii() and not envelope.smtp_utf8:
             return NEEDS_SMTPUTF8
-        try:
-            await self.relay.run(submission.check_sender, client, address)
-        except Refused as exc:
-            return exc.reply
+        checked = server.checked_sender
+        now = time.monotonic()
+        server.count_at_data = (
+            checked is not None
+            and checked[0] == address
+            and now - checked[1] < SENDER_CHECK_SECONDS
+        )
+        if not server.count_at_data:
+            try:
+                await self.relay.run(submission.check_sender, client, address)
+            except Refused as exc:
+                server.checked_sender = None
+                return exc.reply
+            server.checked_sender = (address, now)
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 2.1.0 OK"
@@ -255,9 +275,14 @@ class _Handler:
         data = envelope.original_content or b""
         try:
             message_id = await self.relay.run(
-                submission.queue, client, envelope.mail_from or "", list(envelope.rcpt_tos), data
+                functools.partial(submission.queue, count=server.count_at_data),
+                client,
+                envelope.mail_from or "",
+                list(envelope.rcpt_tos),
+                data,
             )
         except Refused as exc:
+            server.checked_sender = None
             return exc.reply
         except InvalidMessage as exc:
             return submission.refusal(exc).reply

@@ -96,10 +96,8 @@ def login(username: str, password: str) -> Client | None:
     return Client(key.pk, key.name, key.prefix)
 
 
-@_database_job
-def check_sender(client: Client, address: str) -> None:
-    """At MAIL FROM: the key is still active and within its rate, and the address may send
-    through the server it routes to (From Filter, Send As)."""
+def _count_message(client: Client) -> None:
+    """The client's key is still active: count the message against its rate."""
     key = APIKey.objects.filter(pk=client.key_id, revoked_at__isnull=True).first()
     if key is None:
         raise Refused(535, "5.7.8", f"The API key {client.prefix}... was revoked")
@@ -107,6 +105,13 @@ def check_sender(client: Client, address: str) -> None:
         count_request(key)
     except APIKeyError as exc:
         raise Refused(451, "4.7.1", str(exc)) from None
+
+
+@_database_job
+def check_sender(client: Client, address: str) -> None:
+    """At MAIL FROM: the key is still active and within its rate (the message is counted), and
+    the address may send through the server it routes to (From Filter, Send As)."""
+    _count_message(client)
     if address:
         try:
             resolve_server(None, parse_mailbox("from", address).address)
@@ -124,11 +129,16 @@ def lf_line_ends(data: bytes) -> bytes:
 
 
 @_database_job
-def queue(client: Client, mail_from: str, recipients: list[str], data: bytes) -> int:
+def queue(
+    client: Client, mail_from: str, recipients: list[str], data: bytes, *, count: bool = False
+) -> int:
     """Commit the message to the outbox (the envelope's sender and recipients, the bytes as the
-    raw message) and return its id. In autocommit mode the row's INSERT is its own transaction,
-    committed when this returns."""
+    raw message) and return its id. With `count` (MAIL FROM was answered without asking the
+    database) the key must still be active and the message is counted against its rate here.
+    In autocommit mode the row's INSERT is its own transaction, committed when this returns."""
     assert connection.get_autocommit(), "the relay answers 250 only for a committed row"
+    if count:  # MAIL FROM was answered without the database: check the key now
+        _count_message(client)
     message = enqueue(
         raw=lf_line_ends(data),
         from_address=mail_from or None,

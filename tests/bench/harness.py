@@ -88,11 +88,47 @@ def post_over_http(argument: dict[str, Any]) -> None:
     timed(feed)
 
 
+def send_over_smtp(argument: dict[str, Any]) -> None:
+    """An application with an "outgoing mail server" setting: smtplib to the SMTP relay over one
+    connection (STARTTLS trusting the relay's certificate, AUTH with the API key's name and key),
+    one sendmail per message. The messages are those of the raw loop (built by mailgate's compose,
+    which needs no Django), built before the clock starts as for the raw loop."""
+    import smtplib
+    import ssl
+
+    from mailgate.outbox.compose import MessageSpec, build
+
+    host, _, port = argument["address"].rpartition(":")
+    body = body_text(argument["body_bytes"])
+    messages = []
+    for i in range(argument["count"]):
+        spec = MessageSpec(
+            from_address=argument["from"],
+            to=[f"bench{i}@example.org"],
+            subject=f"bench {i}",
+            text=body,
+        )
+        messages.append((f"bench{i}@example.org", build(spec).raw))
+    context = ssl.create_default_context(cafile=argument["ca_file"])
+
+    def feed() -> None:
+        with smtplib.SMTP(host, int(port), timeout=60) as smtp:
+            smtp.starttls(context=context)
+            smtp.login(argument["username"], argument["key"])
+            for recipient, data in messages:
+                smtp.sendmail(argument["from"], [recipient], data)
+
+    timed(feed)
+
+
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "mailgate.settings")
     command, argument = sys.argv[1], json.loads(sys.argv[2])
     if command == "post":  # an HTTP client only: no Django
         post_over_http(argument)
+        return
+    if command == "smtp":  # an SMTP client only: no Django
+        send_over_smtp(argument)
         return
     import django
 

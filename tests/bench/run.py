@@ -51,6 +51,7 @@ FEEDS = {
     "rest": "REST, 1 thread",
     "rest8": "REST, 8 threads",
     "batch": "REST batch of 100",
+    "relay": "SMTP relay, smtplib, 1 connection",
 }
 # The fraction of the raw loop's speed (raw s / mailgate s) mailgate should reach on one worker, by
 # feed, and the issue that set it.
@@ -60,10 +61,11 @@ TARGETS_BY_FEED = {
     "rest": (12, 0.5),
     "rest8": (12, 0.5),
     "batch": (12, 0.9),
+    "relay": (13, 0.9),
 }
 SERVER_PLAN = (
     "sqlite:1,sqlite:1:data,sqlite:1:plain,sqlite:1@backend,sqlite:1@rest,sqlite:1@rest8,"
-    "sqlite:1@batch,postgresql:1,postgresql:2,postgresql:4"
+    "sqlite:1@batch,sqlite:1@relay,postgresql:1,postgresql:2,postgresql:4"
 )
 DEFAULT_PLAN = ",".join(f"{target}:{item}" for target in TARGETS for item in SERVER_PLAN.split(","))
 
@@ -95,6 +97,10 @@ class Config:
     @property
     def over_http(self) -> bool:
         return self.feed in ("rest", "rest8", "batch")
+
+    @property
+    def needs_key(self) -> bool:
+        return self.over_http or self.feed == "relay"
 
 
 def parse_plan(text: str) -> list[Config]:
@@ -337,6 +343,42 @@ def peak_rss_kb(pid: int) -> int:
     return 0
 
 
+# Logins timed for the relay's CPU per login (connect, STARTTLS, AUTH PLAIN, QUIT), and the most a
+# login may cost (issue 13).
+RELAY_LOGINS = 50
+RELAY_LOGIN_TARGET_MS = 5.0
+
+
+def start_relay(env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    """`mailgate relay` on a free loopback port, per-key rate limit off (2,000 messages a minute
+    through one key is the point); the process and its host:port."""
+    address = f"127.0.0.1:{free_port()}"
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "mailgate.cli", "relay", "--listen", address],
+        env={**env, "MAILGATE_API_RATE_LIMIT": "0"},
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for(lambda: port_open(address) or relay.poll() is not None, 60, "mailgate relay")
+    if relay.poll() is not None:
+        raise SystemExit(f"bench: mailgate relay exited with status {relay.returncode}")
+    return relay, address
+
+
+def relay_login_cpu_ms(relay: subprocess.Popen[bytes], address: str, home: Path, key: str) -> float:
+    """The relay's CPU milliseconds per login, over RELAY_LOGINS logins once the mail is delivered
+    (nothing else runs in the relay then)."""
+    host, _, port = address.rpartition(":")
+    context = ssl.create_default_context(cafile=str(home / "smtp-tls-cert.pem"))
+    before = cpu_seconds(relay.pid)
+    for _ in range(RELAY_LOGINS):
+        with smtplib.SMTP(host, int(port), timeout=30) as smtp:
+            smtp.starttls(context=context)
+            smtp.login("bench", key)
+    return (cpu_seconds(relay.pid) - before) / RELAY_LOGINS * 1000
+
+
 def mailgate_run(
     target: MailTarget,
     facts: dict[str, Any],
@@ -379,7 +421,7 @@ def mailgate_run(
         "refresh_token": tokens.refresh_token,
         "access_token": tokens.access_token,
         "expires_in": tokens.expires_in,
-        "api_key": config.over_http,
+        "api_key": config.needs_key,
     }
     harness = [sys.executable, "-m", "tests.bench.harness"]
     prepared = subprocess.run(
@@ -391,7 +433,7 @@ def mailgate_run(
         capture_output=True,
         text=True,
     )
-    api_key = json.loads(prepared.stdout)["api_key"] if config.over_http else ""
+    api_key = json.loads(prepared.stdout)["api_key"] if config.needs_key else ""
     control = ControlClient(facts["control_url"])
     control.reset_counters()
     log_dir = os.environ.get("BENCH_WORKER_LOG_DIR")
@@ -424,6 +466,11 @@ def mailgate_run(
         )
         processes.append(web)  # stopped with the workers
         wait_for(lambda: port_open(web_address), 60, "the web process")
+    if config.feed == "relay":
+        # The application speaks SMTP to `mailgate relay`; its CPU and RSS are reported in the
+        # web columns (the process the application talks to).
+        web, web_address = start_relay(env)
+        processes.append(web)
 
     def web_cpu() -> float:
         return cpu_seconds(web.pid) if web is not None else 0.0
@@ -443,6 +490,10 @@ def mailgate_run(
             feed["per_transaction"] = env_int("BENCH_PER_TRANSACTION", 100)
         elif config.feed == "backend":
             command = "backend"
+        elif config.feed == "relay":
+            command = "smtp"
+            feed.update(address=web_address, key=api_key, username="bench")
+            feed.update(ca_file=str(home / "smtp-tls-cert.pem"))
         else:
             command = "post"
             feed.update(address=web_address, key=api_key)
@@ -476,6 +527,9 @@ def mailgate_run(
         server_cpu = target.cpu() - server_cpu
         workers_cpu = workers_cpu_now() - workers_cpu
         web_used = web_cpu() - web_cpu_before
+        if config.feed == "relay":
+            assert web is not None
+            timing["login_cpu_ms"] = relay_login_cpu_ms(web, web_address, home, api_key)
     finally:
         for p in processes:
             p.send_signal(signal.SIGTERM)
@@ -508,6 +562,7 @@ def mailgate_run(
             "web": web_used / count * 1000,
             "enqueue": timing["cpu"] / count * 1000,  # the feeding process (the application)
         },
+        **({"relay_login_cpu_ms": timing["login_cpu_ms"]} if config.feed == "relay" else {}),
     }
 
 
@@ -589,6 +644,15 @@ def summary(
                 },
                 "tries": tries,
                 "description": config.describe(),
+                **(
+                    {
+                        "relay_login_cpu_ms": statistics.median(
+                            t["relay_login_cpu_ms"] for t in tries
+                        )
+                    }
+                    if config.feed == "relay"
+                    else {}
+                ),
             }
         )
     return runs
@@ -718,6 +782,13 @@ def main() -> None:
                 f"median; {run['ratio_to_fastest_raw']:.2f}x against the fastest raw run), "
                 f"{verdict}"
             )
+            if run["feed"] == "relay":
+                login = run["relay_login_cpu_ms"]
+                print(
+                    f"issue 13 target (relay CPU per login < {RELAY_LOGIN_TARGET_MS:.0f} ms), "
+                    f"{run['target']}: {login:.2f} ms over {RELAY_LOGINS} logins, "
+                    f"{'met' if login < RELAY_LOGIN_TARGET_MS else 'not met'}"
+                )
         print(flush=True)
         print(
             json.dumps(

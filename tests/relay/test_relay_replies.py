@@ -305,12 +305,33 @@ def test_a_bad_recipient_gets_553_naming_the_address(
 def test_the_key_rate_limit_answers_451(
     office: MailServer, running_relay: RunningRelay, settings: object
 ) -> None:
+    """Each message counts once: at MAIL FROM, or at the end of DATA when the connection's
+    sender check was reused (one database job per message); past the limit both answer 451."""
     settings.MAILGATE_API_RATE_LIMIT = 2  # type: ignore[attr-defined]
     client = running_relay.connect()
     client.send_message(invoice())
     client.send_message(invoice())
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        client.send_message(invoice())
+    assert refused.value.smtp_code == 451
+    assert b"MAILGATE_API_RATE_LIMIT" in refused.value.smtp_error
     code, reply = client.mail(SENDER)
     assert code == 451 and b"MAILGATE_API_RATE_LIMIT" in reply
+    assert OutgoingMessage.objects.count() == 2
+    client.quit()
+
+
+def test_a_key_revoked_while_connected_cannot_queue_more(
+    office: MailServer, running_relay: RunningRelay
+) -> None:
+    client = running_relay.connect()
+    client.send_message(invoice())
+    APIKey.objects.get(name=running_relay.key_name).revoke()
+    with pytest.raises(smtplib.SMTPDataError) as refused:
+        client.send_message(invoice())  # MAIL FROM reused the check; DATA asks again
+    assert refused.value.smtp_code == 535 and b"revoked" in refused.value.smtp_error
+    assert client.mail(SENDER)[0] == 535
+    assert OutgoingMessage.objects.count() == 1
     client.quit()
 
 
