@@ -31,6 +31,9 @@ POLICY = email.policy.SMTP.clone(cte_type="7bit")
 # can only be delivered with SMTPUTF8 (RFC 6531). The body keeps 7bit transfer encodings.
 UTF8_POLICY = email.policy.SMTPUTF8.clone(cte_type="7bit")
 
+# How a raw message's headers are decoded when read (RFC 2047 words; UTF-8, RFC 6532).
+DECODING = email.policy.default
+
 # Header names RFC 5322 allows (printable ASCII except the colon).
 HEADER_NAME_RE = re.compile(r"^[!-9;-~]+$")
 # Headers mailgate writes itself; callers set them through the named fields instead.
@@ -378,8 +381,17 @@ def build(spec: MessageSpec) -> Composed:
     return Composed(from_box, to_boxes, cc_boxes, bcc_boxes, reply_boxes, subject, message_id, raw)
 
 
+def _decoded(message: Message, name: str) -> list[str]:
+    """The values of a raw message's headers of that name, decoded (RFC 2047 words, UTF-8)."""
+    return [
+        str(DECODING.header_fetch_parse(key, value))
+        for key, value in message.raw_items()
+        if key.lower() == name.lower()
+    ]
+
+
 def _header_boxes(message: Message, name: str) -> list[Mailbox]:
-    values = [str(v) for v in message.get_all(name, [])]
+    values = _decoded(message, name)
     if not values:
         return []
     boxes = []
@@ -423,7 +435,7 @@ def _check_raw_headers(message: Message) -> None:
         # parse costs about as much as the rest of the checks, so other headers skip it.
         decoded = unfolded
         if "=?" in unfolded or not unfolded.isascii():
-            decoded = str(message.policy.header_fetch_parse(name, value))
+            decoded = str(DECODING.header_fetch_parse(name, value))
         if not is_one_line(unfolded) or not is_one_line(decoded):
             raise InvalidMessage.one(
                 f"raw.{name}",
@@ -455,7 +467,9 @@ def parse_raw(
     for number, line in enumerate(header_block.split(b"\r\n"), 1):
         if len(line) > MAX_LINE:
             raise InvalidMessage.one("raw", f"header line {number} is longer than {MAX_LINE} bytes")
-    message = BytesParser(policy=email.policy.default).parsebytes(data)
+    # Parsed without the header registry (compat32): the structure and its defects are the same,
+    # and only the headers read below are decoded (DECODING), not every header at every look-up.
+    message = BytesParser(policy=email.policy.compat32).parsebytes(data)
     if message.defects:
         raise InvalidMessage.one(
             "raw",
@@ -487,7 +501,7 @@ def parse_raw(
     if "Bcc" in message:
         del message["Bcc"]
         changed = True
-    message_id = str(message.get("Message-ID", "")).strip()
+    message_id = "".join(_decoded(message, "Message-ID")[:1]).strip()
     if not re.fullmatch(r"<[^<>\s]+@[^<>\s]+>", message_id):
         if "Message-ID" in message:
             del message["Message-ID"]
@@ -503,7 +517,7 @@ def parse_raw(
         data = message.as_bytes(policy=email.policy.SMTP)
     elif added:
         data = b"".join(added) + data
-    subject = str(message.get("Subject", ""))
+    subject = "".join(_decoded(message, "Subject")[:1])
     reply_to = _header_boxes(message, "Reply-To")
     return Composed(
         from_box,

@@ -62,9 +62,12 @@ logging.getLogger("mail.log").addFilter(_NoLoginDataNotice())
 def is_loopback(peer: object) -> bool:
     host = peer[0] if isinstance(peer, tuple) and peer else peer
     try:
-        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+        address = ipaddress.ip_address(str(host).split("%")[0])
     except ValueError:
         return False
+    # A dual-stack listener ("::") sees an IPv4 client as ::ffff:127.0.0.1.
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 class RelaySMTP(SMTP):

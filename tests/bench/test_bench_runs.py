@@ -124,3 +124,36 @@ def test_the_fetch_benchmark_runs_end_to_end() -> None:
     assert run["stored"] == run["rows"] == 40 and not run["error"]
     assert report["ratio"] == pytest.approx(report["raw_seconds"] / report["mailgate_seconds"])
     assert report["big_message_bytes"] > 3_000_000 and report["big_message_peak_rss_mb"] > 0
+
+
+def test_the_relay_feed_sends_through_mailgate_relay_and_reports_its_login_cost() -> None:
+    env = {
+        **os.environ,
+        "BENCH_MESSAGES": "30",
+        "BENCH_PLAN": "sqlite:1@relay",
+        "BENCH_REPEAT": "1",
+        "PYTHONPATH": str(ROOT),
+    }
+    env.pop("MAILGATE_DATABASE_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.bench.run"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "sandbox  SMTP relay, smtplib, 1 connection; SQLite, 1 worker " in out
+    assert (
+        "issue 13 target (>= 0.9x the raw loop on one worker), sandbox sqlite, SMTP relay, "
+        "smtplib, 1 connection: " in out
+    )
+    assert "issue 13 target (relay CPU per login < 5 ms), sandbox: " in out
+    (run,) = json.loads(out[out.index("\n{") + 1 :])["runs"]
+    assert run["feed"] == "relay" and run["seconds"] > 0
+    # The relay is the process the application talks to: its CPU and RSS are in the web columns.
+    assert run["cpu_ms_per_message"]["web"] > 0 and run["web_peak_rss_mb"] > 0
+    assert run["cpu_ms_per_message"]["workers"] > 0 and run["token_requests"] == 0
+    assert 0 < run["relay_login_cpu_ms"] < 100

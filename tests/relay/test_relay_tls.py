@@ -43,3 +43,18 @@ def test_a_configured_certificate_is_used_without_a_warning(
         context = server_context(cert, key, home=tmp_path, hostname="x")
     assert context.cert_store_stats() is not None and "not set" not in caplog.text
     assert not (tmp_path / "smtp-tls-cert.pem").exists()
+
+
+def test_plain_logins_are_for_loopback_peers_on_either_stack() -> None:
+    """A dual-stack listener sees a local IPv4 client as ::ffff:127.0.0.1 (addresses parsed only)."""
+    from mailgate.relay.server import is_loopback
+
+    for peer in [
+        ("127.0.0.1", 1),
+        ("127.8.0.2", 1),
+        ("::1", 1, 0, 0),
+        ("::ffff:127.0.0.1", 1, 0, 0),
+    ]:
+        assert is_loopback(peer), peer
+    for peer in [("192.0.2.7", 1), ("::ffff:192.0.2.7", 1, 0, 0), ("2001:db8::1", 1, 0, 0), "x"]:
+        assert not is_loopback(peer), peer
