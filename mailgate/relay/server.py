@@ -9,6 +9,7 @@ its row is committed.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import ipaddress
@@ -376,9 +377,24 @@ class Relay:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join(timeout=30)
         self._thread = None
+        self._close_database_connections()
         self.executor.shutdown(wait=True)
         if not self.loop.is_running():
             self.loop.close()
+
+    def _close_database_connections(self) -> None:
+        """Each pool thread closes the connection it kept (a database with open sessions cannot be
+        dropped, nor a file closed cleanly): one job per thread, held at a barrier until every
+        thread has one."""
+        barrier = threading.Barrier(DATABASE_THREADS, timeout=10)
+
+        def close() -> None:
+            submission.close_connection()
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait()
+
+        jobs = [self.executor.submit(close) for _ in range(DATABASE_THREADS)]
+        concurrent.futures.wait(jobs, timeout=30)
 
     async def _shutdown(self) -> None:
         for server in self._servers:

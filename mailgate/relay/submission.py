@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import ParamSpec, TypeVar
 
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, connection, connections
 
 from mailgate.keys.check import APIKeyError, count_request, find_key, note_use
 from mailgate.keys.models import APIKey
@@ -117,6 +117,11 @@ def check_sender(client: Client, address: str) -> None:
             resolve_server(None, parse_mailbox("from", address).address)
         except InvalidMessage as exc:
             raise refusal(exc) from None
+
+
+def close_connection() -> None:
+    """Close this thread's database connections (each pool thread keeps its own)."""
+    connections.close_all()
 
 
 def lf_line_ends(data: bytes) -> bytes:
