@@ -25,6 +25,9 @@ def test_the_page_lists_send_keys_with_last_message_and_todays_count(
         name="Office", auth_method="password", smtp_host="127.0.0.1", smtp_security="none"
     )
     erp, secret = APIKey.issue("erp", scope="send")
+    APIKey.objects.filter(pk=erp.pk).update(
+        last_used_at=timezone.make_aware(dt.datetime(2026, 3, 4, 5, 6))
+    )
     APIKey.issue("dashboards", scope="read")
     for day in (0, 0, 1):
         message = enqueue(
@@ -42,6 +45,7 @@ def test_the_page_lists_send_keys_with_last_message_and_todays_count(
     assert "<code>127.0.0.1</code></td><td><code>465</code></td><td>SSL/TLS" in page
     row = page.split('id="relay-clients"')[1]
     assert "<td>erp</td>" in row and "<td>2</td>" in row
+    assert '<th scope="col">Last use</th>' in page and "<td>2026-03-04 05:06</td>" in row
     assert "dashboards" not in row  # a read key cannot send
     assert secret not in page
 
