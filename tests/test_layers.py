@@ -24,8 +24,8 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mailgate"
 # else imports strictly from lower layers. A new package must be placed here.
 LAYERS: list[tuple[str, set[str]]] = [
     (
-        "base: settings parsing, secrets, logging, the worker loop, the SQLite backend",
-        {"conf", "crypto", "logs", "worker", "dbsqlite"},
+        "base: settings parsing, address syntax, secrets, logging, the worker loop, the SQLite backend",
+        {"addresses", "conf", "crypto", "logs", "worker", "dbsqlite"},
     ),
     ("audit: the log of security events", {"audit"}),
     ("people and process state", {"accounts", "core"}),

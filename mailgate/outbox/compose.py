@@ -13,16 +13,7 @@ from email.headerregistry import Address
 from email.message import EmailMessage, Message
 from email.parser import BytesParser
 
-import email_validator
-from email_validator import EmailNotValidError, validate_email
-
-# Addresses are checked for syntax, not for public deliverability: a company's own server sends to
-# and from internal names (corp.local, host.test, mailhost), which the console's Username accepts
-# too. Removing names from this list is email_validator's documented way to accept them; .invalid,
-# .arpa and .onion stay refused.
-for _name in ("local", "localhost", "test"):
-    if _name in email_validator.SPECIAL_USE_DOMAIN_NAMES:
-        email_validator.SPECIAL_USE_DOMAIN_NAMES.remove(_name)
+from mailgate.addresses import EmailNotValidError, check_address
 
 # 7bit transfer encodings only: every server accepts the result without 8BITMIME; CRLF line ends.
 POLICY = email.policy.SMTP.clone(cte_type="7bit")
@@ -207,9 +198,7 @@ def parse_mailbox(field_name: str, value: str) -> Mailbox:
     if "<" in address or ">" in address or "@" not in address:
         raise InvalidMessage.one(field_name, f"{value!r} is not a valid address")
     try:
-        checked = validate_email(
-            address, check_deliverability=False, allow_smtputf8=True, globally_deliverable=False
-        )
+        checked = check_address(address)
     except EmailNotValidError as exc:
         raise InvalidMessage.one(field_name, f"{address!r} is not a valid address: {exc}") from None
     if checked.ascii_email is not None:

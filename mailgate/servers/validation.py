@@ -13,9 +13,10 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
 from django.core.exceptions import ValidationError
-from django.core.validators import DomainNameValidator, validate_email
+from django.core.validators import DomainNameValidator
 from django.utils import timezone
 
+from mailgate.addresses import is_address
 from mailgate.conf import is_loopback_host
 from mailgate.crypto import Sealed
 from mailgate.servers.models import (
@@ -89,11 +90,9 @@ class Verdict:
 
 
 def is_email(value: str) -> bool:
-    try:
-        validate_email(value)
-    except ValidationError:
-        return False
-    return True
+    """Syntax only, as for the addresses of a message: a UTF-8 local part (RFC 6531) and a domain
+    that is not publicly deliverable (corp.local, *.test) are addresses too."""
+    return is_address(value)
 
 
 def is_domain(value: str) -> bool:

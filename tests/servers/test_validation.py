@@ -305,3 +305,17 @@ def test_any_typed_text_gets_a_verdict_never_a_crash(
         assert 1 <= form.cleaned_data["smtp_port"] <= 65535
     else:
         assert all(messages for messages in form.errors.values())
+
+
+@pytest.mark.parametrize("field", ["username", "send_as", "from_filter"])
+@pytest.mark.parametrize("address", ["jörg@corp.local", "desk@mail.corp.test"])
+def test_internal_domains_and_utf8_local_parts_are_addresses(
+    db: None, field: str, address: str
+) -> None:
+    """Syntax, not public deliverability: the same addresses a message may carry (RFC 6531)."""
+    assert errors_of(outlook_data(**{field: address})) == {}
+
+
+@pytest.mark.parametrize("field", ["send_as", "from_filter"])
+def test_reserved_domains_stay_refused(db: None, field: str) -> None:
+    assert field in errors_of(outlook_data(**{field: "a@host.invalid"}))
