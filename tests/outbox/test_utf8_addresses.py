@@ -106,3 +106,32 @@ def test_a_raw_message_with_utf8_headers_keeps_them(corp: MailServer) -> None:
     # Message-ID and Date are put before the message, which is kept byte for byte.
     assert queued.raw_bytes.startswith(b"Message-ID: <")
     assert queued.raw_bytes.endswith(raw.encode()) and b"\r\nDate: " in queued.raw_bytes
+
+
+def test_django_send_mail_writes_utf8_address_headers_not_encoded_words(
+    corp: MailServer, settings: Any
+) -> None:
+    """Django encodes a non-ASCII local part as an RFC 2047 word, which is no address; the backend
+    writes such a message's address headers in UTF-8 (RFC 6532)."""
+    from django.core import mail
+
+    settings.EMAIL_BACKEND = "mailgate.outbox.backends.EmailBackend"
+    message = mail.EmailMessage(
+        "Grüße", "Body", "Jörg <jörg@corp.local>", ["ünal@host.test"], cc=["ann@host.test"]
+    )
+    assert message.send() == 1
+    queued = OutgoingMessage.objects.get()
+    assert (queued.from_address, queued.to, queued.cc) == (
+        "jörg@corp.local",
+        ["ünal@host.test"],
+        ["ann@host.test"],
+    )
+    head = queued.raw_bytes.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    assert "From: Jörg <jörg@corp.local>".encode() in head
+    assert "To: ünal@host.test".encode() in head and b"Cc: ann@host.test" in head
+    assert b"=?utf-8?b?asO2cmc=?=@" not in queued.raw_bytes
+    assert [line for line in head if line.lower().startswith(b"from:")] == [
+        "From: Jörg <jörg@corp.local>".encode()
+    ]
+    parsed = email.message_from_bytes(queued.raw_bytes, policy=email.policy.default)
+    assert parsed["Subject"] == "Grüße" and parsed.get_content().strip() == "Body"
