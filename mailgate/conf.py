@@ -316,6 +316,25 @@ def _bool(variable: str, value: str) -> bool:
     )
 
 
+def tuning_number(variable: str, default: float, minimum: float, meaning: str) -> float:
+    """A tuning number read when used: Django's setting `variable` when set (tests override it
+    there), else the environment variable, else `default`; at least `minimum`. The one reader of
+    the outbox's knobs (mailgate.outbox.conf) and the worker's dead threshold (core.heartbeat)."""
+    from django.conf import settings  # read at use time: settings.py itself imports this module
+
+    raw = getattr(settings, variable, None)
+    if raw is None:
+        raw = os.environ.get(variable, "").strip() or default
+    expected = f"a number of {meaning}"
+    try:
+        value = float(raw)
+    except (TypeError, ValueError):
+        raise SettingsError(variable, f"{raw!r} is not a number", expected) from None
+    if value < minimum:
+        raise SettingsError(variable, f"{value} is below {minimum}", expected)
+    return value
+
+
 def parse_int(variable: str, value: str, default: int, low: int, high: int) -> int:
     """A whole number within [low, high]; empty gives the default."""
     value = value.strip()

@@ -18,11 +18,10 @@ import socket
 import threading
 import uuid
 
-from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
-from mailgate.conf import SettingsError
+from mailgate.conf import tuning_number
 from mailgate.core.models import WorkerHeartbeat
 
 log = logging.getLogger("mailgate.worker")
@@ -38,16 +37,12 @@ DEAD_AFTER_MINIMUM = 3.0
 
 def dead_after() -> dt.timedelta:
     """How long a running worker may go unseen before it is taken as dead (its claims released)."""
-    name = "MAILGATE_WORKER_DEAD_SECONDS"
-    raw = getattr(settings, name, None)
-    if raw is None:
-        raw = os.environ.get(name, "").strip() or DEAD_AFTER_DEFAULT
-    try:
-        seconds = float(raw)
-    except (TypeError, ValueError):
-        raise SettingsError(name, f"{raw!r} is not a number", "a number of seconds") from None
-    if seconds < DEAD_AFTER_MINIMUM:
-        raise SettingsError(name, f"{seconds} is below {DEAD_AFTER_MINIMUM}", "a number of seconds")
+    seconds = tuning_number(
+        "MAILGATE_WORKER_DEAD_SECONDS",
+        DEAD_AFTER_DEFAULT,
+        DEAD_AFTER_MINIMUM,
+        "seconds a worker may go unseen before its claims are released",
+    )
     return dt.timedelta(seconds=seconds)
 
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
-from mailgate.conf import SettingsError
 from mailgate.conf import _bool as parse_bool
+from mailgate.conf import tuning_number
 
 # name: (default, minimum, meaning)
 KNOBS: dict[str, tuple[float, float, str]] = {
@@ -61,17 +61,7 @@ class OutboxConfig:
 
 
 def _value(name: str) -> float:
-    default, minimum, meaning = KNOBS[name]
-    raw = getattr(settings, name, None)
-    if raw is None:
-        raw = os.environ.get(name, "").strip() or default
-    try:
-        value = float(raw)
-    except (TypeError, ValueError):
-        raise SettingsError(name, f"{raw!r} is not a number", f"a number of {meaning}") from None
-    if value < minimum:
-        raise SettingsError(name, f"{value} is below {minimum}", f"a number of {meaning}")
-    return value
+    return tuning_number(name, *KNOBS[name])
 
 
 def _switch(name: str) -> bool:
