@@ -30,12 +30,12 @@ class Command(BaseCommand):
         generated = not password_stdin
         password = sys.stdin.readline().rstrip("\r\n") if password_stdin else generate_password()
         if password_stdin and not password:
-            raise CommandError("--password-stdin: no password on standard input")
+            raise CommandError("--password-stdin: no password on standard input", returncode=2)
         try:
             create_user(email, password, administrator=not viewer)
         except ValidationError as exc:
             field = "--email" if "mail" in " ".join(exc.messages).lower() else "--password-stdin"
-            raise CommandError(f"{field}: {' '.join(exc.messages)}") from exc
+            raise CommandError(f"{field}: {' '.join(exc.messages)}", returncode=2) from exc
         role = "viewer" if viewer else "administrator"
         self.stdout.write(f"{role} {email.lower()} is ready.")
         if generated:

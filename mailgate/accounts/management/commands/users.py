@@ -19,7 +19,7 @@ def _password(options: dict[str, Any]) -> str:
         return ""
     password = sys.stdin.readline().rstrip("\r\n")
     if not password:
-        raise CommandError("--password-stdin: no password on standard input")
+        raise CommandError("--password-stdin: no password on standard input", returncode=2)
     return password
 
 

@@ -2,6 +2,18 @@ from __future__ import annotations
 
 from argparse import ArgumentParser, ArgumentTypeError
 
+from django.core.management.base import CommandError
+
+# Exit statuses of every mailgate command: 1 when the work failed, 2 for bad usage or input (as
+# argparse exits for an unknown option), so a script can tell "fix the call" from "try again".
+FAILED = 1
+BAD_INPUT = 2
+
+
+def bad_input(message: str) -> CommandError:
+    """A CommandError for bad usage or input: exit status 2."""
+    return CommandError(message, returncode=BAD_INPUT)
+
 
 def port(value: str) -> int:
     try:

@@ -11,13 +11,14 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from mailgate.conf import RelayConfig, SettingsError, parse_listen
+from mailgate.console.management.commands._base import bad_input
 from mailgate.console.relay import configured_relay, describe
 
 
 class Command(BaseCommand):
     help = (
         "Serve the SMTP relay for applications (MAILGATE_SMTP_LISTEN, MAILGATE_SMTPS_LISTEN) "
-        "until SIGTERM."
+        "until SIGTERM. Exit status 2 for a bad --listen or setting, 1 when it cannot listen."
     )
 
     def add_arguments(self, parser: ArgumentParser) -> None:
@@ -35,9 +36,9 @@ class Command(BaseCommand):
                 config = replace(config, listen_tls=parse_listen("--listen-tls", listen_tls))
             relay = configured_relay(config)
         except (SettingsError, ValueError) as exc:
-            raise CommandError(str(exc)) from None
+            raise bad_input(str(exc)) from None
         if relay is None:
-            raise CommandError(
+            raise bad_input(
                 "MAILGATE_SMTP_LISTEN is not set: set it to host:port (such as 0.0.0.0:587), "
                 "or give --listen"
             )

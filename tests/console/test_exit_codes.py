@@ -1,0 +1,134 @@
+"""Exit statuses are the same in every command: 2 for bad usage or input (as argparse exits for
+an unknown option), 1 when the work itself failed."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from unittest import mock
+
+import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
+from django.db import connections
+from django.test import override_settings
+
+from tests.outbox.own_database import ROOT
+
+
+def _returncode(*args: str, stdin: str = "") -> tuple[int, str]:
+    """(the exit status a CommandError would give, its message), or (0, "") when none was raised."""
+    with mock.patch("sys.stdin", io.StringIO(stdin)):
+        try:
+            call_command(*args, stdout=io.StringIO(), stderr=io.StringIO())
+        except CommandError as exc:
+            return exc.returncode, str(exc)
+    return 0, ""
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("listen", "says"),
+    [
+        ("nonsense", "--listen: 'nonsense' is not host:port"),
+        ("127.0.0.1:99999", "--listen: 99999 is out of range"),
+        ("bad host!:25", "is not an address or host name"),
+    ],
+)
+def test_relay_with_a_bad_listen_address_exits_2(listen: str, says: str) -> None:
+    code, message = _returncode("relay", "--listen", listen)
+    assert (code, says in message) == (2, True), message
+
+
+@pytest.mark.django_db
+def test_relay_without_a_listener_exits_2_naming_the_setting() -> None:
+    with override_settings(MAILGATE_RELAY=None):
+        code, message = _returncode("relay")
+    assert code == 2
+    assert "MAILGATE_SMTP_LISTEN is not set" in message and "--listen" in message
+
+
+@pytest.mark.django_db
+def test_relay_that_cannot_listen_exits_1(busy_port: int) -> None:
+    code, message = _returncode("relay", "--listen", f"127.0.0.1:{busy_port}")
+    assert code == 1
+    assert "the SMTP relay cannot listen" in message
+
+
+@pytest.mark.django_db
+def test_backup_of_postgresql_exits_2_pointing_at_pg_dump(tmp_path: Path) -> None:
+    with mock.patch.object(connections["default"], "vendor", "postgresql"):
+        code, message = _returncode("backup", str(tmp_path / "copy.sqlite3"))
+    assert code == 2 and "pg_dump" in message
+    assert not (tmp_path / "copy.sqlite3").exists()
+
+
+@pytest.mark.django_db
+def test_backup_to_a_bad_file_exits_2(tmp_path: Path) -> None:
+    taken = tmp_path / "taken.sqlite3"
+    taken.write_bytes(b"keep me")
+    with mock.patch.object(connections["default"], "vendor", "sqlite"):
+        exists = _returncode("backup", str(taken))
+        no_folder = _returncode("backup", str(tmp_path / "missing" / "copy.sqlite3"))
+    assert exists[0] == 2 and "exists; choose a new name" in exists[1]
+    assert no_folder[0] == 2 and "does not exist" in no_folder[1]
+    assert taken.read_bytes() == b"keep me"
+
+
+@pytest.mark.django_db
+def test_users_and_create_admin_without_a_password_on_stdin_exit_2() -> None:
+    code, message = _returncode("users", "add", "new@example.com", "--password-stdin")
+    assert (code, message) == (2, "--password-stdin: no password on standard input")
+    code, message = _returncode("createadmin", "--email", "boss@example.com", "--password-stdin")
+    assert (code, message) == (2, "--password-stdin: no password on standard input")
+
+
+@pytest.mark.django_db
+def test_create_admin_with_a_weak_password_exits_2() -> None:
+    code, message = _returncode(
+        "createadmin", "--email", "boss@example.com", "--password-stdin", stdin="1\n"
+    )
+    assert code == 2 and message.startswith("--password-stdin: "), message
+
+
+@pytest.mark.nodb
+def test_the_console_script_exits_2_for_bad_input_and_usage(tmp_path: Path) -> None:
+    """End to end through `mailgate`: Django turns the CommandError into the process's status."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
+    env.update(MAILGATE_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
+
+    def mailgate(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mailgate.cli", *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    assert mailgate("migrate", "--verbosity", "0").returncode == 0
+    taken = tmp_path / "taken"
+    taken.write_text("x")
+    results = {
+        "backup FILE exists": mailgate("backup", str(taken)),
+        "relay --listen bad": mailgate("relay", "--listen", "nowhere"),
+        "relay, unknown option": mailgate("relay", "--no-such-option"),
+        "backup, no FILE": mailgate("backup"),
+    }
+    codes = {what: done.returncode for what, done in results.items()}
+    assert codes == dict.fromkeys(results, 2), {w: d.stderr[-300:] for w, d in results.items()}
+    assert "Traceback" not in "".join(d.stderr for d in results.values())
