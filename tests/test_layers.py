@@ -24,8 +24,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "mailgate"
 # else imports strictly from lower layers. A new package must be placed here.
 LAYERS: list[tuple[str, set[str]]] = [
     (
-        "base: settings parsing, address syntax, secrets, logging, the worker loop, the SQLite backend",
-        {"addresses", "conf", "crypto", "logs", "worker", "dbsqlite"},
+        "base: settings parsing, address syntax, secrets, logging, the worker loop, the SQLite "
+        "backend, command progress",
+        {"addresses", "conf", "crypto", "logs", "worker", "dbsqlite", "progress"},
     ),
     ("audit: the log of security events", {"audit"}),
     ("people and process state", {"accounts", "core"}),

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import os
+import shutil
 import ssl
 import sys
 from collections import defaultdict
@@ -19,7 +20,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urlencode, urlsplit
 
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
@@ -57,6 +58,15 @@ MAX_SECRET_LIFETIME: dict[str, dt.timedelta] = {"microsoft": dt.timedelta(days=7
 SEP = " \u203a "
 SERVERS_PATH = SEP.join(["Settings", "Technical", "Mail Server", "Mail Servers"])
 
+# The commands that fix system findings (shown beside "Fix:" and in `doctor --json`).
+MIGRATE = "mailgate migrate"
+START_WORKER = "mailgate worker"
+ROTATE_KEYS = "mailgate rotate-keys"
+# Free space below either of these on MAILGATE_HOME's filesystem is a warning, and below a fifth
+# of them an error: SQLite (and the generated keys) need room to write, the WAL included.
+LOW_DISK_BYTES = 500 * 1024 * 1024
+LOW_DISK_FRACTION = 0.05
+
 
 class Level(StrEnum):
     OK = "ok"
@@ -77,6 +87,12 @@ class Finding:
     fix: str = ""
     check: str = ""  # a stable name for machines, e.g. "secret_expired"
     fix_url: str = ""  # the console page where the fix is made (the dashboard links "Fix:" to it)
+    fix_command: str = ""  # or the command that makes it, where the fix is not on a page
+
+    @property
+    def fixable(self) -> bool:
+        """A problem with somewhere to go: a page (fix_url) or a command (fix_command)."""
+        return bool(self.fix_url or self.fix_command)
 
     @property
     def needs_action(self) -> bool:
@@ -89,6 +105,8 @@ class Finding:
             "title": self.title,
             "detail": self.detail,
             "fix": self.fix,
+            "fix_url": self.fix_url,
+            "fix_command": self.fix_command,
         }
 
 
@@ -598,6 +616,8 @@ def _incoming(
                 "Fix the handler or the webhook endpoint, then open Inbox > Quarantine and "
                 "press Retry.",
                 "inbox_quarantine",
+                fix_url=reverse("inbox:list")
+                + f"?{urlencode({'status': InboxStatus.QUARANTINED, 'server': server.pk})}",
             )
         )
     if state is None or state.last_fetch_at is None:
@@ -633,6 +653,7 @@ def _incoming(
                 behind,
                 "Start a worker (`mailgate worker`) or check that it runs.",
                 "inbox_lag",
+                fix_command=START_WORKER,
             )
         )
     else:
@@ -661,7 +682,7 @@ def system_findings(*, now: dt.datetime | None = None) -> list[Finding]:
     found = [database]
     migrations = _guarded(_migrations)
     found.extend(migrations)
-    checks = [_public_url, _identity_endpoints, _python]
+    checks = [_public_url, _identity_endpoints, _python, _disk]
     if not needs_action(migrations):  # the other checks read tables a migration may create
         checks += [lambda: _workers(now), _encryption_keys]
     for check in checks:
@@ -682,6 +703,7 @@ def _guarded(check: Callable[[], list[Finding]]) -> list[Finding]:
                 f"{type(exc).__name__}: {exc}",
                 "Run `mailgate migrate`, then `mailgate doctor` again.",
                 "check_failed",
+                fix_command=MIGRATE,
             )
         ]
 
@@ -699,10 +721,20 @@ def _database() -> Finding:
             "Check MAILGATE_DATABASE_URL and that the database server runs and accepts "
             "connections from this machine.",
             "database",
+            fix_command=_database_check_command(connection.settings_dict),
         )
     size = database_size()
     detail = connection.vendor + (f", size {_megabytes(size)}" if size is not None else "")
     return Finding(Level.OK, "Database reachable", detail, check="database")
+
+
+def _database_check_command(database: dict[str, Any]) -> str:
+    """The command that shows whether the database can be reached once the fix is in."""
+    if str(database.get("ENGINE", "")).endswith("postgresql"):
+        host = database.get("HOST") or "127.0.0.1"
+        port = database.get("PORT") or 5432
+        return f"pg_isready -h {host} -p {port}"
+    return MIGRATE  # SQLite: creates the file where MAILGATE_HOME can be written
 
 
 def database_size() -> int | None:
@@ -730,6 +762,41 @@ def database_size() -> int | None:
     return None
 
 
+def _disk() -> list[Finding]:
+    """Free space where MAILGATE_HOME is: the SQLite database, its WAL, the keys and large
+    incoming messages are written there; a full disk stops the API (503) and the worker."""
+    home = Path(settings.MAILGATE_HOME)
+    if not home.is_dir():
+        return []
+    usage = shutil.disk_usage(home)
+    free_fraction = usage.free / usage.total if usage.total else 1.0
+    detail = (
+        f"{_megabytes(usage.free)} free of {_megabytes(usage.total)} "
+        f"({free_fraction:.0%}) on the filesystem of MAILGATE_HOME ({home})."
+    )
+    if usage.free >= LOW_DISK_BYTES or free_fraction >= LOW_DISK_FRACTION:
+        return [Finding(Level.OK, "Disk space", detail, check="disk")]
+    full = usage.free < LOW_DISK_BYTES / 5 and free_fraction < LOW_DISK_FRACTION / 5
+    on_sqlite = connections[DEFAULT_DB_ALIAS].vendor == "sqlite"
+    return [
+        Finding(
+            Level.ERROR if full else Level.WARNING,
+            "MAILGATE_HOME's disk is " + ("almost full" if full else "filling up"),
+            detail + " When it is full the API answers 503 and nothing is sent or fetched until "
+            "space returns (nothing accepted is lost).",
+            "Free space on that filesystem or give it more"
+            + (
+                "; deleting the content of long-finished messages makes room in the database: "
+                "`mailgate purge --older-than 7`."
+                if on_sqlite
+                else "."
+            ),
+            "disk",
+            fix_command="mailgate purge --older-than 7" if on_sqlite else f"du -sh {home}/*",
+        )
+    ]
+
+
 def _megabytes(size: int) -> str:
     return f"{size / 1_000_000:.1f} MB"
 
@@ -750,6 +817,7 @@ def _migrations() -> list[Finding]:
             "Run `mailgate migrate` (`mailgate run` migrates at start), then restart the web and "
             "worker processes.",
             "migrations",
+            fix_command=MIGRATE,
         )
     ]
 
@@ -788,25 +856,41 @@ def _workers(now: dt.datetime) -> list[Finding]:
             + seen,
             "Start `mailgate worker` (or `mailgate run`, which runs one).",
             "worker",
+            fix_command=START_WORKER,
         )
     ]
 
 
 def _public_url() -> list[Finding]:
-    checks = [
-        (public_url_warning(), ". ", "MAILGATE_PUBLIC_URL is not https", "public_url"),
-        (
-            last_origin_warning(),
-            "registered. ",
-            "The console is opened at another address than MAILGATE_PUBLIC_URL",
-            "public_url_origin",
-        ),
-    ]
     found = []
-    for warning, split, title, check in checks:
-        if warning:
-            head, sep, fix = warning.partition(split)
-            found.append(Finding(Level.WARNING, title, head + sep.rstrip(), fix, check))
+    warning = public_url_warning()
+    if warning:
+        head, sep, fix = warning.partition(". ")
+        https = urlsplit(settings.MAILGATE_PUBLIC_URL)._replace(scheme="https").geturl()
+        found.append(
+            Finding(
+                Level.WARNING,
+                "MAILGATE_PUBLIC_URL is not https",
+                head + sep.rstrip(),
+                fix,
+                "public_url",
+                fix_command=f"export MAILGATE_PUBLIC_URL={https}",
+            )
+        )
+    warning = last_origin_warning()
+    if warning:
+        head, sep, fix = warning.partition("registered. ")
+        found.append(
+            Finding(
+                Level.WARNING,
+                "The console is opened at another address than MAILGATE_PUBLIC_URL",
+                head + sep.rstrip(),
+                fix,
+                "public_url_origin",
+                # The console at the address the redirect URLs are built from.
+                fix_url=settings.MAILGATE_PUBLIC_URL.rstrip("/") + "/",
+            )
+        )
     return found
 
 
@@ -838,6 +922,7 @@ def _identity_endpoints() -> list[Finding]:
             "Unset them unless this is deliberate (a sandbox or an inspecting proxy you run); "
             "the defaults are Microsoft's and Google's endpoints and the system trust store.",
             "identity_endpoints",
+            fix_command="unset " + " ".join(m.split("=", 1)[0] for m in moved),
         )
     ]
 
@@ -934,6 +1019,7 @@ def _encryption_keys() -> list[Finding]:
                 "Put the key they were written with back into MAILGATE_ENCRYPTION_KEYS (after "
                 "the newest), or enter those secrets again. " + advice[:1].upper() + advice[1:],
                 "encryption_keys",
+                fix_url=reverse("servers:list"),  # where the secrets are typed again
             )
         )
     if scan.old_key:
@@ -947,6 +1033,7 @@ def _encryption_keys() -> list[Finding]:
                 "Run `mailgate rotate-keys`, then remove the older keys from "
                 "MAILGATE_ENCRYPTION_KEYS.",
                 "encryption_keys",
+                fix_command=ROTATE_KEYS,
             )
         )
     if not found:

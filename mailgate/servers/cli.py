@@ -14,6 +14,7 @@ from django.core.management.base import BaseCommand, CommandError
 from rich.console import Console
 from rich.table import Table
 
+from mailgate.progress import CommandProgress
 from mailgate.servers.api import server_out
 from mailgate.servers.config import build_form, export_servers, form_problems, import_servers
 from mailgate.servers.models import (
@@ -341,6 +342,11 @@ class ImportServers(Subcommand):
             help='JSON {"<name>": {"client_secret": "...", "password": "...", "private_key": "..."}}',
         )
         parser.add_argument("--dry-run", action="store_true", help="validate only")
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="print the outcome as JSON (created, updated, warnings; errors exit 2 as usual)",
+        )
 
     def handle(self, command: BaseCommand, options: dict[str, Any]) -> None:
         document = _load_json("FILE", options["file"])
@@ -351,14 +357,38 @@ class ImportServers(Subcommand):
             if problems:
                 raise bad_input("\n".join(f"--secrets-file: {p}" for p in problems))
             secrets = raw
-        report = import_servers(document, secrets, dry_run=options["dry_run"])
-        for warning in report.warnings:
-            command.stderr.write(f"warning: {warning}")
+        as_json = bool(options.get("json"))
+        entries = document.get("servers") if isinstance(document, dict) else None
+        # A progress bar on a terminal (piped or with --json: only the outcome).
+        with CommandProgress(
+            command.stdout,
+            command.stderr,
+            "Checking",
+            len(entries) if isinstance(entries, list) else None,
+            enabled=not as_json,
+        ) as progress:
+
+            def tell(step: str, done: int, total: int) -> None:
+                progress.update(description=f"{step} servers", completed=done, total=total)
+
+            report = import_servers(document, secrets, dry_run=options["dry_run"], progress=tell)
+        if not as_json:
+            for warning in report.warnings:
+                command.stderr.write(f"warning: {warning}")
         if report.errors:
             raise bad_input(
                 f"{len(report.errors)} problem(s), nothing was changed:\n"
                 + "\n".join(report.errors)
             )
+        if as_json:
+            outcome = {
+                "dry_run": bool(options["dry_run"]),
+                "created": [] if options["dry_run"] else report.created,
+                "updated": [] if options["dry_run"] else report.updated,
+                "warnings": report.warnings,
+            }
+            command.stdout.write(json.dumps(outcome, indent=2, ensure_ascii=False))
+            return
         if options["dry_run"]:
             command.stdout.write("The file is valid; nothing was changed (--dry-run).")
             return

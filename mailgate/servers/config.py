@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,11 +107,21 @@ def form_problems(form: MailServerForm) -> dict[str, list[str]]:
     return {name: [str(m) for m in messages] for name, messages in form.errors.items()}
 
 
+# Told where an import is: (what it does, servers done, servers in all), e.g. ("Checking", 3, 40).
+ImportProgress = Callable[[str, int, int], None]
+
+
 def import_servers(
-    document: Any, secrets: dict[str, dict[str, str]] | None = None, *, dry_run: bool = False
+    document: Any,
+    secrets: dict[str, dict[str, str]] | None = None,
+    *,
+    dry_run: bool = False,
+    progress: ImportProgress | None = None,
 ) -> ImportReport:
-    """Create or update servers by name; any error anywhere changes nothing."""
+    """Create or update servers by name; any error anywhere changes nothing. `progress` is told
+    how far the checking, then the saving, has got before each server and when it is done."""
     report = ImportReport()
+    tell: ImportProgress = progress or (lambda _step, _done, _total: None)
     secrets = secrets or {}
     if not isinstance(document, dict) or not isinstance(document.get("servers"), list):
         report.errors.append('$: expected an object {"version": 1, "servers": [...]}')
@@ -123,7 +134,9 @@ def import_servers(
     known = set(EXPORT_FIELDS)
     forms: list[tuple[str, MailServerForm, bool]] = []
     seen: dict[str, int] = {}
-    for i, entry in enumerate(document["servers"]):
+    entries = document["servers"]
+    for i, entry in enumerate(entries):
+        tell("Checking", i, len(entries))
         path = f"servers[{i}]"
         if not isinstance(entry, dict):
             report.errors.append(f"{path}: expected an object with the server's settings")
@@ -169,13 +182,16 @@ def import_servers(
                     "or import again with --secrets-file"
                 )
         forms.append((name, form, existing is None))
+    tell("Checking", len(entries), len(entries))
     for name in secrets:
         if name not in seen:
             report.errors.append(f"secrets.{name}: no server of that name in the file")
     if report.errors or dry_run:
         return report
     with transaction.atomic():
-        for name, form, is_new in forms:
+        for i, (name, form, is_new) in enumerate(forms):
+            tell("Saving", i, len(forms))
             form.save()
             (report.created if is_new else report.updated).append(name)
+        tell("Saving", len(forms), len(forms))
     return report

@@ -106,7 +106,15 @@ def test_json_lists_system_and_server_findings_with_queue_counts(healthy: MailSe
         "failed_24h": 0,
         "sent_24h": 0,
     }
-    assert set(server["findings"][0]) == {"level", "check", "title", "detail", "fix"}
+    assert set(server["findings"][0]) == {
+        "level",
+        "check",
+        "title",
+        "detail",
+        "fix",
+        "fix_url",
+        "fix_command",
+    }
 
 
 def test_json_stays_parseable_when_something_needs_action(db: None, frozen: None) -> None:

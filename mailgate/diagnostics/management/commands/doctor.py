@@ -11,12 +11,16 @@ import json
 import shutil
 from argparse import ArgumentParser
 from collections import Counter
+from dataclasses import replace
 from typing import Any
+from urllib.parse import urljoin
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from mailgate.diagnostics.health import (
     Finding,
@@ -94,7 +98,29 @@ def _finding_lines(finding: Finding) -> list[str]:
         lines.append(f"           {finding.detail}")
     if finding.fix:
         lines.append(f"           Fix: {finding.fix}")
+    if finding.fix_command:
+        lines.append(f"           Run: {finding.fix_command}")
+    if finding.fix_url:
+        lines.append(f"           Open: {_absolute(finding.fix_url)}")
     return lines
+
+
+def _absolute(url: str) -> str:
+    """A console page's address as the browser opens it (MAILGATE_PUBLIC_URL)."""
+    return urljoin(settings.MAILGATE_PUBLIC_URL.rstrip("/") + "/", url)
+
+
+def _with_address(finding: Finding) -> Finding:
+    return replace(finding, fix_url=_absolute(finding.fix_url)) if finding.fix_url else finding
+
+
+def _fix_cell(finding: Finding) -> str:
+    parts = [finding.fix] if finding.fix else []
+    if finding.fix_command:
+        parts.append(f"Run: {finding.fix_command}")
+    if finding.fix_url:
+        parts.append(f"Open: {_absolute(finding.fix_url)}")
+    return "\n".join(parts)
 
 
 def _as_lines(system: list[Finding], reports: list[ServerReport]) -> str:
@@ -119,7 +145,9 @@ def _as_table(system: list[Finding], reports: list[ServerReport], *, color: bool
     rows += [(r.server.name, f) for r in reports for f in r.findings]
     for where, f in rows:
         text = f.title + (f"\n{f.detail}" if f.detail else "")
-        table.add_row(where, f"[{style[f.level]}]{LABELS[f.level]}[/]", text, f.fix)
+        table.add_row(
+            where, f"[{style[f.level]}]{LABELS[f.level]}[/]", Text(text), Text(_fix_cell(f))
+        )
     buffer = io.StringIO()
     width = max(shutil.get_terminal_size().columns, 100)
     Console(
@@ -135,7 +163,7 @@ def _as_json(
         "checked_at": checked_at,
         "needs_action": bool(counts[Level.ERROR] or counts[Level.WARNING]),
         "counts": {str(level): counts[level] for level in Level},
-        "system": [f.as_dict() for f in system],
+        "system": [_with_address(f).as_dict() for f in system],
         "servers": [
             {
                 "id": r.server.pk,
@@ -152,7 +180,7 @@ def _as_json(
                     "failed_24h": r.queue.failed_24h,
                     "sent_24h": r.queue.sent_24h,
                 },
-                "findings": [f.as_dict() for f in r.findings],
+                "findings": [_with_address(f).as_dict() for f in r.findings],
             }
             for r in reports
         ],

@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import json
-import sys
 from argparse import ArgumentParser
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
 from rich.console import Console
-from rich.progress import track
 from rich.table import Table
 
 from mailgate.outbox.actions import ActionRefused, cancel_message, retry_message
 from mailgate.outbox.models import OutgoingMessage, Status
+from mailgate.progress import CommandProgress
 
 
 class Command(BaseCommand):
@@ -58,19 +57,23 @@ class Command(BaseCommand):
         elif not ids:
             raise CommandError("give one or more message ids, or --status", returncode=2)
         refused = []
-        # Many messages: a progress bar on the terminal (nothing when the output is not one).
-        for pk in track(
-            ids,
-            description=f"{action} {len(ids)} messages",
-            console=Console(stderr=True),
-            disable=len(ids) < 2 or not sys.stderr.isatty(),
-        ):
-            try:
-                message = operation(pk)
-            except ActionRefused as exc:
-                refused.append(str(exc))
-                continue
-            self.stdout.write(f"message {message.pk}: {message.status}")
+        # Many messages: a progress bar on the terminal (only the lines when piped).
+        with CommandProgress(
+            self.stdout,
+            self.stderr,
+            f"{action} {len(ids)} messages",
+            len(ids),
+            enabled=len(ids) > 1,
+        ) as progress:
+            for pk in ids:
+                try:
+                    message = operation(pk)
+                except ActionRefused as exc:
+                    refused.append(str(exc))
+                    continue
+                finally:
+                    progress.advance()
+                progress.line(f"message {message.pk}: {message.status}")
         if refused:
             raise CommandError("\n".join(refused), returncode=1)
 
