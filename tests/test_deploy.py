@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import sqlite3
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.outbox.own_database import ROOT
+from tests.processes import mailgate
 
 pytestmark = pytest.mark.nodb
 
@@ -44,28 +43,15 @@ def test_the_systemd_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
     assert done.returncode == 0 and not done.stderr.strip(), done.stderr
 
 
-def _mailgate(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
-    env.update(MAILGATE_HOME=str(home), PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "mailgate.cli", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_backup_copies_the_database_consistently_and_privately(tmp_path: Path) -> None:
     home = tmp_path / "home"
-    assert _mailgate(home, "migrate", "--verbosity", "0").returncode == 0
+    assert mailgate(home, "migrate", "--verbosity", "0").returncode == 0
     target = tmp_path / "copy.sqlite3"
-    done = _mailgate(home, "backup", str(target))
+    done = mailgate(home, "backup", str(target))
     assert done.returncode == 0, done.stderr
     assert stat.S_IMODE(target.stat().st_mode) == 0o600
     with sqlite3.connect(target) as copy:
         tables = {row[0] for row in copy.execute("SELECT name FROM sqlite_master")}
     assert "servers_mailserver" in tables and "outbox_outgoingmessage" in tables
-    again = _mailgate(home, "backup", str(target))
+    again = mailgate(home, "backup", str(target))
     assert again.returncode != 0 and "exists" in again.stderr

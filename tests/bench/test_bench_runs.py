@@ -18,17 +18,12 @@ pytestmark = pytest.mark.nodb
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_benchmark_runs_on_both_servers_and_reports_every_run_in_one_table() -> None:
-    env = {
-        **os.environ,
-        "BENCH_MESSAGES": "30",
-        "BENCH_PLAN": "sqlite:1@batch,postfix:sqlite:1,postfix:sqlite:1:data",
-        "BENCH_REPEAT": "1",
-        "PYTHONPATH": str(ROOT),
-    }
+def _bench(module: str, **variables: str) -> str:
+    """Run `python -m module` as `make bench` does, small; its output (it must exit 0)."""
+    env = {**os.environ, "BENCH_REPEAT": "1", "PYTHONPATH": str(ROOT), **variables}
     env.pop("MAILGATE_DATABASE_URL", None)
     done = subprocess.run(
-        [sys.executable, "-m", "tests.bench.run"],
+        [sys.executable, "-m", module],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -36,7 +31,15 @@ def test_the_benchmark_runs_on_both_servers_and_reports_every_run_in_one_table()
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+    return done.stdout
+
+
+def test_the_benchmark_runs_on_both_servers_and_reports_every_run_in_one_table() -> None:
+    out = _bench(
+        "tests.bench.run",
+        BENCH_MESSAGES="30",
+        BENCH_PLAN="sqlite:1@batch,postfix:sqlite:1,postfix:sqlite:1:data",
+    )
     assert (
         "issue 12 target (>= 0.9x the raw loop on one worker), sandbox sqlite, REST batch of 100: "
         in out
@@ -98,24 +101,7 @@ def test_a_plan_names_the_server_the_database_the_workers_and_the_extensions() -
 
 
 def test_the_fetch_benchmark_runs_end_to_end() -> None:
-    env = {
-        **os.environ,
-        "BENCH_FETCH_MESSAGES": "40",
-        "BENCH_FETCH_BIG_BYTES": "3000000",
-        "BENCH_REPEAT": "1",
-        "PYTHONPATH": str(ROOT),
-    }
-    env.pop("MAILGATE_DATABASE_URL", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "tests.bench.fetch"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    out = done.stdout
+    out = _bench("tests.bench.fetch", BENCH_FETCH_MESSAGES="40", BENCH_FETCH_BIG_BYTES="3000000")
     assert "fetch: 40 x 10 KB from Dovecot over XOAUTH2" in out
     report = json.loads(out[out.index("\n{") + 1 :])
     assert report["messages"] == 40 and len(report["raw_loops"]) == 2

@@ -11,8 +11,10 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -24,14 +26,32 @@ from tests.smtpsink import SMTPSink
 Scenario = Callable[[str, Path, bool], Row]
 
 
-def _drain(deployed: Lab, sink: SMTPSink, total: int, since: float, timeout: float) -> float:
-    wait_for(lambda: deployed.all_sent(total), timeout, f"all {total} messages sent")
-    return time.monotonic() - since
-
-
 def _resumed(sink: SMTPSink, before: int, since: float, timeout: float) -> float:
     wait_for(lambda: len(sink.received) > before, timeout, "deliveries to resume")
     return time.monotonic() - since
+
+
+@dataclass
+class Served:
+    """A deployment with `mailgate web` and `mailgate worker` running, an application posting to
+    the REST API, and the SMTP server the mail goes to."""
+
+    deployed: Lab
+    sink: SMTPSink
+    port: int
+    web: subprocess.Popen[bytes]
+    worker: subprocess.Popen[bytes]
+    client: Client
+
+
+@contextlib.contextmanager
+def served(kind: str, home: Path, **sink_options: Any) -> Iterator[Served]:
+    with lab(kind, home) as deployed, SMTPSink(**sink_options) as sink:
+        deployed.harness("setup", {"server": sink_server(sink), "messages": 0})
+        port = free_port()
+        web = deployed.web(port)
+        worker = deployed.worker()
+        yield Served(deployed, sink, port, web, worker, Client(deployed, port))
 
 
 def smtp_refuses_connections(kind: str, home: Path, bounded: bool) -> Row:
@@ -45,7 +65,7 @@ def smtp_refuses_connections(kind: str, home: Path, bounded: bool) -> Row:
         sink.start()
         back = time.monotonic()
         recovery = _resumed(sink, 0, back, 60)
-        drained = _drain(deployed, sink, total, back, 120)
+        drained = deployed.drained_since(back, total, 120)
         lost, duplicated = tally(deployed.queued_ids(), message_ids(sink))
     return Row(
         f"SMTP refuses connections {down:g} s",
@@ -81,7 +101,7 @@ def smtp_421_mid_batch(kind: str, home: Path, bounded: bool) -> Row:
         wait_for(lambda: bool(refused_at), 60, "the 421")
         before = len(sink.received)
         recovery = _resumed(sink, before, refused_at[0], 60)
-        drained = _drain(deployed, sink, total, refused_at[0], 120)
+        drained = deployed.drained_since(refused_at[0], total, 120)
         lost, duplicated = tally(deployed.queued_ids(), message_ids(sink))
     return Row("SMTP 421 mid-batch", kind, total, lost, duplicated, recovery, drained, crashes=0)
 
@@ -107,7 +127,7 @@ def _drop_once(
         deployed.worker()
         wait_for(lambda: bool(dropped_at), 90, "the drop")
         recovery = _resumed(sink, messages // 2, dropped_at[0], 60)
-        drained = _drain(deployed, sink, messages, dropped_at[0], 120)
+        drained = deployed.drained_since(dropped_at[0], messages, 120)
         return tally(deployed.queued_ids(), message_ids(sink)), recovery, drained
 
 
@@ -143,7 +163,7 @@ def kill_worker_mid_batch(kind: str, home: Path, bounded: bool) -> Row:
         before = len(sink.received)
         deployed.worker()
         recovery = _resumed(sink, before, killed, 90)
-        drained = _drain(deployed, sink, total, killed, 180)
+        drained = deployed.drained_since(killed, total, 180)
         lost, duplicated = tally(deployed.queued_ids(), message_ids(sink))
     return Row(
         "kill -9 of the worker mid-batch",
@@ -160,25 +180,22 @@ def kill_worker_mid_batch(kind: str, home: Path, bounded: bool) -> Row:
 def sigterm_web_and_worker(kind: str, home: Path, bounded: bool) -> Row:
     """SIGTERM of web and worker while mail is being queued and sent; both started again."""
     total = 60 if bounded else 500
-    with lab(kind, home) as deployed, SMTPSink(data_delay=0.02) as sink:
-        deployed.harness("setup", {"server": sink_server(sink), "messages": 0})
-        port = free_port()
-        web = deployed.web(port)
-        worker = deployed.worker()
-        client = Client(deployed, port)
+    with served(kind, home, data_delay=0.02) as up:
+        deployed, sink, client = up.deployed, up.sink, up.client
         client.send(total // 2)
         wait_for(lambda: len(sink.received) >= 5, 60, "some deliveries")
-        web.send_signal(signal.SIGTERM)
-        worker.send_signal(signal.SIGTERM)
-        codes = (web.wait(timeout=30), worker.wait(timeout=30))
+        up.web.send_signal(signal.SIGTERM)
+        up.worker.send_signal(signal.SIGTERM)
+        codes = (up.web.wait(timeout=30), up.worker.wait(timeout=30))
         left_claimed = deployed.claimed()
         stopped = time.monotonic()
-        deployed.web(port)
+        before = len(sink.received)  # nothing is delivered until they are back
+        deployed.web(up.port)
         deployed.worker()
-        client.send(total - total // 2)
-        before = len(sink.received)
+        sender = client.send_in_background(total - total // 2)
         recovery = _resumed(sink, before, stopped, 60)
-        drained = _drain(deployed, sink, total, stopped, 120)
+        sender.join(timeout=180)
+        drained = deployed.drained_since(stopped, total)
         lost, duplicated = tally(client.accepted, message_ids(sink))
     note = f"exit codes {codes}, {left_claimed} claims left behind"
     return Row(
@@ -197,22 +214,17 @@ def sigterm_web_and_worker(kind: str, home: Path, bounded: bool) -> Row:
 def kill_web_during_enqueue(kind: str, home: Path, bounded: bool) -> Row:
     """kill -9 of web while an application posts messages; every 201 answered is delivered."""
     total = 60 if bounded else 500
-    with lab(kind, home) as deployed, SMTPSink() as sink:
-        deployed.harness("setup", {"server": sink_server(sink), "messages": 0})
-        port = free_port()
-        web = deployed.web(port)
-        deployed.worker()
-        client = Client(deployed, port)
-        sender = threading.Thread(target=client.send, args=(total,), kwargs={"retry_for": 90})
-        sender.start()
+    with served(kind, home) as up:
+        deployed, sink, client = up.deployed, up.sink, up.client
+        sender = client.send_in_background(total, retry_for=90)
         wait_for(lambda: len(client.accepted) >= total // 3, 60, "some enqueues")
-        web.send_signal(signal.SIGKILL)
-        web.wait(timeout=10)
+        up.web.send_signal(signal.SIGKILL)
+        up.web.wait(timeout=10)
         killed = time.monotonic()
-        deployed.web(port)
+        deployed.web(up.port)
         sender.join(timeout=180)
         recovery = client.first_after(killed)
-        drained = _drain(deployed, sink, len(deployed.queued_ids()), killed, 120)
+        drained = deployed.drained_since(killed, len(deployed.queued_ids()))
         lost, duplicated = tally(client.accepted, message_ids(sink))
     return Row(
         "kill -9 of web during enqueue",
@@ -232,14 +244,9 @@ def postgresql_restart(kind: str, home: Path, bounded: bool) -> Row:
     them); they must reconnect by themselves, and nothing answered 201 may be lost."""
     assert kind == "postgresql"
     total = 60 if bounded else 500
-    with lab(kind, home) as deployed, SMTPSink(data_delay=0.02) as sink:
-        deployed.harness("setup", {"server": sink_server(sink), "messages": 0})
-        port = free_port()
-        deployed.web(port)
-        deployed.worker()
-        client = Client(deployed, port)
-        sender = threading.Thread(target=client.send, args=(total,), kwargs={"retry_for": 90})
-        sender.start()
+    with served(kind, home, data_delay=0.02) as up:
+        deployed, sink, client = up.deployed, up.sink, up.client
+        sender = client.send_in_background(total, retry_for=90)
         wait_for(lambda: len(sink.received) >= total // 4, 60, "some deliveries")
         name = deployed.url.rsplit("/", 1)[1]
         admin = deployed.url.rsplit("/", 1)[0] + "/postgres"
@@ -252,7 +259,7 @@ def postgresql_restart(kind: str, home: Path, bounded: bool) -> Row:
         before = len(sink.received)
         sender.join(timeout=180)
         recovery = _resumed(sink, before, restarted, 60) if before < total else 0.0
-        drained = _drain(deployed, sink, len(deployed.queued_ids()), restarted, 120)
+        drained = deployed.drained_since(restarted, len(deployed.queued_ids()), 120)
         lost, duplicated = tally(client.accepted, message_ids(sink))
     return Row(
         "PostgreSQL connections cut mid-drain",
@@ -308,6 +315,12 @@ class Client:
                     )
                     time.sleep(0.2)
 
+    def send_in_background(self, count: int, *, retry_for: float = 30) -> threading.Thread:
+        """`send()` in a thread of its own, started."""
+        sender = threading.Thread(target=self.send, args=(count,), kwargs={"retry_for": retry_for})
+        sender.start()
+        return sender
+
     def refused(self, count: int) -> list[tuple[int, str]]:
         """Post `count` messages once each; the (status, detail) of those not accepted."""
         answers = []
@@ -344,12 +357,8 @@ def sqlite_disk_full(kind: str, home: Path, bounded: bool) -> Row:
         f"the disk-full row needs a small tmpfs (run as root): mount said {mounted.stderr.strip()}"
     )
     try:
-        with lab(kind, disk) as deployed, SMTPSink() as sink:
-            deployed.harness("setup", {"server": sink_server(sink), "messages": 0})
-            port = free_port()
-            deployed.web(port)
-            deployed.worker()
-            client = Client(deployed, port)
+        with served(kind, disk) as up:
+            deployed, sink, client = up.deployed, up.sink, up.client
             client.send(total // 3)
             wait_for(lambda: len(sink.received) >= total // 3, 60, "the first third delivered")
             filler = disk / "filler"
@@ -362,7 +371,7 @@ def sqlite_disk_full(kind: str, home: Path, bounded: bool) -> Row:
             freed = time.monotonic()
             client.send(total - total // 3, retry_for=60)
             recovery = client.first_after(freed)
-            drained = _drain(deployed, sink, len(deployed.queued_ids()), freed, 120)
+            drained = deployed.drained_since(freed, len(deployed.queued_ids()), 120)
             lost, duplicated = tally(client.accepted, message_ids(sink))
             check = query(deployed.url, "PRAGMA integrity_check")[0][0]
     finally:
@@ -415,7 +424,7 @@ def long_application_transactions(kind: str, home: Path, bounded: bool) -> Row:
         during = [t for t in stamps if began <= t <= ended]
         gaps = [b - a for a, b in itertools.pairwise([began, *during, ended])]
         longest = max(gaps)
-        drained = _drain(deployed, sink, total + transactions, ended, 120)
+        drained = deployed.drained_since(ended, total + transactions, 120)
         lost, duplicated = tally(deployed.queued_ids(), message_ids(sink))
     return Row(
         f"application holds {hold:g} s write transactions back to back (SQLite)",

@@ -85,8 +85,7 @@ def identity_provider_fails(fault: str):
             sandbox.control.clear_faults()
             ended = time.monotonic()
             recovery = wait_for(lambda: len(sandbox.control.messages()) > 0, 120, "a delivery")
-            wait_for(lambda: deployed.all_sent(total), 120, "all sent")
-            drained = time.monotonic() - ended
+            drained = deployed.drained_since(ended, total)
             lost, duplicated = tally(expected(deployed), delivered(sandbox))
         return Row(
             f"identity provider {fault} during refresh ({lasting:g} s)",
@@ -118,13 +117,14 @@ def grant_revoked_mid_drain(kind: str, home: Path, bounded: bool) -> Row:
         enqueue(deployed, sandbox, half, total - half)
         wait_for(lambda: deployed.counts().get("held") == total - half, 120, "the rest held")
         status = query(deployed.url, "SELECT status FROM servers_mailserver")[0][0]
-        connect(deployed, sandbox, expired=False)  # the administrator reconnects
+        # The administrator reconnects (a process that signs in and stores the grant, whose
+        # signal releases the held mail): recovery counts from the start of it.
         reconnected = time.monotonic()
+        connect(deployed, sandbox, expired=False)
         recovery = wait_for(
             lambda: len(sandbox.control.messages()) > half, 120, "held mail delivered"
         )
-        wait_for(lambda: deployed.all_sent(total), 120, "all sent")
-        drained = time.monotonic() - reconnected
+        drained = deployed.drained_since(reconnected, total)
         lost, duplicated = tally(expected(deployed), delivered(sandbox))
     return Row(
         "grant revoked mid-drain, then reconnected",
@@ -134,6 +134,6 @@ def grant_revoked_mid_drain(kind: str, home: Path, bounded: bool) -> Row:
         duplicated,
         recovery,
         drained,
-        f"{total - half} held while the server showed {status!r}",
+        f"{total - half} held while the server showed {status!r}; times from the reconnect's start",
         crashes=0,
     )

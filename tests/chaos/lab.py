@@ -11,6 +11,7 @@ import collections
 import contextlib
 import email
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -18,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -114,13 +116,23 @@ class Lab:
     # -- processes ---------------------------------------------------------------------------
 
     def start(self, *command: str, **env: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mailgate.cli", *command],
-            env={**self.env, **env},
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        # CHAOS_LOGS=DIR keeps each process's log there (web-1.log, worker-2.log, ...).
+        logs = os.environ.get("CHAOS_LOGS")
+        log: IO[bytes] | int = subprocess.DEVNULL
+        if logs:
+            Path(logs).mkdir(parents=True, exist_ok=True)
+            log = open(Path(logs) / f"{command[0]}-{len(self.processes) + 1}.log", "ab")  # noqa: SIM115
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mailgate.cli", *command],
+                env={**self.env, **env},
+                cwd=ROOT,
+                stdout=log,
+                stderr=log,
+            )
+        finally:
+            if not isinstance(log, int):
+                log.close()  # the child has its own copy
         self.processes.append(process)
         return process
 
@@ -149,6 +161,11 @@ class Lab:
 
     def all_sent(self, total: int) -> bool:
         return self.counts() == {"sent": total}
+
+    def drained_since(self, since: float, total: int, timeout: float = 120) -> float:
+        """Seconds from `since` (time.monotonic()) until all `total` messages were sent."""
+        wait_for(lambda: self.all_sent(total), timeout, f"all {total} messages sent")
+        return time.monotonic() - since
 
     def queued_ids(self) -> set[str]:
         return {r[0] for r in query(self.url, "SELECT message_id FROM outbox_outgoingmessage")}

@@ -4,10 +4,7 @@ an unknown option), 1 when the work itself failed."""
 from __future__ import annotations
 
 import io
-import os
 import socket
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -18,7 +15,7 @@ from django.core.management.base import CommandError
 from django.db import connections
 from django.test import override_settings
 
-from tests.outbox.own_database import ROOT
+from tests.processes import mailgate
 
 
 def _returncode(*args: str, stdin: str = "") -> tuple[int, str]:
@@ -107,27 +104,15 @@ def test_create_admin_with_a_weak_password_exits_2() -> None:
 @pytest.mark.nodb
 def test_the_console_script_exits_2_for_bad_input_and_usage(tmp_path: Path) -> None:
     """End to end through `mailgate`: Django turns the CommandError into the process's status."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
-    env.update(MAILGATE_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT))
-
-    def mailgate(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "mailgate.cli", *args],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-
-    assert mailgate("migrate", "--verbosity", "0").returncode == 0
+    home = tmp_path / "home"
+    assert mailgate(home, "migrate", "--verbosity", "0").returncode == 0
     taken = tmp_path / "taken"
     taken.write_text("x")
     results = {
-        "backup FILE exists": mailgate("backup", str(taken)),
-        "relay --listen bad": mailgate("relay", "--listen", "nowhere"),
-        "relay, unknown option": mailgate("relay", "--no-such-option"),
-        "backup, no FILE": mailgate("backup"),
+        "backup FILE exists": mailgate(home, "backup", str(taken)),
+        "relay --listen bad": mailgate(home, "relay", "--listen", "nowhere"),
+        "relay, unknown option": mailgate(home, "relay", "--no-such-option"),
+        "backup, no FILE": mailgate(home, "backup"),
     }
     codes = {what: done.returncode for what, done in results.items()}
     assert codes == dict.fromkeys(results, 2), {w: d.stderr[-300:] for w, d in results.items()}

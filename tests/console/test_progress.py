@@ -10,7 +10,6 @@ import os
 import pty
 import select
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from mailgate.outbox.models import OutgoingMessage, Status
 from mailgate.progress import CommandProgress, is_terminal
 from mailgate.servers.models import MailServer
 from tests.outbox.own_database import ROOT
+from tests.processes import MAILGATE, home_env, mailgate
 
 ESC = "\x1b"
 
@@ -144,30 +144,19 @@ def _in_a_terminal(args: list[str], env: dict[str, str]) -> tuple[int, str]:
 def test_servers_import_draws_a_bar_in_a_terminal_and_stays_plain_when_piped(
     tmp_path: Path,
 ) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MAILGATE_")}
-    env.update(MAILGATE_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT), TERM="xterm")
-    mailgate = [sys.executable, "-m", "mailgate.cli"]
-    migrated = subprocess.run(
-        [*mailgate, "migrate", "--verbosity", "0"], env=env, cwd=ROOT, capture_output=True
-    )
-    assert migrated.returncode == 0, migrated.stderr
+    home = tmp_path / "home"
+    env = home_env(home, TERM="xterm")
+    assert mailgate(home, "migrate", "--verbosity", "0").returncode == 0
     first, second = tmp_path / "first.json", tmp_path / "second.json"
     first.write_text(json.dumps(_export(30)))
     second.write_text(json.dumps(_export(35)))
 
-    code, screen = _in_a_terminal([*mailgate, "servers", "import", str(first)], env)
+    code, screen = _in_a_terminal([*MAILGATE, "servers", "import", str(first)], env)
     assert code == 0, screen
     assert ESC in screen  # the bar (and its removal) are terminal control sequences
     assert "servers" in screen and "created 'Imported 29'" in screen
 
-    piped = subprocess.run(
-        [*mailgate, "servers", "import", str(second)],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    piped = mailgate(home, "servers", "import", str(second))
     assert piped.returncode == 0, piped.stderr
     assert ESC not in piped.stdout + piped.stderr
     assert piped.stdout.splitlines() == [
@@ -175,7 +164,7 @@ def test_servers_import_draws_a_bar_in_a_terminal_and_stays_plain_when_piped(
         *(f"updated 'Imported {n}'" for n in range(30)),
     ]
 
-    code, screen = _in_a_terminal([*mailgate, "servers", "import", str(first), "--json"], env)
+    code, screen = _in_a_terminal([*MAILGATE, "servers", "import", str(first), "--json"], env)
     assert code == 0, screen
     assert ESC not in screen
     outcome = json.loads(screen)

@@ -29,12 +29,19 @@ def _fetch(*args: str, stdout: io.StringIO) -> tuple[int, str]:
     return 0, errors.getvalue()
 
 
-def test_fetch_draws_a_bar_on_a_terminal_and_plain_lines_when_piped(
-    imap_server: MailServer, mailbox: Mailbox
-) -> None:
+@pytest.fixture
+def one_waiting(imap_server: MailServer, mailbox: Mailbox) -> MailServer:
+    """The server, set to take mail already in the mailbox, and one message there."""
     imap_server.fetch_existing = True
     imap_server.save()
     mailbox.append(message("one"))
+    return imap_server
+
+
+def test_fetch_draws_a_bar_on_a_terminal_and_plain_lines_when_piped(
+    one_waiting: MailServer, mailbox: Mailbox
+) -> None:
+    imap_server = one_waiting
     terminal = TerminalBuffer()
     assert _fetch(stdout=terminal) == (0, "")
     screen = terminal.getvalue()
@@ -49,11 +56,9 @@ def test_fetch_draws_a_bar_on_a_terminal_and_plain_lines_when_piped(
 
 
 def test_fetch_json_is_one_document_without_control_characters_even_on_a_terminal(
-    imap_server: MailServer, mailbox: Mailbox
+    one_waiting: MailServer,
 ) -> None:
-    imap_server.fetch_existing = True
-    imap_server.save()
-    mailbox.append(message("one"))
+    imap_server = one_waiting
     terminal = TerminalBuffer()
     assert _fetch("--json", stdout=terminal) == (0, "")
     assert ESC not in terminal.getvalue()
