@@ -17,6 +17,7 @@ log = logging.getLogger("mailgate.worker")
 WORKER_STEPS: list[str] = [
     "mailgate.core.heartbeat.heartbeat_step",
     "mailgate.outbox.worker.deliver_step",
+    "mailgate.outbox.hold.hold_step",
     "mailgate.inbox.idle.idle_step",
     "mailgate.inbox.fetcher.fetch_step",
     "mailgate.inbox.handoff.handoff_step",

@@ -87,6 +87,34 @@ def release_server(server: MailServer) -> int:
     return count
 
 
+def hold_step() -> bool:
+    """Worker step: mark held the waiting mail of held servers. Another process may queue mail
+    for a server up to routing.CACHE_SECONDS after it was held (its server list was read before);
+    such mail is never sent while the hold lasts, and is counted held from here on. True when
+    any was found (one small query when no server is held)."""
+    found = 0
+    for server_id in held_servers().values_list("pk", flat=True):
+        with transaction.atomic():
+            # The server row's lock orders this after (or before) a release_server(), which
+            # updates that row first: mail is never marked held for a server just released.
+            server = (
+                MailServer.objects.select_for_update()
+                .filter(pk=server_id)
+                .exclude(not_held())
+                .only("hold_reason")
+                .first()
+            )
+            if server is not None:
+                found += OutgoingMessage.objects.filter(
+                    server_id=server_id, status__in=WAITING
+                ).update(
+                    status=Status.HELD, diagnosis=server.hold_reason, updated_at=timezone.now()
+                )
+    if found:
+        log.info("%d messages queued for held servers recorded as held", found)
+    return bool(found)
+
+
 # A server is held while it has a hold reason or a hold time: hold_server() sets both,
 # release_server() clears both, and the three functions below are the only ones that decide it.
 
