@@ -321,12 +321,17 @@ class Client:
         sender.start()
         return sender
 
-    def refused(self, count: int) -> list[tuple[int, str]]:
-        """Post `count` messages once each; the (status, detail) of those not accepted."""
-        answers = []
+    def refused(self, count: int, *, size: int = 1) -> list[tuple[int, str]]:
+        """Post up to `count` messages of `size` characters once each, until three are refused;
+        the (status, detail) of those not accepted."""
+        answers: list[tuple[int, str]] = []
         with httpx.Client(timeout=30) as http:
             for i in range(count):
-                body = {"from": "app@example.com", "to": [f"full{i}@example.org"], "text": "x"}
+                body = {
+                    "from": "app@example.com",
+                    "to": [f"full{i}@example.org"],
+                    "text": "x" * size,
+                }
                 answer = http.post(
                     self.url, json=body, headers={"Authorization": f"Bearer {self.key}"}
                 )
@@ -334,6 +339,8 @@ class Client:
                     self.accepted.add(answer.json()["message_id"])
                 else:
                     answers.append((answer.status_code, answer.json().get("detail", "")))
+                    if len(answers) >= 3:
+                        break
         return answers
 
     def first_after(self, moment: float) -> float | None:
@@ -366,7 +373,9 @@ def sqlite_disk_full(kind: str, home: Path, bounded: bool) -> Row:
                 while True:  # until ENOSPC
                     f.write(b"\0" * 65536)
                     f.flush()
-            refusals = client.refused(5)
+            # SQLite first fills the free pages it has (in the file and the WAL): post until the
+            # disk refuses, 16 KB a message.
+            refusals = client.refused(200, size=16_000)
             filler.unlink()
             freed = time.monotonic()
             client.send(total - total // 3, retry_for=60)
