@@ -257,8 +257,9 @@ def postgresql_restart(kind: str, home: Path, bounded: bool) -> Row:
         )[0][0]
         restarted = time.monotonic()
         before = len(sink.received)
-        sender.join(timeout=180)
+        # The next delivery after the cut (measured while the application still posts).
         recovery = _resumed(sink, before, restarted, 60) if before < total else 0.0
+        sender.join(timeout=180)
         drained = deployed.drained_since(restarted, len(deployed.queued_ids()), 120)
         lost, duplicated = tally(client.accepted, message_ids(sink))
     return Row(
