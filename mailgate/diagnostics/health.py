@@ -771,7 +771,7 @@ def _disk() -> list[Finding]:
     usage = shutil.disk_usage(home)
     free_fraction = usage.free / usage.total if usage.total else 1.0
     detail = (
-        f"{_megabytes(usage.free)} free of {_megabytes(usage.total)} "
+        f"{_size(usage.free)} free of {_size(usage.total)} "
         f"({free_fraction:.0%}) on the filesystem of MAILGATE_HOME ({home})."
     )
     if usage.free >= LOW_DISK_BYTES or free_fraction >= LOW_DISK_FRACTION:
@@ -795,6 +795,10 @@ def _disk() -> list[Finding]:
             fix_command="mailgate purge --older-than 7" if on_sqlite else f"du -sh {home}/*",
         )
     ]
+
+
+def _size(size: int) -> str:
+    return f"{size / 1_000_000_000:.1f} GB" if size >= 10_000_000_000 else _megabytes(size)
 
 
 def _megabytes(size: int) -> str:

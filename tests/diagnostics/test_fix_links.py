@@ -124,7 +124,7 @@ def test_disk_space_is_a_warning_when_low_and_ok_otherwise(
         health.shutil, "disk_usage", lambda path: DiskUsage(100 * GB, 0, free["bytes"])
     )
     (ok,) = [f for f in system_findings() if f.check == "disk"]
-    assert ok.level == Level.OK and ok.detail.startswith("53687.1 MB free of")
+    assert ok.level == Level.OK and ok.detail.startswith("53.7 GB free of 107.4 GB (50%)")
     free["bytes"] = 300 * 1024 * 1024  # under 500 MB and under 5 %
     assert by_check(system_findings(), "disk").level == Level.WARNING
 
