@@ -31,7 +31,15 @@ from mailgate.inbox.models import (
     RemoteAction,
     SkippedUidl,
 )
-from mailgate.inbox.store import FILE_BYTES, Fetched, keep, spool, store
+from mailgate.inbox.store import (
+    FILE_BYTES,
+    Fetched,
+    bulk_writes,
+    keep,
+    parse_pending,
+    spool,
+    store,
+)
 from mailgate.providers.replies import diagnose_reply
 from mailgate.servers.models import MailServer
 from mailgate.transports.base import TransportError
@@ -158,10 +166,11 @@ def fetch_server(
         report.skipped = f"being fetched by {claimed_by(server) or 'another worker'}"
         return report
     try:
-        if server.incoming_protocol == "pop3":
-            report.counts[""] = _fetch_pop3(server, holder)
-        else:
-            _fetch_imap(server, holder, report.counts)
+        with bulk_writes():
+            if server.incoming_protocol == "pop3":
+                report.counts[""] = _fetch_pop3(server, holder)
+            else:
+                _fetch_imap(server, holder, report.counts)
     except LostClaim as exc:
         report.skipped = str(exc)
         return report
@@ -270,30 +279,29 @@ def _take(
     is used by one thread at a time (the download is awaited before the After Fetch action)."""
     stored = 0
     keep_all = server.after_fetch == "keep"
+    sizes: dict[int, int] = {}
+    for start in range(0, len(uids), SUMMARY_CHUNK):
+        sizes.update(transport.sizes(uids[start : start + SUMMARY_CHUNK]))
+    batches = _batches([MessageSummary(u, sizes[u], None, "") for u in uids if u in sizes])
     # Leaving the block (an error included) waits for a download still under way.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-fetch") as pool:
-        for start in range(0, len(uids), SUMMARY_CHUNK):
-            chunk = uids[start : start + SUMMARY_CHUNK]
-            sizes = transport.sizes(chunk)
-            summaries = [MessageSummary(u, sizes[u], None, "") for u in chunk if u in sizes]
-            batches = _batches(summaries)
-            ahead: Future[list[Fetched]] | None = None
-            for i, batch in enumerate(batches):
-                renew(server, holder)
-                items = ahead.result() if ahead else _download(transport, cursor, batch)
-                ahead = None
-                if i + 1 < len(batches):
-                    ahead = pool.submit(_download, transport, cursor, batches[i + 1])
-                rows = store(server, items, cursor=cursor, remote_pending=not keep_all)
-                stored += len(rows)
-                if rows and not keep_all:
-                    _pause_after_store()
-                    if ahead is not None:
-                        wait([ahead])  # the connection is free again
-                    _act(transport, server, [r.uid for r in rows if r.uid is not None])
-                    IncomingMessage.objects.filter(seq__in=[r.seq for r in rows]).update(
-                        remote_action=RemoteAction.DONE
-                    )
+        ahead: Future[list[Fetched]] | None = None
+        for i, batch in enumerate(batches):
+            renew(server, holder)
+            items = ahead.result() if ahead else _download(transport, cursor, batch)
+            ahead = None
+            if i + 1 < len(batches):
+                ahead = pool.submit(_download, transport, cursor, batches[i + 1])
+            rows = store(server, items, cursor=cursor, remote_pending=not keep_all)
+            stored += len(rows)
+            if rows and not keep_all:
+                _pause_after_store()
+                if ahead is not None:
+                    wait([ahead])  # the connection is free again
+                _act(transport, server, [r.uid for r in rows if r.uid is not None])
+                IncomingMessage.objects.filter(seq__in=[r.seq for r in rows]).update(
+                    remote_action=RemoteAction.DONE
+                )
     return stored
 
 
@@ -384,6 +392,7 @@ def _resync(
         uidvalidity,
     )
     uids = transport.uids_after(0)
+    parse_pending(server=server)  # the Message-IDs of what is stored
     stored_rows = IncomingMessage.objects.filter(server=server, folder=cursor.folder)
     by_new_uid = set(stored_rows.filter(uidvalidity=uidvalidity).values_list("uid", flat=True))
     by_id: dict[tuple[str, int], int] = {}

@@ -22,6 +22,7 @@ from django.utils import timezone
 from mailgate.crypto import Sealed
 from mailgate.inbox.models import IncomingMessage, Status, WebhookDelivery
 from mailgate.inbox.signals import message_received
+from mailgate.inbox.store import ensure_parsed, parse_pending
 
 log = logging.getLogger("mailgate.inbox")
 
@@ -33,6 +34,7 @@ HANDOFF_BATCH = 100
 
 def message_json(message: IncomingMessage) -> dict[str, Any]:
     """A message as the REST list and the webhook show it."""
+    ensure_parsed(message)
     return {
         "id": message.pk,
         "server": message.server.name,
@@ -139,7 +141,9 @@ def hand_off_one(message: IncomingMessage, client: httpx.Client) -> bool:
 def hand_off(limit: int = HANDOFF_BATCH) -> int:
     """Offer due received messages to the application, oldest first; return how many were tried.
 
-    After a webhook failure, that server's other messages wait for the next round."""
+    After a webhook failure, that server's other messages wait for the next round. Messages the
+    fetch stored as bytes alone are parsed first."""
+    parse_pending()
     now = timezone.now()
     due = list(
         IncomingMessage.objects.filter(status=Status.RECEIVED)

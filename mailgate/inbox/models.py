@@ -46,6 +46,9 @@ class IncomingMessage(models.Model):
     raw_file = models.CharField(max_length=300, blank=True)
     attachments = models.JSONField(default=list)
     parse_error = models.TextField(blank=True)
+    # False until the fields above are parsed from the bytes: the fetch stores the bytes alone,
+    # the hand-off (or the first reader) parses them (mailgate.inbox.store.parse_pending).
+    parsed = models.BooleanField(default=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.RECEIVED)
     remote_action = models.CharField(
         max_length=8, choices=RemoteAction.choices, default=RemoteAction.NONE
@@ -73,6 +76,9 @@ class IncomingMessage(models.Model):
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="inbox_handoff_idx"),
             models.Index(fields=["server", "remote_action"], name="inbox_remote_idx"),
+            models.Index(
+                fields=["seq"], condition=models.Q(parsed=False), name="inbox_unparsed_idx"
+            ),
         ]
 
     def __str__(self) -> str:

@@ -13,7 +13,7 @@ from django.views.decorators.http import require_POST
 from mailgate.accounts.roles import admin_required
 from mailgate.inbox.handoff import retry
 from mailgate.inbox.models import FetchState, IncomingMessage, Status
-from mailgate.inbox.store import attachment, contents
+from mailgate.inbox.store import attachment, contents, ensure_parsed
 from mailgate.servers.listing import filter_by_status_and_server, status_counts
 from mailgate.servers.models import MailServer
 
@@ -22,6 +22,8 @@ def message_list(request: HttpRequest) -> HttpResponse:
     rows = IncomingMessage.objects.select_related("server").defer("raw").order_by("-seq")
     rows, filters, problems = filter_by_status_and_server(rows, request, Status)
     page = Paginator(rows, 50).get_page(request.GET.get("page"))
+    for message in page.object_list:
+        ensure_parsed(message)
     return render(
         request,
         "inbox/list.html",
@@ -38,7 +40,9 @@ def message_list(request: HttpRequest) -> HttpResponse:
 
 
 def message_detail(request: HttpRequest, pk: int) -> HttpResponse:
-    message = get_object_or_404(IncomingMessage.objects.select_related("server"), pk=pk)
+    message = ensure_parsed(
+        get_object_or_404(IncomingMessage.objects.select_related("server"), pk=pk)
+    )
     return render(
         request,
         "inbox/detail.html",

@@ -16,6 +16,7 @@ from tests.inbox.conftest import Mailbox, PasswordDovecot, make_server, message
 
 
 def subjects(server: MailServer) -> list[str]:
+    store.parse_pending()  # what the hand-off does before anything reads the fields
     return list(
         IncomingMessage.objects.filter(server=server)
         .order_by("seq")
@@ -27,6 +28,7 @@ def fetched(server: MailServer) -> dict[str, int]:
     server.refresh_from_db()
     report = fetch_server(server)
     assert report.ok, report.error
+    store.parse_pending()  # the fetch stores bytes; the hand-off parses them
     return report.counts
 
 
@@ -252,3 +254,26 @@ def test_two_fetchers_never_take_one_mailbox_at_once(imap_server: MailServer) ->
     assert report.skipped and not report.counts
     FetchState.objects.filter(pk=imap_server.pk).update(claimed_by="", claimed_until=None)
     assert fetch_server(imap_server).ok
+
+
+def test_the_fetch_stores_the_bytes_and_the_hand_off_parses_them(
+    imap_server: MailServer, mailbox: Mailbox
+) -> None:
+    from mailgate.inbox.handoff import hand_off, message_json
+
+    imap_server.fetch_existing = True
+    imap_server.save()
+    mailbox.append(message("first"))
+    mailbox.append(message("second"))
+    assert fetch_server(imap_server).counts == {"INBOX": 2}
+    rows = list(IncomingMessage.objects.order_by("seq"))
+    assert [(r.parsed, r.subject, r.sender) for r in rows] == [(False, "", "")] * 2
+    assert rows[0].raw_bytes() == message("first")
+    # A reader that comes before the hand-off parses the one message it shows.
+    assert message_json(rows[0])["subject"] == "first"
+    assert IncomingMessage.objects.get(pk=rows[0].pk).parsed
+    assert not IncomingMessage.objects.get(pk=rows[1].pk).parsed
+    hand_off()  # parses whatever is left first, so receivers see the fields
+    second = IncomingMessage.objects.get(pk=rows[1].pk)
+    assert second.parsed and second.subject == "second"
+    assert second.sender == "billing@supplier.example" and second.to == ["sales@contoso.example"]
