@@ -239,12 +239,23 @@ def _finish(server: MailServer, holder: str, report: FetchReport) -> None:
 
 
 def _fetch_imap(server: MailServer, holder: str, counts: dict[str, int]) -> None:
+    problems: list[TransportError] = []
     with imap_transport(server, timeout=TIMEOUT_SECONDS) as transport:
         for folder in server.folder_list():
-            counts[folder] = _fetch_folder(transport, server, folder, holder)
+            counts[folder] = _fetch_folder(transport, server, folder, holder, problems)
+    if problems:
+        # Every new message was stored; the action waits (pending) and is tried again on the
+        # next fetch. Reported as this fetch's error, so the card and the dashboard show it.
+        raise problems[0]
 
 
-def _fetch_folder(transport: IMAPTransport, server: MailServer, folder: str, holder: str) -> int:
+def _fetch_folder(
+    transport: IMAPTransport,
+    server: MailServer,
+    folder: str,
+    holder: str,
+    problems: list[TransportError],
+) -> int:
     status = transport.open_folder(folder, readonly=server.after_fetch == "keep")
     cursor = FolderCursor.objects.filter(server=server, folder=folder).first()
     stored = 0
@@ -259,9 +270,9 @@ def _fetch_folder(transport: IMAPTransport, server: MailServer, folder: str, hol
         )
     if cursor.uidvalidity != status.uidvalidity:
         stored += _resync(transport, server, cursor, status.uidvalidity, holder)
-    _finish_pending(transport, server, folder, cursor.uidvalidity)
+    _finish_pending(transport, server, folder, cursor.uidvalidity, problems)
     uids = transport.uids_after(cursor.last_uid)
-    stored += _take(transport, server, cursor, uids, holder)
+    stored += _take(transport, server, cursor, uids, holder, problems)
     return stored
 
 
@@ -271,6 +282,7 @@ def _take(
     cursor: FolderCursor,
     uids: list[int],
     holder: str,
+    problems: list[TransportError],
 ) -> int:
     """Fetch, store and then act on `uids` (ascending) in bounded batches.
 
@@ -298,10 +310,10 @@ def _take(
                 _pause_after_store()
                 if ahead is not None:
                     wait([ahead])  # the connection is free again
-                _act(transport, server, [r.uid for r in rows if r.uid is not None])
-                IncomingMessage.objects.filter(seq__in=[r.seq for r in rows]).update(
-                    remote_action=RemoteAction.DONE
-                )
+                if _act(transport, server, [r.uid for r in rows if r.uid is not None], problems):
+                    IncomingMessage.objects.filter(seq__in=[r.seq for r in rows]).update(
+                        remote_action=RemoteAction.DONE
+                    )
     return stored
 
 
@@ -343,20 +355,68 @@ def _download(
     return [Fetched.from_bytes(bodies[s.uid], uid=s.uid, **where) for s in batch if s.uid in bodies]
 
 
-def _act(transport: IMAPTransport, server: MailServer, uids: list[int]) -> None:
-    """The After Fetch action for stored messages (the folder is selected read-write)."""
+def _act(
+    transport: IMAPTransport, server: MailServer, uids: list[int], problems: list[TransportError]
+) -> bool:
+    """The After Fetch action for stored messages (the folder is selected read-write); False when
+    it could not be done (the problem is added to `problems`, the messages stay pending)."""
     if not uids:
-        return
+        return True
+    if problems:
+        return False  # the action already failed in this fetch: tried again on the next one
     if server.after_fetch == "mark_read":
         transport.mark_seen(uids)
     elif server.after_fetch == "move":
-        transport.move(uids, server.move_to_folder)
+        try:
+            _move(transport, server.move_to_folder, uids)
+        except AfterFetchFailed as exc:
+            log.warning("%s: %s", server.name, exc)
+            problems.append(exc)
+            return False
     elif server.after_fetch == "delete":
         transport.delete(uids)
+    return True
+
+
+class AfterFetchFailed(TransportError):
+    """The After Fetch action cannot be done (a Move to Folder that does not exist and cannot
+    be created): the messages are stored and stay in place until it is fixed."""
+
+
+def _move(transport: IMAPTransport, folder: str, uids: list[int]) -> None:
+    """MOVE to `folder`, creating it first when the server says it does not exist."""
+    try:
+        transport.move(uids, folder)
+        return
+    except TransportError as exc:
+        if transport.folder_exists(folder):
+            raise
+        first = exc
+    try:
+        transport.create_folder(folder)
+    except TransportError as exc:
+        raise AfterFetchFailed(
+            f"After Fetch: cannot move messages to folder {folder!r}: it does not exist on the "
+            f"server and creating it was refused ({exc.text or first.text or exc})",
+            step="move",
+            reply=exc.reply,
+            diagnosis=(
+                f"The fetched messages are stored and stay in the mailbox's folder until this is "
+                f"fixed; nothing is fetched twice. Fix: create the folder {folder!r} in the "
+                f"mailbox (or pick an existing one under Move to Folder in the server's Incoming "
+                f"Mail settings); the next fetch moves the waiting messages."
+            ),
+        ) from None
+    log.info("created folder %r for After Fetch = Move to folder", folder)
+    transport.move(uids, folder)
 
 
 def _finish_pending(
-    transport: IMAPTransport, server: MailServer, folder: str, uidvalidity: int
+    transport: IMAPTransport,
+    server: MailServer,
+    folder: str,
+    uidvalidity: int,
+    problems: list[TransportError],
 ) -> None:
     """Apply the After Fetch action a previous fetch committed but did not get to do."""
     pending = IncomingMessage.objects.filter(
@@ -367,7 +427,12 @@ def _finish_pending(
         return
     uids = list(pending.filter(uidvalidity=uidvalidity).values_list("uid", flat=True))
     for start in range(0, len(uids), BATCH_MESSAGES):
-        _act(transport, server, [u for u in uids[start : start + BATCH_MESSAGES] if u])
+        chunk = [u for u in uids[start : start + BATCH_MESSAGES] if u]
+        if not _act(transport, server, chunk, problems):
+            return  # they stay pending for the next fetch
+        pending.filter(uidvalidity=uidvalidity, uid__in=chunk).update(
+            remote_action=RemoteAction.DONE
+        )
     pending.filter(uidvalidity=uidvalidity).update(remote_action=RemoteAction.DONE)
     # Rows of an older UIDVALIDITY that a resync could not match: their UIDs mean nothing now.
     pending.update(remote_action=RemoteAction.NONE)

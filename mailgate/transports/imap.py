@@ -305,6 +305,14 @@ class IMAPTransport(IncomingTransport[imapclient.IMAPClient]):
         self._call("copy", lambda: client.copy(uids, folder))
         self.delete(uids)
 
+    def folder_exists(self, folder: str) -> bool:
+        client = self._require()
+        return bool(self._call("list", lambda: client.folder_exists(folder)))
+
+    def create_folder(self, folder: str) -> None:
+        client = self._require()
+        self._call("create", lambda: client.create_folder(folder))
+
     def delete(self, uids: list[int]) -> None:
         """\\Deleted + UID EXPUNGE (UIDPLUS); plain EXPUNGE only where UIDPLUS is missing."""
         client = self._require()

@@ -106,6 +106,61 @@ def test_move_to_folder(imap_server: MailServer, mailbox: Mailbox) -> None:
     assert fetched(imap_server) == {"INBOX": 0}
 
 
+def test_move_to_a_folder_that_does_not_exist_creates_it(
+    imap_server: MailServer, mailbox: Mailbox
+) -> None:
+    imap_server.after_fetch = "move"
+    imap_server.move_to_folder = "Done Mail"
+    imap_server.fetch_existing = True
+    imap_server.save()
+    for i in range(3):
+        mailbox.append(message(f"order {i}"))
+    assert fetched(imap_server) == {"INBOX": 3}
+    assert mailbox.count("INBOX") == 0 and mailbox.count("Done Mail") == 3
+    assert set(IncomingMessage.objects.values_list("remote_action", flat=True)) == {
+        RemoteAction.DONE
+    }
+
+
+def test_a_move_folder_the_server_refuses_keeps_the_mail_and_names_the_fix(
+    imap_server: MailServer, mailbox: Mailbox
+) -> None:
+    imap_server.after_fetch = "move"
+    imap_server.move_to_folder = "~Done"  # Dovecot refuses to create a name beginning with ~
+    imap_server.fetch_existing = True
+    imap_server.save()
+    mailbox.append(message("order 1"))
+    mailbox.append(message("order 2"))
+    report = fetch_server(imap_server)
+    assert report.counts == {"INBOX": 2}  # stored all the same
+    assert not report.ok and "'~Done'" in report.error and "does not exist" in report.error
+    assert "Fix: create the folder '~Done'" in report.diagnosis
+    state = FetchState.objects.get(pk=imap_server.pk)
+    assert "'~Done'" in state.last_error and "Move to Folder" in state.diagnosis
+    assert mailbox.count("INBOX") == 2  # left where they were
+    assert set(IncomingMessage.objects.values_list("remote_action", flat=True)) == {
+        RemoteAction.PENDING
+    }
+
+    # New mail goes on being fetched, and nothing is fetched twice.
+    mailbox.append(message("order 3"))
+    FetchState.objects.filter(pk=imap_server.pk).update(next_fetch_at=None)
+    report = fetch_server(imap_server)
+    assert report.counts == {"INBOX": 1} and not report.ok
+    assert IncomingMessage.objects.count() == 3
+
+    # The administrator picks a folder that can be created: the waiting messages move.
+    imap_server.move_to_folder = "Done"
+    imap_server.save()
+    assert fetched(imap_server) == {"INBOX": 0}
+    assert mailbox.count("INBOX") == 0 and mailbox.count("Done") == 3
+    assert IncomingMessage.objects.count() == 3
+    assert set(IncomingMessage.objects.values_list("remote_action", flat=True)) == {
+        RemoteAction.DONE
+    }
+    assert FetchState.objects.get(pk=imap_server.pk).last_error == ""
+
+
 def test_delete(imap_server: MailServer, mailbox: Mailbox) -> None:
     imap_server.after_fetch = "delete"
     imap_server.fetch_existing = True
