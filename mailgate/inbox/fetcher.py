@@ -93,7 +93,7 @@ def _pause_after_store() -> None:
 # -- the per-server claim ---------------------------------------------------------------------
 
 
-def _dead_here(holder: str) -> bool:
+def holder_gone_here(holder: str) -> bool:
     """True when `holder` names a process of this host that no longer runs."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
@@ -120,7 +120,7 @@ def claim(server: MailServer, holder: str, *, due_only: bool) -> bool:
         _renewed[holder] = time.monotonic()
         return True
     state = FetchState.objects.filter(pk=server.pk).first()
-    if state is not None and state.claimed_by and _dead_here(state.claimed_by):
+    if state is not None and state.claimed_by and holder_gone_here(state.claimed_by):
         taken = rows.filter(claimed_by=state.claimed_by).update(
             claimed_by=holder, claimed_until=now + LEASE
         )

@@ -146,6 +146,10 @@ class FetchState(models.Model):
     )
     claimed_by = models.CharField(max_length=200, blank=True)
     claimed_until = models.DateTimeField(null=True, blank=True)
+    # The one worker holding this server's IDLE connection (its heartbeat's holder) and until
+    # when; renewed by that worker while it idles (mailgate.inbox.idle).
+    idle_by = models.CharField(max_length=200, blank=True)
+    idle_until = models.DateTimeField(null=True, blank=True)
     next_fetch_at = models.DateTimeField(null=True, blank=True)
     set_up_at = models.DateTimeField(default=timezone.now)
     last_fetch_at = models.DateTimeField(null=True, blank=True)
