@@ -34,6 +34,7 @@ from mailgate.inbox.models import (
 from mailgate.inbox.store import (
     FILE_BYTES,
     Fetched,
+    Pack,
     bulk_writes,
     keep,
     parse_pending,
@@ -296,7 +297,10 @@ def _take(
         sizes.update(transport.sizes(uids[start : start + SUMMARY_CHUNK]))
     batches = _batches([MessageSummary(u, sizes[u], None, "") for u in uids if u in sizes])
     # Leaving the block (an error included) waits for a download still under way.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-fetch") as pool:
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-fetch") as pool,
+        Pack() as pack,
+    ):
         ahead: Future[list[Fetched]] | None = None
         for i, batch in enumerate(batches):
             renew(server, holder)
@@ -304,7 +308,7 @@ def _take(
             ahead = None
             if i + 1 < len(batches):
                 ahead = pool.submit(_download, transport, cursor, batches[i + 1])
-            rows = store(server, items, cursor=cursor, remote_pending=not keep_all)
+            rows = store(server, items, cursor=cursor, remote_pending=not keep_all, pack=pack)
             stored += len(rows)
             if rows and not keep_all:
                 _pause_after_store()

@@ -44,6 +44,8 @@ class IncomingMessage(models.Model):
     sha256 = models.CharField(max_length=64)
     raw = models.BinaryField(null=True, blank=True)
     raw_file = models.CharField(max_length=300, blank=True)
+    # Set when `raw_file` is a pack of a batch's messages: where this one starts (`size` bytes).
+    raw_offset = models.BigIntegerField(null=True, blank=True)
     attachments = models.JSONField(default=list)
     parse_error = models.TextField(blank=True)
     # False until the fields above are parsed from the bytes: the fetch stores the bytes alone,
@@ -85,9 +87,16 @@ class IncomingMessage(models.Model):
         return f"#{self.pk} {self.subject[:40]!r} from {self.sender}"
 
     def raw_path(self) -> Path | None:
-        return Path(settings.MAILGATE_HOME) / self.raw_file if self.raw_file else None
+        """The file holding exactly this message's bytes (None: in the database or a pack)."""
+        if not self.raw_file or self.raw_offset is not None:
+            return None
+        return Path(settings.MAILGATE_HOME) / self.raw_file
 
     def raw_bytes(self) -> bytes:
+        if self.raw_file and self.raw_offset is not None:
+            with (Path(settings.MAILGATE_HOME) / self.raw_file).open("rb") as fh:
+                fh.seek(self.raw_offset)
+                return fh.read(self.size)
         path = self.raw_path()
         if path is not None:
             return path.read_bytes()

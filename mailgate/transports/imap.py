@@ -327,12 +327,19 @@ class IMAPTransport(IncomingTransport[imapclient.IMAPClient]):
         client = self._require()
 
         def wait() -> bool:
+            pending: dict[str, Any] = client._imap.untagged_responses  # imaplib's
+            pending.pop("EXISTS", None)
             client.idle()
+            # New mail announced between two IDLE rounds arrives before IDLE's continuation and
+            # lands in imaplib's untagged responses, not in idle_check's.
+            early = bool(pending.pop("EXISTS", None))
             try:
-                responses = client.idle_check(timeout=seconds)
+                responses = [] if early else client.idle_check(timeout=seconds)
             finally:
-                client.idle_done()
-            return any(b"EXISTS" in item for item in responses if isinstance(item, tuple))
+                _text, late = client.idle_done()
+            return early or any(
+                b"EXISTS" in item for item in [*responses, *late] if isinstance(item, tuple)
+            )
 
         return self._call("idle", wait)
 

@@ -332,3 +332,23 @@ def test_the_fetch_stores_the_bytes_and_the_hand_off_parses_them(
     second = IncomingMessage.objects.get(pk=rows[1].pk)
     assert second.parsed and second.subject == "second"
     assert second.sender == "billing@supplier.example" and second.to == ["sales@contoso.example"]
+
+
+def test_a_batch_is_written_as_one_pack_file_and_read_back_exactly(
+    imap_server: MailServer, mailbox: Mailbox, inbox_home: Path, client: Any
+) -> None:
+    imap_server.fetch_existing = True
+    imap_server.save()
+    raws = [message(f"packed {i}", body=f"line {i}\n" * (i + 1)) for i in range(store.PACK_MIN)]
+    for raw in raws:
+        mailbox.append(raw)
+    assert fetched(imap_server) == {"INBOX": store.PACK_MIN}
+    rows = list(IncomingMessage.objects.order_by("seq"))
+    packs = {r.raw_file for r in rows}
+    assert len(packs) == 1 and next(iter(packs)).startswith("inbox/packs/")
+    assert [r.raw_offset for r in rows] == [sum(len(x) for x in raws[:i]) for i in range(len(raws))]
+    assert all(r.raw is None and r.raw_path() is None for r in rows)
+    assert [r.raw_bytes() for r in rows] == raws
+    assert (inbox_home / rows[0].raw_file).stat().st_size == sum(len(x) for x in raws)
+    assert [r.subject for r in rows] == [f"packed {i}" for i in range(store.PACK_MIN)]
+    assert store.contents(rows[3]).text == "line 3\r\n" * 4
