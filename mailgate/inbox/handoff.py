@@ -99,6 +99,7 @@ def post_webhook(message: IncomingMessage, client: httpx.Client) -> str:
 def hand_off_one(message: IncomingMessage, client: httpx.Client) -> bool:
     """One hand-off attempt; True when the message is delivered."""
     error = ""
+    ensure_parsed(message)
     if not message.handler_done:
         error = _run_receivers(message)
         if not error:
@@ -143,7 +144,7 @@ def hand_off(limit: int = HANDOFF_BATCH) -> int:
 
     After a webhook failure, that server's other messages wait for the next round. Messages the
     fetch stored as bytes alone are parsed first."""
-    parse_pending()
+    parse_pending(rounds=10)  # 5,000 at most per step; a reader parses any other on its own
     now = timezone.now()
     due = list(
         IncomingMessage.objects.filter(status=Status.RECEIVED)

@@ -371,7 +371,7 @@ def _apply_summary(message: IncomingMessage) -> None:
     message.parsed = True
 
 
-def parse_pending(*, server: MailServer | None = None) -> int:
+def parse_pending(*, server: MailServer | None = None, rounds: int = PARSE_ROUNDS) -> int:
     """Parse the header fields (From, To, Subject, attachments...) of stored messages that the
     fetch committed as bytes alone, oldest first, in bulk; return how many were parsed.
 
@@ -380,7 +380,7 @@ def parse_pending(*, server: MailServer | None = None) -> int:
     if server is not None:
         rows = rows.filter(server=server)
     done = 0
-    for _ in range(PARSE_ROUNDS):
+    for _ in range(rounds):
         batch = list(
             rows.only("pk", "seq", "size", "sha256", "raw", "raw_file", "raw_offset")[:PARSE_BATCH]
         )
