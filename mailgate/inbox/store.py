@@ -388,10 +388,30 @@ def parse_pending(*, server: MailServer | None = None, rounds: int = PARSE_ROUND
             break
         for message in batch:
             _apply_summary(message)
-        with transaction.atomic():
-            IncomingMessage.objects.bulk_update(batch, [*SUMMARY_FIELDS, "parsed"])
+        _save_summaries(batch)
         done += len(batch)
     return done
+
+
+def _save_summaries(messages: list[IncomingMessage]) -> None:
+    """UPDATE the parsed fields with one executemany (bulk_update's CASE per field and row costs
+    far more than the parse on SQLite)."""
+    meta = IncomingMessage._meta
+    names = {*SUMMARY_FIELDS, "parsed"}
+    fields = [f for f in meta.concrete_fields if f.name in names]
+    connection = connections[router.db_for_write(IncomingMessage)]
+    quote = connection.ops.quote_name
+    sql = "UPDATE {} SET {} WHERE {} = %s".format(  # noqa: S608 (the model's quoted names)
+        quote(str(meta.db_table)),
+        ", ".join(f"{quote(str(f.column))} = %s" for f in fields),
+        quote(str(meta.pk.column)),
+    )
+    params = [
+        [f.get_db_prep_save(getattr(m, f.attname), connection=connection) for f in fields] + [m.pk]
+        for m in messages
+    ]
+    with transaction.atomic(using=connection.alias), connection.cursor() as cursor:
+        cursor.executemany(sql, params)
 
 
 def ensure_parsed(message: IncomingMessage) -> IncomingMessage:
