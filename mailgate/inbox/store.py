@@ -307,10 +307,14 @@ def _insert(batch: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         prepared(f, batch[f.attname] if f.attname in batch else f.get_default()) for f in fields
     ]
     own = [(i, f) for i, f in enumerate(fields) if f.attname in rows[0]]
+    as_is = [(i, f.attname) for i, f in own if isinstance(f, _AS_IS)]
+    converted = [(i, f) for i, f in own if not isinstance(f, _AS_IS)]
     params = []
     for row in rows:
         values = list(shared)
-        for i, f in own:
+        for i, name in as_is:
+            values[i] = row[name]
+        for i, f in converted:
             values[i] = prepared(f, row[f.attname])
         params.append(values)
     with connection.cursor() as cursor:
