@@ -119,6 +119,7 @@ class IdleWatcher(threading.Thread):
         failures = 0
         if not claim_idle(self.server_id, self.holder, self.lease):
             self.lost_lease = True  # another worker idles on this server
+            connections.close_all()
             _forget(self)
             return
         try:
