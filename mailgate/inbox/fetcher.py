@@ -31,7 +31,16 @@ from mailgate.inbox.models import (
     RemoteAction,
     SkippedUidl,
 )
-from mailgate.inbox.store import FILE_BYTES, Fetched, keep, spool, store
+from mailgate.inbox.store import (
+    FILE_BYTES,
+    Fetched,
+    Pack,
+    bulk_writes,
+    keep,
+    parse_pending,
+    spool,
+    store,
+)
 from mailgate.providers.replies import diagnose_reply
 from mailgate.servers.models import MailServer
 from mailgate.transports.base import TransportError
@@ -85,7 +94,7 @@ def _pause_after_store() -> None:
 # -- the per-server claim ---------------------------------------------------------------------
 
 
-def _dead_here(holder: str) -> bool:
+def holder_gone_here(holder: str) -> bool:
     """True when `holder` names a process of this host that no longer runs."""
     host, _, rest = holder.partition(":")
     pid = rest.partition(":")[0]
@@ -112,7 +121,7 @@ def claim(server: MailServer, holder: str, *, due_only: bool) -> bool:
         _renewed[holder] = time.monotonic()
         return True
     state = FetchState.objects.filter(pk=server.pk).first()
-    if state is not None and state.claimed_by and _dead_here(state.claimed_by):
+    if state is not None and state.claimed_by and holder_gone_here(state.claimed_by):
         taken = rows.filter(claimed_by=state.claimed_by).update(
             claimed_by=holder, claimed_until=now + LEASE
         )
@@ -158,10 +167,11 @@ def fetch_server(
         report.skipped = f"being fetched by {claimed_by(server) or 'another worker'}"
         return report
     try:
-        if server.incoming_protocol == "pop3":
-            report.counts[""] = _fetch_pop3(server, holder)
-        else:
-            _fetch_imap(server, holder, report.counts)
+        with bulk_writes():
+            if server.incoming_protocol == "pop3":
+                report.counts[""] = _fetch_pop3(server, holder)
+            else:
+                _fetch_imap(server, holder, report.counts)
     except LostClaim as exc:
         report.skipped = str(exc)
         return report
@@ -230,12 +240,23 @@ def _finish(server: MailServer, holder: str, report: FetchReport) -> None:
 
 
 def _fetch_imap(server: MailServer, holder: str, counts: dict[str, int]) -> None:
+    problems: list[TransportError] = []
     with imap_transport(server, timeout=TIMEOUT_SECONDS) as transport:
         for folder in server.folder_list():
-            counts[folder] = _fetch_folder(transport, server, folder, holder)
+            counts[folder] = _fetch_folder(transport, server, folder, holder, problems)
+    if problems:
+        # Every new message was stored; the action waits (pending) and is tried again on the
+        # next fetch. Reported as this fetch's error, so the card and the dashboard show it.
+        raise problems[0]
 
 
-def _fetch_folder(transport: IMAPTransport, server: MailServer, folder: str, holder: str) -> int:
+def _fetch_folder(
+    transport: IMAPTransport,
+    server: MailServer,
+    folder: str,
+    holder: str,
+    problems: list[TransportError],
+) -> int:
     status = transport.open_folder(folder, readonly=server.after_fetch == "keep")
     cursor = FolderCursor.objects.filter(server=server, folder=folder).first()
     stored = 0
@@ -250,9 +271,9 @@ def _fetch_folder(transport: IMAPTransport, server: MailServer, folder: str, hol
         )
     if cursor.uidvalidity != status.uidvalidity:
         stored += _resync(transport, server, cursor, status.uidvalidity, holder)
-    _finish_pending(transport, server, folder, cursor.uidvalidity)
+    _finish_pending(transport, server, folder, cursor.uidvalidity, problems)
     uids = transport.uids_after(cursor.last_uid)
-    stored += _take(transport, server, cursor, uids, holder)
+    stored += _take(transport, server, cursor, uids, holder, problems)
     return stored
 
 
@@ -262,6 +283,7 @@ def _take(
     cursor: FolderCursor,
     uids: list[int],
     holder: str,
+    problems: list[TransportError],
 ) -> int:
     """Fetch, store and then act on `uids` (ascending) in bounded batches.
 
@@ -270,27 +292,29 @@ def _take(
     is used by one thread at a time (the download is awaited before the After Fetch action)."""
     stored = 0
     keep_all = server.after_fetch == "keep"
+    sizes: dict[int, int] = {}
+    for start in range(0, len(uids), SUMMARY_CHUNK):
+        sizes.update(transport.sizes(uids[start : start + SUMMARY_CHUNK]))
+    batches = _batches([MessageSummary(u, sizes[u], None, "") for u in uids if u in sizes])
     # Leaving the block (an error included) waits for a download still under way.
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-fetch") as pool:
-        for start in range(0, len(uids), SUMMARY_CHUNK):
-            chunk = uids[start : start + SUMMARY_CHUNK]
-            sizes = transport.sizes(chunk)
-            summaries = [MessageSummary(u, sizes[u], None, "") for u in chunk if u in sizes]
-            batches = _batches(summaries)
-            ahead: Future[list[Fetched]] | None = None
-            for i, batch in enumerate(batches):
-                renew(server, holder)
-                items = ahead.result() if ahead else _download(transport, cursor, batch)
-                ahead = None
-                if i + 1 < len(batches):
-                    ahead = pool.submit(_download, transport, cursor, batches[i + 1])
-                rows = store(server, items, cursor=cursor, remote_pending=not keep_all)
-                stored += len(rows)
-                if rows and not keep_all:
-                    _pause_after_store()
-                    if ahead is not None:
-                        wait([ahead])  # the connection is free again
-                    _act(transport, server, [r.uid for r in rows if r.uid is not None])
+    with (
+        ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-fetch") as pool,
+        Pack() as pack,
+    ):
+        ahead: Future[list[Fetched]] | None = None
+        for i, batch in enumerate(batches):
+            renew(server, holder)
+            items = ahead.result() if ahead else _download(transport, cursor, batch)
+            ahead = None
+            if i + 1 < len(batches):
+                ahead = pool.submit(_download, transport, cursor, batches[i + 1])
+            rows = store(server, items, cursor=cursor, remote_pending=not keep_all, pack=pack)
+            stored += len(rows)
+            if rows and not keep_all:
+                _pause_after_store()
+                if ahead is not None:
+                    wait([ahead])  # the connection is free again
+                if _act(transport, server, [r.uid for r in rows if r.uid is not None], problems):
                     IncomingMessage.objects.filter(seq__in=[r.seq for r in rows]).update(
                         remote_action=RemoteAction.DONE
                     )
@@ -335,20 +359,68 @@ def _download(
     return [Fetched.from_bytes(bodies[s.uid], uid=s.uid, **where) for s in batch if s.uid in bodies]
 
 
-def _act(transport: IMAPTransport, server: MailServer, uids: list[int]) -> None:
-    """The After Fetch action for stored messages (the folder is selected read-write)."""
+def _act(
+    transport: IMAPTransport, server: MailServer, uids: list[int], problems: list[TransportError]
+) -> bool:
+    """The After Fetch action for stored messages (the folder is selected read-write); False when
+    it could not be done (the problem is added to `problems`, the messages stay pending)."""
     if not uids:
-        return
+        return True
+    if problems:
+        return False  # the action already failed in this fetch: tried again on the next one
     if server.after_fetch == "mark_read":
         transport.mark_seen(uids)
     elif server.after_fetch == "move":
-        transport.move(uids, server.move_to_folder)
+        try:
+            _move(transport, server.move_to_folder, uids)
+        except AfterFetchFailed as exc:
+            log.warning("%s: %s", server.name, exc)
+            problems.append(exc)
+            return False
     elif server.after_fetch == "delete":
         transport.delete(uids)
+    return True
+
+
+class AfterFetchFailed(TransportError):
+    """The After Fetch action cannot be done (a Move to Folder that does not exist and cannot
+    be created): the messages are stored and stay in place until it is fixed."""
+
+
+def _move(transport: IMAPTransport, folder: str, uids: list[int]) -> None:
+    """MOVE to `folder`, creating it first when the server says it does not exist."""
+    try:
+        transport.move(uids, folder)
+        return
+    except TransportError as exc:
+        if transport.folder_exists(folder):
+            raise
+        first = exc
+    try:
+        transport.create_folder(folder)
+    except TransportError as exc:
+        raise AfterFetchFailed(
+            f"After Fetch: cannot move messages to folder {folder!r}: it does not exist on the "
+            f"server and creating it was refused ({exc.text or first.text or exc})",
+            step="move",
+            reply=exc.reply,
+            diagnosis=(
+                f"The fetched messages are stored and stay in the mailbox's folder until this is "
+                f"fixed; nothing is fetched twice. Fix: create the folder {folder!r} in the "
+                f"mailbox (or pick an existing one under Move to Folder in the server's Incoming "
+                f"Mail settings); the next fetch moves the waiting messages."
+            ),
+        ) from None
+    log.info("created folder %r for After Fetch = Move to folder", folder)
+    transport.move(uids, folder)
 
 
 def _finish_pending(
-    transport: IMAPTransport, server: MailServer, folder: str, uidvalidity: int
+    transport: IMAPTransport,
+    server: MailServer,
+    folder: str,
+    uidvalidity: int,
+    problems: list[TransportError],
 ) -> None:
     """Apply the After Fetch action a previous fetch committed but did not get to do."""
     pending = IncomingMessage.objects.filter(
@@ -359,7 +431,12 @@ def _finish_pending(
         return
     uids = list(pending.filter(uidvalidity=uidvalidity).values_list("uid", flat=True))
     for start in range(0, len(uids), BATCH_MESSAGES):
-        _act(transport, server, [u for u in uids[start : start + BATCH_MESSAGES] if u])
+        chunk = [u for u in uids[start : start + BATCH_MESSAGES] if u]
+        if not _act(transport, server, chunk, problems):
+            return  # they stay pending for the next fetch
+        pending.filter(uidvalidity=uidvalidity, uid__in=chunk).update(
+            remote_action=RemoteAction.DONE
+        )
     pending.filter(uidvalidity=uidvalidity).update(remote_action=RemoteAction.DONE)
     # Rows of an older UIDVALIDITY that a resync could not match: their UIDs mean nothing now.
     pending.update(remote_action=RemoteAction.NONE)
@@ -384,6 +461,7 @@ def _resync(
         uidvalidity,
     )
     uids = transport.uids_after(0)
+    parse_pending(server=server)  # the Message-IDs of what is stored
     stored_rows = IncomingMessage.objects.filter(server=server, folder=cursor.folder)
     by_new_uid = set(stored_rows.filter(uidvalidity=uidvalidity).values_list("uid", flat=True))
     by_id: dict[tuple[str, int], int] = {}

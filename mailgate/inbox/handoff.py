@@ -22,6 +22,7 @@ from django.utils import timezone
 from mailgate.crypto import Sealed
 from mailgate.inbox.models import IncomingMessage, Status, WebhookDelivery
 from mailgate.inbox.signals import message_received
+from mailgate.inbox.store import ensure_parsed, parse_pending
 
 log = logging.getLogger("mailgate.inbox")
 
@@ -33,6 +34,7 @@ HANDOFF_BATCH = 100
 
 def message_json(message: IncomingMessage) -> dict[str, Any]:
     """A message as the REST list and the webhook show it."""
+    ensure_parsed(message)
     return {
         "id": message.pk,
         "server": message.server.name,
@@ -97,6 +99,7 @@ def post_webhook(message: IncomingMessage, client: httpx.Client) -> str:
 def hand_off_one(message: IncomingMessage, client: httpx.Client) -> bool:
     """One hand-off attempt; True when the message is delivered."""
     error = ""
+    ensure_parsed(message)
     if not message.handler_done:
         error = _run_receivers(message)
         if not error:
@@ -139,7 +142,9 @@ def hand_off_one(message: IncomingMessage, client: httpx.Client) -> bool:
 def hand_off(limit: int = HANDOFF_BATCH) -> int:
     """Offer due received messages to the application, oldest first; return how many were tried.
 
-    After a webhook failure, that server's other messages wait for the next round."""
+    After a webhook failure, that server's other messages wait for the next round. Messages the
+    fetch stored as bytes alone are parsed first."""
+    parse_pending(rounds=10)  # 5,000 at most per step; a reader parses any other on its own
     now = timezone.now()
     due = list(
         IncomingMessage.objects.filter(status=Status.RECEIVED)

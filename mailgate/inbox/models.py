@@ -44,8 +44,13 @@ class IncomingMessage(models.Model):
     sha256 = models.CharField(max_length=64)
     raw = models.BinaryField(null=True, blank=True)
     raw_file = models.CharField(max_length=300, blank=True)
+    # Set when `raw_file` is a pack of a batch's messages: where this one starts (`size` bytes).
+    raw_offset = models.BigIntegerField(null=True, blank=True)
     attachments = models.JSONField(default=list)
     parse_error = models.TextField(blank=True)
+    # False until the fields above are parsed from the bytes: the fetch stores the bytes alone,
+    # the hand-off (or the first reader) parses them (mailgate.inbox.store.parse_pending).
+    parsed = models.BooleanField(default=True)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.RECEIVED)
     remote_action = models.CharField(
         max_length=8, choices=RemoteAction.choices, default=RemoteAction.NONE
@@ -73,15 +78,25 @@ class IncomingMessage(models.Model):
         indexes = [
             models.Index(fields=["status", "next_attempt_at"], name="inbox_handoff_idx"),
             models.Index(fields=["server", "remote_action"], name="inbox_remote_idx"),
+            models.Index(
+                fields=["seq"], condition=models.Q(parsed=False), name="inbox_unparsed_idx"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.subject[:40]!r} from {self.sender}"
 
     def raw_path(self) -> Path | None:
-        return Path(settings.MAILGATE_HOME) / self.raw_file if self.raw_file else None
+        """The file holding exactly this message's bytes (None: in the database or a pack)."""
+        if not self.raw_file or self.raw_offset is not None:
+            return None
+        return Path(settings.MAILGATE_HOME) / self.raw_file
 
     def raw_bytes(self) -> bytes:
+        if self.raw_file and self.raw_offset is not None:
+            with (Path(settings.MAILGATE_HOME) / self.raw_file).open("rb") as fh:
+                fh.seek(self.raw_offset)
+                return fh.read(self.size)
         path = self.raw_path()
         if path is not None:
             return path.read_bytes()
@@ -140,6 +155,10 @@ class FetchState(models.Model):
     )
     claimed_by = models.CharField(max_length=200, blank=True)
     claimed_until = models.DateTimeField(null=True, blank=True)
+    # The one worker holding this server's IDLE connection (its heartbeat's holder) and until
+    # when; renewed by that worker while it idles (mailgate.inbox.idle).
+    idle_by = models.CharField(max_length=200, blank=True)
+    idle_until = models.DateTimeField(null=True, blank=True)
     next_fetch_at = models.DateTimeField(null=True, blank=True)
     set_up_at = models.DateTimeField(default=timezone.now)
     last_fetch_at = models.DateTimeField(null=True, blank=True)

@@ -249,7 +249,13 @@ class IMAPTransport(IncomingTransport[imapclient.IMAPClient]):
         message_set = ",".join(str(u) for u in uids)
 
         def fetch() -> list[Any]:
-            typ, data = raw.uid("FETCH", message_set, items)
+            # IMAPClient runs imaplib at debug level 5, where imaplib formats the repr of every
+            # response, message bodies included, for its logger: more CPU than the transfer.
+            level, raw.debug = raw.debug, 0
+            try:
+                typ, data = raw.uid("FETCH", message_set, items)
+            finally:
+                raw.debug = level
             if typ != "OK":
                 raise imap_errors.IMAPClientError(f"UID FETCH failed: {data!r}")
             return list(data or [])
@@ -299,6 +305,14 @@ class IMAPTransport(IncomingTransport[imapclient.IMAPClient]):
         self._call("copy", lambda: client.copy(uids, folder))
         self.delete(uids)
 
+    def folder_exists(self, folder: str) -> bool:
+        client = self._require()
+        return bool(self._call("list", lambda: client.folder_exists(folder)))
+
+    def create_folder(self, folder: str) -> None:
+        client = self._require()
+        self._call("create", lambda: client.create_folder(folder))
+
     def delete(self, uids: list[int]) -> None:
         """\\Deleted + UID EXPUNGE (UIDPLUS); plain EXPUNGE only where UIDPLUS is missing."""
         client = self._require()
@@ -313,12 +327,19 @@ class IMAPTransport(IncomingTransport[imapclient.IMAPClient]):
         client = self._require()
 
         def wait() -> bool:
+            pending: dict[str, Any] = client._imap.untagged_responses  # imaplib's
+            pending.pop("EXISTS", None)
             client.idle()
+            # New mail announced between two IDLE rounds arrives before IDLE's continuation and
+            # lands in imaplib's untagged responses, not in idle_check's.
+            early = bool(pending.pop("EXISTS", None))
             try:
-                responses = client.idle_check(timeout=seconds)
+                responses = [] if early else client.idle_check(timeout=seconds)
             finally:
-                client.idle_done()
-            return any(b"EXISTS" in item for item in responses if isinstance(item, tuple))
+                _text, late = client.idle_done()
+            return early or any(
+                b"EXISTS" in item for item in [*responses, *late] if isinstance(item, tuple)
+            )
 
         return self._call("idle", wait)
 

@@ -3,10 +3,15 @@ headers, bodies and attachment download, and Retry (administrators only)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from email.message import EmailMessage
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 from playwright.sync_api import Page, expect
@@ -117,3 +122,107 @@ def test_a_viewer_sees_the_inbox_but_cannot_retry(
     assert client.post(f"/inbox/{row.pk}/retry/").status_code == 403
     row.refresh_from_db()
     assert row.status == Status.QUARANTINED
+
+
+class Tracker:
+    """A loopback web server standing for a sender's tracking pixels and remote styles: it
+    records every path a browser asks it for."""
+
+    def __init__(self) -> None:
+        self.hits: list[str] = []
+        hits = self.hits
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                hits.append(self.path)
+                body = b"body { color: red }" if self.path.endswith(".css") else b"GIF89a"
+                self.send_response(200)
+                self.send_header("Content-Type", "text/css" if b"{" in body else "image/gif")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def wait_for(self, path: str, seconds: float = 10) -> bool:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if path in self.hits:
+                return True
+            time.sleep(0.05)
+        return False
+
+
+@pytest.fixture
+def tracker() -> Iterator[Tracker]:
+    found = Tracker()
+    thread = threading.Thread(target=found.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield found
+    finally:
+        found.server.shutdown()
+        found.server.server_close()
+        thread.join(timeout=10)
+
+
+def tracking_message(base: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"] = "news@shop.example"
+    msg["To"] = "sales@contoso.example"
+    msg["Subject"] = "spring offers"
+    msg["Message-ID"] = "<spring-offers@shop.example>"
+    msg.set_content("Spring offers inside.")
+    msg.add_alternative(
+        f'<html><head><link rel="stylesheet" href="{base}/style.css">'
+        f'<meta http-equiv="refresh" content="0;url={base}/refresh"></head>'
+        f'<body><p>Spring <b>offers</b></p><img src="{base}/pixel.gif" alt="pixel">'
+        f'<div style="background-image:url({base}/background.gif)">text</div>'
+        f'<img src="x" onerror="fetch(\'{base}/onerror\')">'
+        f'<script>fetch("{base}/script"); document.body.append("SCRIPT RAN")</script>'
+        "</body></html>",
+        subtype="html",
+    )
+    return msg.as_bytes().replace(b"\n", b"\r\n")
+
+
+def test_the_html_body_loads_nothing_remote_until_asked_and_never_runs_scripts(
+    page: Page,
+    transactional_db: None,
+    password_dovecot: PasswordDovecot,  # noqa: F811
+    mailbox: Mailbox,  # noqa: F811
+    trust: None,  # noqa: F811
+    settings: Any,
+    tmp_path: Path,
+    sign_in: Callable[[Page, str, str], None],
+    tracker: Tracker,
+) -> None:
+    settings.MAILGATE_HOME = tmp_path
+    server = make_server(password_dovecot, mailbox, fetch_existing=True)
+    mailbox.append(tracking_message(tracker.base))
+    assert fetch_server(server).counts == {"INBOX": 1}
+    row = IncomingMessage.objects.get()
+    User.objects.create_user("victor@example.com", "victor@example.com", PASSWORD)
+    sign_in(page, "victor@example.com", PASSWORD)
+
+    page.goto(f"/inbox/{row.pk}/")
+    html = page.frame_locator("iframe[title='HTML body']")
+    expect(html.locator("b")).to_have_text("offers")
+    expect(page.get_by_role("status")).to_contain_text("Remote content")
+    # Time for anything the page would load or run (the refresh fires at 0 s).
+    assert not tracker.wait_for("/pixel.gif", seconds=3)
+    assert tracker.hits == []
+    expect(html.locator("body")).not_to_contain_text("SCRIPT RAN")
+
+    page.get_by_role("link", name="Show remote content").click()
+    html = page.frame_locator("iframe[title='HTML body']")
+    expect(html.locator("b")).to_have_text("offers")
+    assert tracker.wait_for("/pixel.gif") and tracker.wait_for("/style.css")
+    assert tracker.wait_for("/background.gif")
+    time.sleep(1)  # a script or a refresh would have had its turn
+    assert not {"/script", "/onerror", "/refresh"} & set(tracker.hits), tracker.hits
+    expect(html.locator("body")).not_to_contain_text("SCRIPT RAN")

@@ -238,3 +238,23 @@ def test_a_failing_handler_quarantines_without_sending_the_webhook_twice(
     handoff.hand_off()
     row.refresh_from_db()
     assert row.status == Status.DELIVERED and row.last_error == ""
+
+
+def test_the_console_serves_the_html_body_under_a_policy_that_loads_nothing_remote(
+    imap_server: MailServer, mailbox: Mailbox, admin_client: Client
+) -> None:
+    take(imap_server, mailbox, with_attachment("invoice-9"))
+    row = IncomingMessage.objects.get()
+    page = admin_client.get(f"/inbox/{row.pk}/")
+    assert f'src="/inbox/{row.pk}/html/"' in page.content.decode()
+    html = admin_client.get(f"/inbox/{row.pk}/html/")
+    assert html.status_code == 200 and b"<b>invoice</b>" in html.content
+    policy = html["Content-Security-Policy"]
+    assert "default-src 'none'" in policy and "img-src data:;" in policy
+    assert "sandbox" in policy and "script-src" not in policy
+    assert html["X-Frame-Options"] == "SAMEORIGIN" and html["Referrer-Policy"] == "no-referrer"
+    remote = admin_client.get(f"/inbox/{row.pk}/html/?remote=1")["Content-Security-Policy"]
+    assert "img-src data: https: http:" in remote and "sandbox" in remote
+    assert "script-src" not in remote
+    assert admin_client.get(f"/inbox/{row.pk}/html/", follow=False).status_code == 200
+    assert Client().get(f"/inbox/{row.pk}/html/").status_code == 302  # sign-in first

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.utils import timezone
 
+from mailgate.core.models import WorkerHeartbeat
 from mailgate.inbox.fetcher import fetch_server
-from mailgate.inbox.idle import IdleWatcher
+from mailgate.inbox.idle import (
+    IdleWatcher,
+    claim_idle,
+    idle_holder,
+    keep_watchers,
+    lease_for,
+    renew_idle,
+)
 from mailgate.inbox.models import FetchState
 from tests.inbox.conftest import Mailbox, PasswordDovecot, make_server, message
 
@@ -52,3 +63,103 @@ def test_the_watcher_ends_when_idle_is_switched_off(
     watcher.start()
     watcher.join(timeout=10)
     assert not watcher.is_alive() and watcher.wakeups == 0
+
+
+def imap_connections(port: int) -> int:
+    """Established TCP connections to `port` on this machine (the IDLE connections held)."""
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            remote_port = int(fields[2].rsplit(":", 1)[1], 16)
+            if remote_port == port and fields[3] == "01":  # 01: ESTABLISHED
+                count += 1
+    return count
+
+
+def wait_until(check: Callable[[], bool], seconds: float = 20) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return check()
+
+
+WORKER_A = "worker-a.example:101:aaaa"
+WORKER_B = "worker-b.example:202:bbbb"
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_workers_hold_one_idle_connection_and_the_second_takes_over(
+    password_dovecot: PasswordDovecot, mailbox: Mailbox, trust: None, inbox_home: Path
+) -> None:
+    server = make_server(password_dovecot, mailbox, idle=True, poll_interval=3600)
+    assert fetch_server(server).ok
+    port = password_dovecot.imap_port
+    assert wait_until(lambda: imap_connections(port) == 0)
+    stop_a, stop_b = threading.Event(), threading.Event()
+    running_a: dict[int, IdleWatcher] = {}
+    running_b: dict[int, IdleWatcher] = {}
+
+    def step(stop: threading.Event, holder: str, running: dict[int, IdleWatcher]) -> list[Any]:
+        return keep_watchers(stop, holder=holder, watchers=running, idle_seconds=2)
+
+    try:
+        started = step(stop_a, WORKER_A, running_a)
+        assert len(started) == 1
+        for _ in range(3):  # worker B's steps keep finding the lease taken
+            assert step(stop_b, WORKER_B, running_b) == []
+            assert step(stop_a, WORKER_A, running_a) == []  # A's watcher runs already
+        assert idle_holder(server.pk) == WORKER_A
+        assert wait_until(lambda: imap_connections(port) == 1)
+        time.sleep(2.5)  # a renewal round: still one connection, still A's
+        assert imap_connections(port) == 1 and idle_holder(server.pk) == WORKER_A
+        mailbox.append(message("instant"))
+        assert wait_until(lambda: started[0].wakeups >= 1)
+
+        # Worker A stops: its watcher gives the lease back and B's next step takes over.
+        stop_a.set()
+        started[0].join(timeout=30)
+        assert not started[0].is_alive() and idle_holder(server.pk) == ""
+        taken = step(stop_b, WORKER_B, running_b)
+        assert len(taken) == 1 and idle_holder(server.pk) == WORKER_B
+        assert wait_until(lambda: imap_connections(port) == 1)
+        mailbox.append(message("after the takeover"))
+        assert wait_until(lambda: taken[0].wakeups >= 1)
+    finally:
+        stop_a.set()
+        stop_b.set()
+        for watcher in [*running_a.values(), *running_b.values()]:
+            watcher.join(timeout=30)
+    assert idle_holder(server.pk) == ""
+    assert fetch_server(server, due_only=True).counts == {"INBOX": 2}
+
+
+@pytest.mark.django_db
+def test_a_dead_workers_idle_lease_is_taken_over_and_a_live_ones_is_not(
+    password_dovecot: PasswordDovecot, mailbox: Mailbox, trust: None, inbox_home: Path
+) -> None:
+    server = make_server(password_dovecot, mailbox, idle=True)
+    lease = lease_for(120)
+    assert claim_idle(server.pk, WORKER_A, lease)
+    assert not claim_idle(server.pk, WORKER_B, lease)
+    assert claim_idle(server.pk, WORKER_A, lease)  # the holder keeps it
+    # A's lease ran out without renewal (its worker hung or vanished): B takes it.
+    FetchState.objects.filter(pk=server.pk).update(
+        idle_until=timezone.now() - dt.timedelta(seconds=1)
+    )
+    assert claim_idle(server.pk, WORKER_B, lease)
+    assert not renew_idle(server.pk, WORKER_A, lease)  # A's watcher would stop on its next round
+    # B's heartbeat stops (dead after MAILGATE_WORKER_DEAD_SECONDS): A takes over at once,
+    # without waiting for B's lease to run out.
+    now = timezone.now()
+    WorkerHeartbeat.objects.create(
+        holder=WORKER_B,
+        hostname="worker-b.example",
+        pid=202,
+        started_at=now - dt.timedelta(minutes=5),
+        last_seen_at=now - dt.timedelta(minutes=2),
+    )
+    assert claim_idle(server.pk, WORKER_A, lease)
+    assert idle_holder(server.pk) == WORKER_A

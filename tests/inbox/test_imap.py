@@ -16,6 +16,7 @@ from tests.inbox.conftest import Mailbox, PasswordDovecot, make_server, message
 
 
 def subjects(server: MailServer) -> list[str]:
+    store.parse_pending()  # what the hand-off does before anything reads the fields
     return list(
         IncomingMessage.objects.filter(server=server)
         .order_by("seq")
@@ -27,6 +28,7 @@ def fetched(server: MailServer) -> dict[str, int]:
     server.refresh_from_db()
     report = fetch_server(server)
     assert report.ok, report.error
+    store.parse_pending()  # the fetch stores bytes; the hand-off parses them
     return report.counts
 
 
@@ -102,6 +104,61 @@ def test_move_to_folder(imap_server: MailServer, mailbox: Mailbox) -> None:
     assert mailbox.count("INBOX") == 0
     assert mailbox.count("Processed") == 3
     assert fetched(imap_server) == {"INBOX": 0}
+
+
+def test_move_to_a_folder_that_does_not_exist_creates_it(
+    imap_server: MailServer, mailbox: Mailbox
+) -> None:
+    imap_server.after_fetch = "move"
+    imap_server.move_to_folder = "Done Mail"
+    imap_server.fetch_existing = True
+    imap_server.save()
+    for i in range(3):
+        mailbox.append(message(f"order {i}"))
+    assert fetched(imap_server) == {"INBOX": 3}
+    assert mailbox.count("INBOX") == 0 and mailbox.count("Done Mail") == 3
+    assert set(IncomingMessage.objects.values_list("remote_action", flat=True)) == {
+        RemoteAction.DONE
+    }
+
+
+def test_a_move_folder_the_server_refuses_keeps_the_mail_and_names_the_fix(
+    imap_server: MailServer, mailbox: Mailbox
+) -> None:
+    imap_server.after_fetch = "move"
+    imap_server.move_to_folder = "~Done"  # Dovecot refuses to create a name beginning with ~
+    imap_server.fetch_existing = True
+    imap_server.save()
+    mailbox.append(message("order 1"))
+    mailbox.append(message("order 2"))
+    report = fetch_server(imap_server)
+    assert report.counts == {"INBOX": 2}  # stored all the same
+    assert not report.ok and "'~Done'" in report.error and "does not exist" in report.error
+    assert "Fix: create the folder '~Done'" in report.diagnosis
+    state = FetchState.objects.get(pk=imap_server.pk)
+    assert "'~Done'" in state.last_error and "Move to Folder" in state.diagnosis
+    assert mailbox.count("INBOX") == 2  # left where they were
+    assert set(IncomingMessage.objects.values_list("remote_action", flat=True)) == {
+        RemoteAction.PENDING
+    }
+
+    # New mail goes on being fetched, and nothing is fetched twice.
+    mailbox.append(message("order 3"))
+    FetchState.objects.filter(pk=imap_server.pk).update(next_fetch_at=None)
+    report = fetch_server(imap_server)
+    assert report.counts == {"INBOX": 1} and not report.ok
+    assert IncomingMessage.objects.count() == 3
+
+    # The administrator picks a folder that can be created: the waiting messages move.
+    imap_server.move_to_folder = "Done"
+    imap_server.save()
+    assert fetched(imap_server) == {"INBOX": 0}
+    assert mailbox.count("INBOX") == 0 and mailbox.count("Done") == 3
+    assert IncomingMessage.objects.count() == 3
+    assert set(IncomingMessage.objects.values_list("remote_action", flat=True)) == {
+        RemoteAction.DONE
+    }
+    assert FetchState.objects.get(pk=imap_server.pk).last_error == ""
 
 
 def test_delete(imap_server: MailServer, mailbox: Mailbox) -> None:
@@ -252,3 +309,46 @@ def test_two_fetchers_never_take_one_mailbox_at_once(imap_server: MailServer) ->
     assert report.skipped and not report.counts
     FetchState.objects.filter(pk=imap_server.pk).update(claimed_by="", claimed_until=None)
     assert fetch_server(imap_server).ok
+
+
+def test_the_fetch_stores_the_bytes_and_the_hand_off_parses_them(
+    imap_server: MailServer, mailbox: Mailbox
+) -> None:
+    from mailgate.inbox.handoff import hand_off, message_json
+
+    imap_server.fetch_existing = True
+    imap_server.save()
+    mailbox.append(message("first"))
+    mailbox.append(message("second"))
+    assert fetch_server(imap_server).counts == {"INBOX": 2}
+    rows = list(IncomingMessage.objects.order_by("seq"))
+    assert [(r.parsed, r.subject, r.sender) for r in rows] == [(False, "", "")] * 2
+    assert rows[0].raw_bytes() == message("first")
+    # A reader that comes before the hand-off parses the one message it shows.
+    assert message_json(rows[0])["subject"] == "first"
+    assert IncomingMessage.objects.get(pk=rows[0].pk).parsed
+    assert not IncomingMessage.objects.get(pk=rows[1].pk).parsed
+    hand_off()  # parses whatever is left first, so receivers see the fields
+    second = IncomingMessage.objects.get(pk=rows[1].pk)
+    assert second.parsed and second.subject == "second"
+    assert second.sender == "billing@supplier.example" and second.to == ["sales@contoso.example"]
+
+
+def test_a_batch_is_written_as_one_pack_file_and_read_back_exactly(
+    imap_server: MailServer, mailbox: Mailbox, inbox_home: Path, client: Any
+) -> None:
+    imap_server.fetch_existing = True
+    imap_server.save()
+    raws = [message(f"packed {i}", body=f"line {i}\n" * (i + 1)) for i in range(store.PACK_MIN)]
+    for raw in raws:
+        mailbox.append(raw)
+    assert fetched(imap_server) == {"INBOX": store.PACK_MIN}
+    rows = list(IncomingMessage.objects.order_by("seq"))
+    packs = {r.raw_file for r in rows}
+    assert len(packs) == 1 and next(iter(packs)).startswith("inbox/packs/")
+    assert [r.raw_offset for r in rows] == [sum(len(x) for x in raws[:i]) for i in range(len(raws))]
+    assert all(r.raw is None and r.raw_path() is None for r in rows)
+    assert [r.raw_bytes() for r in rows] == raws
+    assert (inbox_home / rows[0].raw_file).stat().st_size == sum(len(x) for x in raws)
+    assert [r.subject for r in rows] == [f"packed {i}" for i in range(store.PACK_MIN)]
+    assert store.contents(rows[3]).text == "line 3\r\n" * 4

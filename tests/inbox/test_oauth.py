@@ -9,6 +9,7 @@ from django.test import Client
 
 from mailgate.inbox.fetcher import fetch_server
 from mailgate.inbox.models import FetchState, IncomingMessage
+from mailgate.inbox.store import parse_pending
 from mailgate.oauth.models import Grant
 from mailgate.sandbox.server import Sandbox
 from mailgate.servers.models import MailServer, ServerStatus
@@ -60,6 +61,7 @@ def test_xoauth2_fetch_and_a_revoked_grant_mid_run(
     assert server.status == ServerStatus.RECONNECT_REQUIRED
     state = FetchState.objects.get(pk=server.pk)
     assert state.last_error and state.failures == 1
+    parse_pending()
     assert list(IncomingMessage.objects.values_list("subject", flat=True)) == ["first"]
 
     # Reconnected: the message that waited is taken, once.
@@ -67,4 +69,5 @@ def test_xoauth2_fetch_and_a_revoked_grant_mid_run(
     server.refresh_from_db()
     report = fetch_server(server)
     assert report.ok and report.counts == {"INBOX": 1}, report.error
+    parse_pending()
     assert sorted(IncomingMessage.objects.values_list("subject", flat=True)) == ["first", "second"]

@@ -7,6 +7,7 @@ import pytest
 from mailgate.inbox import fetcher
 from mailgate.inbox.fetcher import fetch_server
 from mailgate.inbox.models import IncomingMessage, RemoteAction
+from mailgate.inbox.store import parse_pending
 from mailgate.servers.models import MailServer
 from tests.inbox.conftest import Mailbox, PasswordDovecot, make_server, message
 
@@ -22,6 +23,7 @@ def counts(server: MailServer) -> dict[str, int]:
     server.refresh_from_db()
     report = fetch_server(server)
     assert report.ok, report.error
+    parse_pending()  # the fetch stores bytes; the hand-off parses them
     return report.counts
 
 
