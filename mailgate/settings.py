@@ -60,15 +60,23 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "mailgate.console.middleware.ContentSecurityPolicy",
-    "django.contrib.sessions.middleware.SessionMiddleware",
+    # CommonMiddleware checks the Host against ALLOWED_HOSTS: the API keeps it.
     "django.middleware.common.CommonMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # MAILGATE_CONSOLE_MIDDLEWARE, for every request but the REST API's (/api/), which
+    # authenticates each call by its key and so needs no session, CSRF token or sign-in.
+    "mailgate.console.middleware.ConsoleOnly",
+    # Inside the console's middleware, so it sees the signed-in user; an API call is named by
+    # its client address.
+    "mailgate.audit.middleware.AuditActor",
+]
+MAILGATE_CONSOLE_MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
-    "mailgate.audit.middleware.AuditActor",
     "django.contrib.messages.middleware.MessageMiddleware",
-    "django.middleware.clickjacking.XFrameOptionsMiddleware",
     # Every page needs a session except the views marked @login_not_required: sign-in, /healthz,
-    # /metrics and the REST API (which authenticates by API key).
+    # /metrics (and the REST API, which never gets here).
     "django.contrib.auth.middleware.LoginRequiredMiddleware",
 ]
 

@@ -8,6 +8,8 @@ from mailgate.console import views as console_views
 from mailgate.diagnostics.metrics import metrics_view
 
 urlpatterns = [
+    # First: an API call is resolved without trying every console pattern before it.
+    path("api/v1/", include("mailgate.api.urls")),
     path("", console_views.dashboard, name="dashboard"),
     path("accounts/login/", LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
@@ -36,7 +38,6 @@ urlpatterns = [
     path("healthz", console_views.healthz, name="healthz"),
     path("static/<path:path>", console_views.static_file, name="static-file"),
     path("metrics", metrics_view, name="metrics"),
-    path("api/v1/", include("mailgate.api.urls")),
 ]
 
 handler404 = "mailgate.console.views.not_found"

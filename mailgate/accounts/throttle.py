@@ -7,7 +7,7 @@ import datetime as dt
 import hashlib
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, connection, transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
@@ -27,12 +27,22 @@ def _name(kind: str, *parts: str) -> str:
 def hit(name: str, window_seconds: int) -> tuple[int, dt.datetime]:
     """Count one event in the current fixed window; return the count and when the window ends.
 
-    One UPDATE raises the count (or restarts it in a new window), so concurrent processes never
-    lose an increment.
+    One statement creates the row or raises its count (restarting it in a new window) and returns
+    the new count, so concurrent processes never lose an increment: an upsert with RETURNING on
+    PostgreSQL and SQLite (3.35+), an UPDATE then a read elsewhere.
     """
     now = timezone.now()
     epoch = int(now.timestamp())
     start = dt.datetime.fromtimestamp(epoch - epoch % window_seconds, tz=dt.UTC)
+    end = start + dt.timedelta(seconds=window_seconds)
+    if (
+        connection.vendor in ("postgresql", "sqlite")
+        and connection.features.can_return_columns_from_insert
+    ):
+        with connection.cursor() as cursor:
+            cursor.execute(_upsert_sql(), [name, connection.ops.adapt_datetimefield_value(start)])
+            row = cursor.fetchone()
+        return int(row[0]), end
     for _ in range(2):
         updated = Counter.objects.filter(name=name).update(
             count=Case(When(window_start=start, then=F("count") + 1), default=Value(1)),
@@ -47,7 +57,20 @@ def hit(name: str, window_seconds: int) -> tuple[int, dt.datetime]:
         except IntegrityError:  # another process created it first: count on that row
             continue
     count = Counter.objects.filter(name=name).values_list("count", flat=True).first() or 1
-    return count, start + dt.timedelta(seconds=window_seconds)
+    return count, end
+
+
+def _upsert_sql() -> str:
+    """INSERT ... ON CONFLICT (name) DO UPDATE ... RETURNING count, for hit()."""
+    quote = connection.ops.quote_name
+    table = quote(Counter._meta.db_table)
+    name, start, count = quote("name"), quote("window_start"), quote("count")
+    return (
+        f"INSERT INTO {table} ({name}, {start}, {count}) VALUES (%s, %s, 1) "  # noqa: S608
+        f"ON CONFLICT ({name}) DO UPDATE SET {count} = CASE WHEN {table}.{start} = "
+        f"excluded.{start} THEN {table}.{count} + 1 ELSE 1 END, {start} = excluded.{start} "
+        f"RETURNING {count}"
+    )
 
 
 def _signin(username: str, address: str) -> str:

@@ -13,10 +13,11 @@ from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from ninja import Field, Query, Router, Schema
 from ninja import Status as WithStatus
+from ninja.responses import NinjaJSONEncoder
 
 from mailgate.outbox.compose import Attachment, InvalidMessage, MessageSpec
 from mailgate.outbox.models import OutgoingMessage, Status
-from mailgate.outbox.submit import IdempotencyKeyReused, enqueue
+from mailgate.outbox.submit import IdempotencyKeyReused, enqueue, insert, prepare
 
 router = Router(tags=["messages"])
 
@@ -359,7 +360,19 @@ def create_message(
         return _key_reused(str(header).strip(), exc)
     except InvalidMessage as exc:
         return WithStatus(422, {"detail": str(exc), "errors": exc.errors})
-    return WithStatus(200 if message.idempotent_replay else 201, _out(message))
+    return _answer(request, 200 if message.idempotent_replay else 201, _out(message))
+
+
+def _answer(request: HttpRequest, status: int, data: dict[str, Any]) -> HttpResponse:
+    """A success rendered from what was just written: `data` has the response schema's fields
+    and types already (the schema still documents it), so it is not validated again; rendered as
+    the API's renderer does (ninja's JSON encoder)."""
+    return HttpResponse(
+        json.dumps(data, cls=NinjaJSONEncoder), status=status, content_type=JSON_CONTENT_TYPE
+    )
+
+
+JSON_CONTENT_TYPE = "application/json; charset=utf-8"
 
 
 MAX_BATCH = 500
@@ -376,8 +389,10 @@ class BatchIn(Schema):
 
 
 class BatchResultOut(Schema):
-    """One message's outcome: 201 queued, 200 a retry of an idempotency key, 400 invalid, 422 a key
-    already used for other content. `id` and `message_id` only when queued (or replayed)."""
+    """One message's outcome, with the status POST /messages would have answered: 201 queued, 200
+    a retry of an idempotency key, 422 refused (fields at fault in `errors`, or a key already used
+    for other content), 400 a malformed idempotency key. `id` and `message_id` only when queued
+    (or replayed)."""
 
     status: int
     id: int | None = None
@@ -392,28 +407,64 @@ class BatchOut(Schema):
     results: list[BatchResultOut]
 
 
-def _batch_item(request: HttpRequest, index: int, item: BatchItemIn) -> dict[str, Any]:
-    field = f"messages[{index}]"
-    try:
-        idempotency_key = _scoped_key(request, item.idempotency_key)
-    except ValueError as exc:
-        name = f"{field}.idempotency_key"
-        return {"status": 400, "detail": f"{name}: {exc}", "errors": {name: str(exc)}}
-    try:
-        message = _enqueue(request, item, idempotency_key)
-    except IdempotencyKeyReused as exc:
-        name = f"{field}.idempotency_key"
-        problem = exc.errors["idempotency_key"]
-        return {"status": 422, "detail": f"{name}: {problem}", "errors": {name: problem}}
-    except InvalidMessage as exc:
-        errors = {f"{field}.{name}": text for name, text in exc.errors.items()}
-        detail = "; ".join(f"{name}: {text}" for name, text in errors.items())
-        return {"status": 400, "detail": detail, "errors": errors}
+def _refused(status: int, errors: dict[str, str]) -> dict[str, Any]:
+    detail = "; ".join(f"{name}: {text}" for name, text in errors.items())
+    return {"status": status, "id": None, "message_id": None, "detail": detail, "errors": errors}
+
+
+def _queued(message: OutgoingMessage) -> dict[str, Any]:
     return {
         "status": 200 if message.idempotent_replay else 201,
         "id": message.pk,
         "message_id": message.message_id,
+        "detail": "",
+        "errors": {},
     }
+
+
+class _Batch:
+    """Queues a batch's messages in order: those without an idempotency key are inserted together
+    (one INSERT for all of them up to the next message with a key, whose lookup must see them)."""
+
+    def __init__(self, request: HttpRequest) -> None:
+        self.request = request
+        self.owner = _owner_tag(request)
+        self.results: list[dict[str, Any]] = []
+        self.pending: list[tuple[dict[str, Any], OutgoingMessage]] = []
+
+    def add(self, index: int, item: BatchItemIn) -> None:
+        field = f"messages[{index}]"
+        try:
+            idempotency_key = _scoped_key(self.request, item.idempotency_key)
+        except ValueError as exc:
+            self.results.append(_refused(400, {f"{field}.idempotency_key": str(exc)}))
+            return
+        try:
+            if idempotency_key is None:
+                message = prepare(
+                    item.spec(), server=item.server, source="api", submitted_by=self.owner
+                )
+                result: dict[str, Any] = {}
+                self.pending.append((result, message))
+                self.results.append(result)
+                return
+            self.flush()
+            message = _enqueue(self.request, item, idempotency_key)
+        except IdempotencyKeyReused as exc:
+            problem = exc.errors["idempotency_key"]
+            self.results.append(_refused(422, {f"{field}.idempotency_key": problem}))
+            return
+        except InvalidMessage as exc:
+            errors = {f"{field}.{name}": text for name, text in exc.errors.items()}
+            self.results.append(_refused(422, errors))
+            return
+        self.results.append(_queued(message))
+
+    def flush(self) -> None:
+        insert([message for _, message in self.pending])
+        for result, message in self.pending:
+            result.update(_queued(message))
+        self.pending = []
 
 
 @router.post(
@@ -421,12 +472,15 @@ def _batch_item(request: HttpRequest, index: int, item: BatchItemIn) -> dict[str
     response={200: BatchOut, 400: ErrorOut, 403: ErrorOut},
     summary="Queue up to 500 messages",
 )
-def create_messages(request: HttpRequest, payload: BatchIn) -> WithStatus[dict[str, Any]]:
+def create_messages(
+    request: HttpRequest, payload: BatchIn
+) -> WithStatus[dict[str, Any]] | HttpResponse:
     """Queue each message of `messages` (up to 500) as POST /messages would, in one transaction.
 
-    Each message gets its own result, in order: the valid ones are queued (committed together),
-    the others name the fields at fault (`messages[<index>].<field>`) and queue nothing.
-    Per-message `idempotency_key`s work as the Idempotency-Key header does.
+    Each message gets its own result, in order, with the status POST /messages would answer: the
+    valid ones are queued (committed together), the others (422) name the fields at fault
+    (`messages[<index>].<field>`) and queue nothing. Per-message `idempotency_key`s work as the
+    Idempotency-Key header does.
     """
     if not _caller_may(request, "send"):
         return _scope_refused(request, "send")
@@ -434,10 +488,14 @@ def create_messages(request: HttpRequest, payload: BatchIn) -> WithStatus[dict[s
     if not 1 <= count <= MAX_BATCH:
         problem = f"must hold 1 to {MAX_BATCH} messages (it holds {count})"
         return WithStatus(400, {"detail": f"messages: {problem}", "errors": {"messages": problem}})
+    batch = _Batch(request)
     with transaction.atomic():
-        results = [_batch_item(request, i, item) for i, item in enumerate(payload.messages)]
+        for index, item in enumerate(payload.messages):
+            batch.add(index, item)
+        batch.flush()
+    results = batch.results
     queued = sum(1 for result in results if result["status"] in (200, 201))
-    return WithStatus(200, {"queued": queued, "refused": count - queued, "results": results})
+    return _answer(request, 200, {"queued": queued, "refused": count - queued, "results": results})
 
 
 @router.get("", response=list[MessageOut], by_alias=True, summary="List messages")

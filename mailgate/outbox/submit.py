@@ -113,6 +113,33 @@ def enqueue(
         existing = OutgoingMessage.objects.filter(idempotency_key=idempotency_key).first()
         if existing is not None:
             return _same_request(existing, fingerprint)
+    message = prepare(spec, server=server, source=source, submitted_by=submitted_by)
+    message.idempotency_key, message.idempotency_fingerprint = idempotency_key, fingerprint
+    if idempotency_key is None:
+        message.save()
+    else:
+        try:
+            with transaction.atomic():
+                message.save()
+        except IntegrityError:
+            # A concurrent request with the same key won the race: answer with its message.
+            first = OutgoingMessage.objects.get(idempotency_key=idempotency_key)
+            return _same_request(first, fingerprint)
+    if message.status != Status.HELD:
+        announce()
+    return message
+
+
+def prepare(
+    spec: MessageSpec,
+    /,
+    *,
+    server: MailServer | str | int | None = None,
+    source: str = "python",
+    submitted_by: str = "",
+) -> OutgoingMessage:
+    """The checked, routed and built message row, not yet saved (enqueue() without the insert;
+    insert() stores many in one statement). InvalidMessage names the field on bad input."""
     if len(spec.attachments) > settings.MAILGATE_MAX_ATTACHMENTS:
         raise InvalidMessage.one(
             "attachments",
@@ -148,7 +175,7 @@ def enqueue(
     if not held and (reason := connect_first(chosen)):
         hold_server(chosen, reason)
         held = True
-    message = OutgoingMessage(
+    return OutgoingMessage(
         server=chosen,
         status=Status.HELD if held else Status.QUEUED,
         source=source,
@@ -164,21 +191,16 @@ def enqueue(
         size=size,
         recipients_count=len(recipients),
         next_attempt_at=timezone.now(),
-        idempotency_key=idempotency_key,
-        idempotency_fingerprint=fingerprint,
         diagnosis=chosen.hold_reason if held else "",
         route_reason=route.reason[:300],
     )
-    if idempotency_key is None:
-        message.save()
-    else:
-        try:
-            with transaction.atomic():
-                message.save()
-        except IntegrityError:
-            # A concurrent request with the same key won the race: answer with its message.
-            first = OutgoingMessage.objects.get(idempotency_key=idempotency_key)
-            return _same_request(first, fingerprint)
-    if not held:
+
+
+def insert(messages: list[OutgoingMessage]) -> None:
+    """Store prepared messages (without idempotency keys) with one INSERT per statement batch
+    (their ids are set: PostgreSQL and SQLite return them) and wake the worker once."""
+    if not messages:
+        return
+    OutgoingMessage.objects.bulk_create(messages)
+    if any(message.status != Status.HELD for message in messages):
         announce()
-    return message

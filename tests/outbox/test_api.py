@@ -217,7 +217,7 @@ def test_a_batch_queues_each_message_and_answers_each_in_order(api, server):
     assert (data["queued"], data["refused"]) == (2, 2)
     first, bad_to, from_raw, bad_attachment = data["results"]
     assert first["status"] == 201 and from_raw["status"] == 201
-    assert bad_to["status"] == 400 and bad_to["id"] is None
+    assert bad_to["status"] == 422 and bad_to["id"] is None
     assert set(bad_to["errors"]) == {"messages[1].to[0]"}
     assert bad_to["detail"].startswith("messages[1].to[0]: ")
     assert bad_attachment["errors"] == {
@@ -228,6 +228,37 @@ def test_a_batch_queues_each_message_and_answers_each_in_order(api, server):
     assert queued[first["id"]].message_id == first["message_id"]
     assert queued[from_raw["id"]].to == ["b@example.org"]
     assert {m.source for m in queued.values()} == {"api"}
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"from": "app@example.com", "to": ["not an address"], "text": "x"},
+        {"from": "app@example.com", "text": "no recipient"},
+        {"to": ["a@example.org"], "text": "no sender"},
+        {"from": "app@example.com", "to": ["a@example.org"], "headers": {"Subject": "x"}},
+        {
+            "from": "app@example.com",
+            "to": ["a@example.org"],
+            "attachments": [{"filename": "a", "content_base64": "%%%"}],
+        },
+        {"from": "app@example.com", "to": ["a@example.org"], "server": "no such server"},
+    ],
+)
+def test_a_batch_refuses_a_message_as_the_single_post_does(api, server, body):
+    """The same field error: the same status (422) and the same errors, under messages[i]."""
+    single = post(api, body)
+    assert single.status_code == 422, single.content
+    item = post_batch(api, [body])
+    assert item.status_code == 200
+    (result,) = item.json()["results"]
+    assert result["status"] == single.status_code
+    assert result["errors"] == {
+        f"messages[0].{name}": text for name, text in single.json()["errors"].items()
+    }
+    assert result["detail"] == "; ".join(f"{k}: {v}" for k, v in result["errors"].items())
+    assert result["id"] is None and result["message_id"] is None
+    assert OutgoingMessage.objects.count() == 0
 
 
 def test_batch_idempotency_keys_work_per_message_within_and_across_batches(api, server):
