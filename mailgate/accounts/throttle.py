@@ -7,7 +7,8 @@ import datetime as dt
 import hashlib
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
@@ -35,12 +36,10 @@ def hit(name: str, window_seconds: int) -> tuple[int, dt.datetime]:
     epoch = int(now.timestamp())
     start = dt.datetime.fromtimestamp(epoch - epoch % window_seconds, tz=dt.UTC)
     end = start + dt.timedelta(seconds=window_seconds)
-    if (
-        connection.vendor in ("postgresql", "sqlite")
-        and connection.features.can_return_columns_from_insert
-    ):
-        with connection.cursor() as cursor:
-            cursor.execute(_upsert_sql(), [name, connection.ops.adapt_datetimefield_value(start)])
+    db = connections[DEFAULT_DB_ALIAS]
+    if db.vendor in ("postgresql", "sqlite") and db.features.can_return_columns_from_insert:
+        with db.cursor() as cursor:
+            cursor.execute(_upsert_sql(db), [name, db.ops.adapt_datetimefield_value(start)])
             row = cursor.fetchone()
         return int(row[0]), end
     for _ in range(2):
@@ -60,9 +59,9 @@ def hit(name: str, window_seconds: int) -> tuple[int, dt.datetime]:
     return count, end
 
 
-def _upsert_sql() -> str:
+def _upsert_sql(db: BaseDatabaseWrapper) -> str:
     """INSERT ... ON CONFLICT (name) DO UPDATE ... RETURNING count, for hit()."""
-    quote = connection.ops.quote_name
+    quote = db.ops.quote_name
     table = quote(Counter._meta.db_table)
     name, start, count = quote("name"), quote("window_start"), quote("count")
     return (

@@ -7,7 +7,8 @@ import math
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import DEFAULT_DB_ALIAS, connections
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from mailgate.accounts import throttle
@@ -36,12 +37,13 @@ def _by_hash(key_hash: str) -> APIKey | None:
     ORM for each call (most of the lookup's CPU); the values pass through the same converters
     as the ORM's would.
     """
-    plan = getattr(connection, "_mailgate_key_lookup", None)
+    db = connections[DEFAULT_DB_ALIAS]  # the thread's wrapper: not looked up again per column
+    plan = getattr(db, "_mailgate_key_lookup", None)
     if plan is None:
-        plan = _lookup_plan()
-        setattr(connection, "_mailgate_key_lookup", plan)  # noqa: B010 (the thread's connection)
+        plan = _lookup_plan(db)
+        setattr(db, "_mailgate_key_lookup", plan)  # noqa: B010 (kept with the connection)
     sql, converters = plan
-    with connection.cursor() as cursor:
+    with db.cursor() as cursor:
         cursor.execute(sql, [key_hash])
         row = cursor.fetchone()
     if row is None:
@@ -49,26 +51,26 @@ def _by_hash(key_hash: str) -> APIKey | None:
     values = []
     for (column, convert), value in zip(converters, row, strict=True):
         for function in convert:
-            value = function(value, column, connection)
+            value = function(value, column, db)
         values.append(value)
-    return APIKey.from_db(connection.alias, _ATTNAMES, values)
+    return APIKey.from_db(db.alias, _ATTNAMES, values)
 
 
 _ATTNAMES = [field.attname for field in APIKey._meta.concrete_fields]
 
 
-def _lookup_plan() -> tuple[str, list[tuple[Any, list[Any]]]]:
-    """The SELECT by key_hash and, per column, its expression and converters, for the current
-    thread's connection (kept on it by _by_hash)."""
+def _lookup_plan(db: BaseDatabaseWrapper) -> tuple[str, list[tuple[Any, list[Any]]]]:
+    """The SELECT by key_hash and, per column, its expression and converters, for the thread's
+    connection `db` (kept on it by _by_hash)."""
     fields = APIKey._meta.concrete_fields
     table = APIKey._meta.db_table
-    quote = connection.ops.quote_name
+    quote = db.ops.quote_name
     columns = ", ".join(f"{quote(table)}.{quote(str(field.column))}" for field in fields)
     sql = f"SELECT {columns} FROM {quote(table)} WHERE {quote('key_hash')} = %s"  # noqa: S608
     converters = []
     for field in fields:
         column = field.get_col(table)
-        convert = connection.ops.get_db_converters(column) + field.get_db_converters(connection)
+        convert = db.ops.get_db_converters(column) + field.get_db_converters(db)
         converters.append((column, convert))
     return sql, converters
 

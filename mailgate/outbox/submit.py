@@ -9,7 +9,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DEFAULT_DB_ALIAS, IntegrityError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models.signals import post_save, pre_save
 from django.utils import timezone
 
 from mailgate.outbox.compose import Attachment, InvalidMessage, MessageSpec
@@ -116,11 +118,11 @@ def enqueue(
     message = prepare(spec, server=server, source=source, submitted_by=submitted_by)
     message.idempotency_key, message.idempotency_fingerprint = idempotency_key, fingerprint
     if idempotency_key is None:
-        message.save()
+        store(message)
     else:
         try:
             with transaction.atomic():
-                message.save()
+                store(message)
         except IntegrityError:
             # A concurrent request with the same key won the race: answer with its message.
             first = OutgoingMessage.objects.get(idempotency_key=idempotency_key)
@@ -194,6 +196,50 @@ def prepare(
         diagnosis=chosen.hold_reason if held else "",
         route_reason=route.reason[:300],
     )
+
+
+def store(message: OutgoingMessage) -> None:
+    """Insert a new message row, as message.save() would, for a fifth of its CPU.
+
+    Model.save() builds the INSERT for the row's 30 columns anew each time (more than a million
+    instructions, a fifth of a whole API request); here the SQL is written once per connection and
+    each value is prepared by its field, as the ORM does (pre_save: defaults and auto_now; then
+    get_db_prep_save). Where the database cannot return the id, or a receiver listens for the
+    model's save signals, it is message.save() itself.
+    """
+    db = connections[DEFAULT_DB_ALIAS]  # the thread's wrapper: not looked up again per field
+    if (
+        not db.features.can_return_columns_from_insert
+        or pre_save.has_listeners(OutgoingMessage)
+        or post_save.has_listeners(OutgoingMessage)
+    ):
+        message.save()
+        return
+    plan = getattr(db, "_mailgate_outbox_insert", None)
+    if plan is None:
+        plan = _insert_plan(db)
+        setattr(db, "_mailgate_outbox_insert", plan)  # noqa: B010 (kept with the connection)
+    sql, fields = plan
+    params = [field.get_db_prep_save(field.pre_save(message, True), db) for field in fields]
+    with db.cursor() as cursor:
+        cursor.execute(sql, params)
+        (message.pk,) = cursor.fetchone()
+    message._state.adding = False
+    message._state.db = db.alias
+
+
+def _insert_plan(db: BaseDatabaseWrapper) -> tuple[str, list[Any]]:
+    """The INSERT ... RETURNING id of one OutgoingMessage and its fields in column order."""
+    meta = OutgoingMessage._meta
+    fields = [field for field in meta.concrete_fields if not field.primary_key]
+    quote = db.ops.quote_name
+    columns = ", ".join(quote(str(field.column)) for field in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    sql = (
+        f"INSERT INTO {quote(meta.db_table)} ({columns}) VALUES ({placeholders}) "  # noqa: S608
+        f"RETURNING {quote(str(meta.pk.column))}"
+    )
+    return sql, fields
 
 
 def insert(messages: list[OutgoingMessage]) -> None:

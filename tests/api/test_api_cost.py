@@ -230,3 +230,24 @@ def test_the_rate_counter_counts_each_hit_and_restarts_with_a_new_window(db: Non
     assert count == 1
     assert ends == Counter.objects.get(pk=row.pk).window_start + dt.timedelta(seconds=60)
     assert Counter.objects.filter(name="apikey:test").count() == 1
+
+
+def test_the_deploy_checks_still_see_the_consoles_csrf_and_session_middleware(
+    settings: Any,
+) -> None:
+    """Django looks for them in MIDDLEWARE only; mailgate's check runs Django's against the chain a
+    console request goes through, so an insecure cookie is still reported."""
+    from mailgate.console.checks import console_middleware
+
+    settings.CSRF_COOKIE_SECURE = True
+    settings.SESSION_COOKIE_SECURE = True
+    assert console_middleware(None) == []
+    settings.CSRF_COOKIE_SECURE = False
+    settings.SESSION_COOKIE_SECURE = False
+    assert {m.id for m in console_middleware(None)} == {"security.W016", "security.W012"}
+    settings.MAILGATE_CONSOLE_MIDDLEWARE = [
+        m for m in settings.MAILGATE_CONSOLE_MIDDLEWARE if not m.endswith("CsrfViewMiddleware")
+    ]
+    settings.CSRF_COOKIE_SECURE = True
+    settings.SESSION_COOKIE_SECURE = True
+    assert [m.id for m in console_middleware(None)] == ["mailgate.W001"]
