@@ -59,6 +59,7 @@ screenshots: test-deps
 
 bench: test-deps
 	uv run python -m tests.bench.run
+	uv run python -m tests.bench.api_cpu
 	uv run python -m tests.bench.fetch
 
 # The fault matrix in full against real processes, printed as a table, then the soak (50,000

@@ -401,6 +401,9 @@ def mailgate_run(
         "PYTHONPATH": str(ROOT),
         "MAILGATE_OUTBOX_SMTP_PIPELINING": "1" if config.pipelining else "0",
         "MAILGATE_OUTBOX_SMTP_CHUNKING": "1" if config.chunking else "0",
+        # The per-key rate is counted on every API call, as in production, at a limit the REST
+        # feeds stay under (the default, 600 a minute, would refuse them).
+        "MAILGATE_API_RATE_LIMIT": "1000000",
     }
     demo = facts["demo"]
     server = {
