@@ -32,7 +32,7 @@ def test_the_api_cpu_benchmark_reports_cpu_queries_and_the_web_process() -> None
     found = json.loads(lines[-1])
     assert found["backend"] == "sqlite" and found["posts"] == 30
     assert found["queries_per_post"] == 3
-    # A batch of 100: a few queries and its bulk INSERTs (34 rows each on SQLite), not 100 inserts.
+    # A batch of 100: key, rate, BEGIN, server list, 4 INSERTs of up to 31 rows (SQLite), COMMIT.
     assert found["queries_per_batch"] <= 10
     assert len(found["rounds"]) == 3 and all(r > 0 for r in found["rounds"])
     assert found["web_cpu_ms_per_post"] > 0 and found["web_cpu_ms_per_batched_message"] > 0
