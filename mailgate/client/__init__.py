@@ -117,7 +117,7 @@ class Client:
         if not url:
             raise ValueError("url: give mailgate's address, e.g. https://mailgate.corp.local")
         if not api_key:
-            raise ValueError("api_key: create one with `mailgate apikeys create --name NAME`")
+            raise ValueError("api_key: create one with `mailgate api-keys create --name NAME`")
         self._http = httpx.Client(
             base_url=url.rstrip("/") + "/api/v1",
             headers={"Authorization": f"Bearer {api_key}", "Accept": "application/json"},

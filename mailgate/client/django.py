@@ -2,7 +2,7 @@
 
     EMAIL_BACKEND = "mailgate.client.django.EmailBackend"
     MAILGATE_URL = "https://mailgate.corp.local"
-    MAILGATE_API_KEY = "..."          # `mailgate apikeys create --name erp --scope send`
+    MAILGATE_API_KEY = "..."          # `mailgate api-keys create --name erp --scope send`
 
 Every message goes to POST /api/v1/messages with an Idempotency-Key of its own, so a retried
 send_messages() after a lost answer queues each message once. Alternatives (HTML) and attachments

@@ -90,7 +90,7 @@ def find_key(token: str, actions: set[str] | None = None) -> APIKey:
         raise APIKeyError(
             "insufficient_scope",
             f"The API key {key.prefix}… has scope {key.scope!r}, which does not allow this: "
-            f"it needs scope {needed} or admin (`mailgate apikeys create --name N "
+            f"it needs scope {needed} or admin (`mailgate api-keys create --name N "
             f"--scope {needed}`).",
             status=403,
         )

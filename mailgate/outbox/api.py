@@ -263,7 +263,7 @@ def _scope_refused(request: HttpRequest, needed: str) -> WithStatus[dict[str, An
     scope = getattr(getattr(request, "auth", None), "scope", "?")
     problem = (
         f"the key's scope {scope!r} does not allow this: it needs a key with scope {needed} "
-        f"(`mailgate apikeys create --name N --scope {needed}`)"
+        f"(`mailgate api-keys create --name N --scope {needed}`)"
     )
     return WithStatus(
         403, {"detail": f"Authorization: {problem}", "errors": {"Authorization": problem}}

@@ -1,4 +1,4 @@
-"""`mailgate apikeys create --name N [--scope {send,read,admin}] | list [--json] | revoke NAME`."""
+"""`mailgate api-keys create --name N [--scope {send,read,admin}] | list [--json] | revoke NAME`."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class Command(BaseCommand):
             if APIKey.objects.filter(name__iexact=name).exists():
                 raise CommandError(
                     f"--name: a key named {name!r} exists already; choose another name or "
-                    f"revoke it with `mailgate apikeys revoke {name}`",
+                    f"revoke it with `mailgate api-keys revoke {name}`",
                     returncode=2,
                 )
             row, key = APIKey.issue(name, scope=options["scope"])
@@ -76,7 +76,7 @@ class Command(BaseCommand):
             found = APIKey.objects.filter(name=options["name"]).first()
             if found is None:
                 raise CommandError(
-                    f"NAME: no API key named {options['name']!r} (see `mailgate apikeys list`)",
+                    f"NAME: no API key named {options['name']!r} (see `mailgate api-keys list`)",
                     returncode=2,
                 )
             found.revoke()
