@@ -23,6 +23,7 @@ WORKER_STEPS: list[str] = [
     "mailgate.inbox.handoff.handoff_step",
     "mailgate.oauth.tokens.refresh_idle_grants",
     "mailgate.outbox.retention.purge_step",
+    "mailgate.inbox.store.sweep_step",
 ]
 
 IDLE_SLEEP_SECONDS = 1.0

@@ -11,9 +11,11 @@ import contextlib
 import datetime as dt
 import email.utils
 import hashlib
+import logging
 import os
 import re
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -36,6 +38,8 @@ from mailgate.inbox.models import (
     RemoteAction,
 )
 from mailgate.servers.models import MailServer
+
+log = logging.getLogger("mailgate.inbox")
 
 # Messages larger than this are fetched in pieces straight into a file, and kept there.
 FILE_BYTES = int(os.environ.get("MAILGATE_INBOX_FILE_BYTES") or 1024 * 1024)
@@ -644,3 +648,49 @@ def attachment(stored: IncomingMessage, n: int) -> tuple[str, str, bytes] | None
         part.get_content_type(),
         attachment_payload(part),
     )
+
+
+# Files no row names any more (their server was deleted, or a fetch was killed between writing a
+# pack and committing its rows) are deleted once older than this, so that a fetch in progress,
+# whose pack is written before its rows are committed, is never touched.
+SWEEP_GRACE_SECONDS = 24 * 3600.0
+SWEEP_EVERY = 3600.0  # seconds between two sweeps of one worker process
+_last_sweep = 0.0
+
+
+def sweep_files(*, grace_seconds: float = SWEEP_GRACE_SECONDS) -> int:
+    """Delete message files under MAILGATE_HOME/inbox (.eml, .pack, spool leftovers) that no
+    incoming message names and that were last written over `grace_seconds` ago; how many."""
+    root = home() / STORE_DIR
+    if not root.is_dir():
+        return 0
+    cutoff = time.time() - grace_seconds
+    named = set(
+        IncomingMessage.objects.exclude(raw_file="").values_list("raw_file", flat=True).distinct()
+    )
+    removed = 0
+    for path in root.rglob("*"):
+        if path.suffix not in (".eml", ".pack") and path.parent.name != "tmp":
+            continue
+        try:
+            if not path.is_file() or path.stat().st_mtime > cutoff:
+                continue
+            if str(path.relative_to(home())) in named:
+                continue
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed += 1
+    if removed:
+        log.info("deleted %d incoming message files that no message names any more", removed)
+    return removed
+
+
+def sweep_step() -> bool:
+    """Worker step: sweep the inbox's files now and then (never reports work done)."""
+    global _last_sweep
+    if _last_sweep and time.monotonic() - _last_sweep < SWEEP_EVERY:
+        return False
+    _last_sweep = time.monotonic()
+    sweep_files()
+    return False
