@@ -79,6 +79,16 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        with self.sink.lock:
+            self.sink.in_data += 1
+            self.sink.max_in_data = max(self.sink.max_in_data, self.sink.in_data)
+        try:
+            return await self._data(server, session, envelope)
+        finally:
+            with self.sink.lock:
+                self.sink.in_data -= 1
+
+    async def _data(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         if self.sink.data_delay:
             await asyncio.sleep(self.sink.data_delay)
         answer = self._scripted(self.sink.data_reply, envelope)
@@ -175,6 +185,10 @@ class SMTPSink:
     connections: int = 0
     active: int = 0
     max_active: int = 0
+    # Messages whose end of data (final "." or BDAT LAST) is being answered right now, and the
+    # most at once: with `data_delay`, the deliveries that overlapped.
+    in_data: int = 0
+    max_in_data: int = 0
     auth_attempts: int = 0
     # Advertise PIPELINING (RFC 2920); aiosmtpd reads pipelined commands one after another.
     pipelining: bool = False

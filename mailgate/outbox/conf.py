@@ -24,6 +24,12 @@ KNOBS: dict[str, tuple[float, float, str]] = {
     "MAILGATE_OUTBOX_BACKOFF_BASE": (60, 0.01, "seconds before the first retry"),
     "MAILGATE_OUTBOX_BACKOFF_MAX": (3600, 0.01, "longest pause between retries, in seconds"),
     "MAILGATE_OUTBOX_SMTP_TIMEOUT": (30, 0.1, "seconds to wait for an SMTP server"),
+    "MAILGATE_OUTBOX_WORKER_CONNECTIONS": (
+        4,
+        1,
+        "connections one worker process sends over side by side, at most (each server's "
+        "Concurrent Connections still holds across all workers)",
+    ),
     "MAILGATE_RETENTION_DAYS": (
         30,
         0,
@@ -55,6 +61,7 @@ class OutboxConfig:
     backoff_base: float
     backoff_max: float
     smtp_timeout: float
+    worker_connections: int = 4
     smtp_pipelining: bool = True
     smtp_chunking: bool = True
     retention_days: float = 30
@@ -87,6 +94,7 @@ def get() -> OutboxConfig:
         backoff_base=_value("MAILGATE_OUTBOX_BACKOFF_BASE"),
         backoff_max=_value("MAILGATE_OUTBOX_BACKOFF_MAX"),
         smtp_timeout=_value("MAILGATE_OUTBOX_SMTP_TIMEOUT"),
+        worker_connections=int(_value("MAILGATE_OUTBOX_WORKER_CONNECTIONS")),
         smtp_pipelining=_switch("MAILGATE_OUTBOX_SMTP_PIPELINING"),
         smtp_chunking=_switch("MAILGATE_OUTBOX_SMTP_CHUNKING"),
         retention_days=_value("MAILGATE_RETENTION_DAYS"),

@@ -63,7 +63,10 @@ class ConnectionPool:
                 return True
             self.drop(server.pk)
         ConnectionLease.objects.filter(server=server, expires_at__lt=now).delete()
-        if ConnectionLease.objects.filter(server=server).count() >= server.limit_connections:
+        # Counted under the claim's lock on the server's ServerState row, so it holds across the
+        # threads and processes of every worker; 0 is no limit.
+        limit = server.limit_connections
+        if limit and ConnectionLease.objects.filter(server=server).count() >= limit:
             return False
         lease = ConnectionLease.objects.create(server=server, holder=self.holder, expires_at=until)
         self.connections[server.pk] = Connection(new_transport(server), lease.pk)

@@ -1,8 +1,11 @@
-"""The delivery worker step: claim due messages per server, send them over one connection, record outcomes.
+"""The delivery worker step: claim due messages per server, send them over up to the server's
+Concurrent Connections side by side, record outcomes.
 
 The parts, each with one job: outbox.claims (what is due, batches within the limits),
-outbox.connection_pool (one leased connection per server), outbox.outcomes (each message's row and
-attempt, committed in order) and the probe of held servers below. Deliverer ties them together.
+outbox.connection_pool (one leased connection per server and lane), outbox.outcomes (each message's
+row and attempt, committed in order) and the probe of held servers below. A Lane sends over one
+connection at a time; Deliverer runs a worker's lanes, each in a thread of its own, and ties them
+together.
 """
 
 from __future__ import annotations
@@ -11,8 +14,11 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 
+from django.db import close_old_connections, connection
 from django.db.models import Q
 from django.utils import timezone
 
@@ -21,6 +27,7 @@ from mailgate.core.heartbeat import process_heartbeat
 from mailgate.outbox import conf
 from mailgate.outbox.claims import (
     Claimer,
+    Split,
     due_candidates,
     due_filter,
     release_dead_workers_claims,
@@ -36,44 +43,102 @@ from mailgate.transports.base import Envelope, SendResult, TransportError
 
 log = logging.getLogger("mailgate.outbox")
 
-__all__ = ["Deliverer", "deliver_step", "due_candidates", "due_filter", "get_deliverer"]
+__all__ = ["Deliverer", "Lane", "deliver_step", "due_candidates", "due_filter", "get_deliverer"]
 
 
-class Deliverer:
-    """The per-process delivery state: its identity, its connections, its claims and outcomes."""
+def _close_connection() -> None:
+    connection.close()  # resolved in the calling thread: that thread's own connection
 
-    def __init__(self, holder: str | None = None, *, overlap: bool = False) -> None:
-        """`overlap`: record outcomes in a thread while the next message starts (BackgroundRecorder)."""
-        # The claims carry the name of the process's heartbeat: when it stops, others release them.
+
+class Lane:
+    """One connection's worth of sending: its holder name, connections, claims and outcomes.
+
+    A lane sends one message at a time over its connection to a server, and commits each outcome
+    before the next message can complete, so a crash leaves at most one message per lane to be sent
+    twice. Lane 0 runs in the worker's own thread and claims under the process's holder name; lane
+    n > 0 runs in a thread of its own, with its own database connection, as "<holder>/t<n>". Its
+    own name matters: after a pass that broke off, a lane gives back every claim of its holder,
+    which must not take the messages other lanes are sending. The process's heartbeat covers the
+    lanes' names (claims.held_by), so a dead worker's lanes are released with it.
+    """
+
+    def __init__(self, holder: str, *, overlap: bool, thread: bool) -> None:
+        self.holder = holder
         self.heartbeat = process_heartbeat()
-        self.holder = holder or self.heartbeat.holder
-        self.pool = ConnectionPool(self.holder)
-        self.claimer = Claimer(self.holder, self.pool)
-        self.outcomes = OutcomeRecorder(self.holder)
+        self.pool = ConnectionPool(holder)
+        self.claimer = Claimer(holder, self.pool)
+        self.outcomes = OutcomeRecorder(holder)
         self.recorder = BackgroundRecorder() if overlap else None
         self.broke_off = False
-
-    @property
-    def token_requests(self) -> int:
-        return self.pool.token_requests
-
-    def claim(self, server_id: int) -> tuple[MailServer, list[OutgoingMessage]] | None:
-        """Take up to a batch of due messages of one server within its limits; None when nothing."""
-        return self.claimer.claim(server_id)
-
-    def release(self, messages: list[OutgoingMessage]) -> None:
-        """Give claimed, unattempted messages back to the queue as they were."""
-        self.claimer.release(messages)
+        self.record_sent: Callable[[MailServer, OutgoingMessage, SendResult], None] = (
+            self.outcomes.sent
+        )
+        self._thread = (
+            ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"mailgate-{holder.rsplit('/')[-1]}"
+            )
+            if thread
+            else None
+        )
 
     def close_all(self, keep: set[int] | frozenset[int] = frozenset()) -> None:
         self.pool.close_all(keep)
         if not keep and self.recorder is not None:
             self.recorder.close()
 
-    def record_sent(self, server: MailServer, message: OutgoingMessage, result: SendResult) -> None:
-        self.outcomes.sent(server, message, result)
+    def close_thread_connection(self) -> None:
+        """Close the database connection of the lane's thread (it is idle between passes)."""
+        if self._thread is not None:
+            self._thread.submit(_close_connection).result()
 
-    # -- sending -----------------------------------------------------------------------------
+    def start(
+        self, servers: list[tuple[int, Split]], stop: threading.Event
+    ) -> Future[tuple[bool, set[int]]]:
+        """Run a pass in the lane's thread; the future's result is that of pass_()."""
+        assert self._thread is not None
+        return self._thread.submit(self._pass_in_thread, servers, stop)
+
+    def _pass_in_thread(
+        self, servers: list[tuple[int, Split]], stop: threading.Event
+    ) -> tuple[bool, set[int]]:
+        close_old_connections()  # as the worker loop does for its own thread
+        try:
+            return self.pass_(servers, stop)
+        except BaseException:
+            connection.close()  # a broken connection is replaced at the next pass
+            raise
+
+    def pass_(
+        self, servers: list[tuple[int, Split]], stop: threading.Event
+    ) -> tuple[bool, set[int]]:
+        """One batch of each server, its part of the `split` (see Claimer.claim); (did anything,
+        servers worked).
+
+        A pass that broke off (the database went away mid-batch) left claims of this lane behind:
+        the next pass gives them back first rather than leaving them to the lease.
+        """
+        if self.broke_off:
+            self.claimer.release_all()
+            self.broke_off = False
+        self.broke_off = True
+        did = False
+        worked: set[int] = set()
+        for server_id, split in servers:
+            if stop.is_set():
+                break
+            claimed = self.claimer.claim(server_id, split)
+            if claimed is None:
+                continue
+            server, messages = claimed
+            if not messages:
+                continue
+            did = True
+            worked.add(server_id)
+            self.deliver(server, messages, stop)
+        # Connections stay open only while their server keeps having due mail.
+        self.close_all(keep=set() if stop.is_set() else worked)
+        self.broke_off = False
+        return did, worked
 
     def deliver(
         self, server: MailServer, messages: list[OutgoingMessage], stop: threading.Event
@@ -143,7 +208,95 @@ class Deliverer:
         finally:
             if recorder:
                 recorder.wait()
-        self.release(remaining)
+        self.claimer.release(remaining)
+
+
+class Deliverer:
+    """The per-process delivery state: its identity and its lanes (connections sending side by side).
+
+    `connections`: how many lanes (threads, each with its own SMTP and database connection) this
+    worker may send over at once; None reads MAILGATE_OUTBOX_WORKER_CONNECTIONS at each pass. A
+    server gets at most its Concurrent Connections of them, counted in the database across every
+    worker (ConnectionPool.lease). The default of one keeps everything in the caller's thread.
+    """
+
+    def __init__(
+        self, holder: str | None = None, *, overlap: bool = False, connections: int | None = 1
+    ) -> None:
+        """`overlap`: record outcomes in a thread while the next message starts (BackgroundRecorder)."""
+        # The claims carry the name of the process's heartbeat: when it stops, others release them.
+        self.heartbeat = process_heartbeat()
+        self.holder = holder or self.heartbeat.holder
+        self.overlap = overlap
+        self.connections = connections
+        self.lanes = [Lane(self.holder, overlap=overlap, thread=False)]
+
+    # Lane 0's parts, under the names callers and tests use.
+    @property
+    def pool(self) -> ConnectionPool:
+        return self.lanes[0].pool
+
+    @property
+    def claimer(self) -> Claimer:
+        return self.lanes[0].claimer
+
+    @property
+    def outcomes(self) -> OutcomeRecorder:
+        return self.lanes[0].outcomes
+
+    @property
+    def recorder(self) -> BackgroundRecorder | None:
+        return self.lanes[0].recorder
+
+    @property
+    def token_requests(self) -> int:
+        return sum(lane.pool.token_requests for lane in self.lanes)
+
+    def claim(self, server_id: int) -> tuple[MailServer, list[OutgoingMessage]] | None:
+        """Take up to a batch of due messages of one server within its limits; None when nothing."""
+        return self.claimer.claim(server_id)
+
+    def release(self, messages: list[OutgoingMessage]) -> None:
+        """Give claimed, unattempted messages back to the queue as they were."""
+        self.claimer.release(messages)
+
+    def close_all(self, keep: set[int] | frozenset[int] = frozenset()) -> None:
+        for lane in self.lanes:
+            lane.close_all(keep)
+            if not keep:
+                lane.close_thread_connection()
+
+    def record_sent(self, server: MailServer, message: OutgoingMessage, result: SendResult) -> None:
+        self.outcomes.sent(server, message, result)
+
+    def deliver(
+        self, server: MailServer, messages: list[OutgoingMessage], stop: threading.Event
+    ) -> None:
+        """Send a claimed batch over lane 0's connection, recording each outcome as it happens."""
+        lane = self.lanes[0]
+        lane.record_sent = self.record_sent
+        lane.deliver(server, messages, stop)
+
+    def _lane(self, number: int) -> Lane:
+        while len(self.lanes) <= number:
+            self.lanes.append(
+                Lane(f"{self.holder}/t{len(self.lanes)}", overlap=self.overlap, thread=True)
+            )
+        return self.lanes[number]
+
+    def plan(self, server_ids: list[int]) -> list[tuple[int, Split]]:
+        """(server, the Split of its batch between the lanes that send its mail) for each server
+        with due mail: as many lanes as its Concurrent Connections (0: no limit) and the worker's
+        own number allow."""
+        most = self.connections or conf.get().worker_connections
+        if most == 1:
+            return [(server_id, Split(1)) for server_id in server_ids]
+        limits = dict(
+            MailServer.objects.filter(pk__in=server_ids).values_list("pk", "limit_connections")
+        )
+        return [
+            (server_id, Split(min(most, limits.get(server_id) or most))) for server_id in server_ids
+        ]
 
     # -- held servers ------------------------------------------------------------------------
 
@@ -182,37 +335,36 @@ class Deliverer:
         return did
 
     def step(self, stop: threading.Event) -> bool:
-        """One pass: free dead workers' claims, probe held servers, then one batch per server.
-
-        A pass that broke off (the database went away mid-batch) left claims of this worker
-        behind: the next pass gives them back first rather than leaving them to the lease.
-        """
-        if self.broke_off:
-            self.claimer.release_all()
-            self.broke_off = False
-        self.broke_off = True
-        did = self._step(stop)
-        self.broke_off = False
-        return did
-
-    def _step(self, stop: threading.Event) -> bool:
+        """One pass: free dead workers' claims, probe held servers, then one batch per server and
+        lane, the lanes side by side; True when anything was sent, deferred or probed."""
         did = release_dead_workers_claims(timezone.now()) > 0
         did = self.probe_held_servers() or did
-        worked: set[int] = set()
-        for server_id in servers_with_due_mail(timezone.now()):
-            if stop.is_set():
-                break
-            claimed = self.claim(server_id)
-            if claimed is None:
-                continue
-            server, messages = claimed
-            if not messages:
-                continue
-            did = True
-            worked.add(server_id)
-            self.deliver(server, messages, stop)
-        # Connections stay open only while their server keeps having due mail.
-        self.close_all(keep=set() if stop.is_set() else worked)
+        plan = self.plan(servers_with_due_mail(timezone.now()))
+        width = max((split.ways for _, split in plan), default=1)
+        # The record_sent of lane 0 is this object's (tests wrap it).
+        self.lanes[0].record_sent = self.record_sent
+        started = [
+            self._lane(n).start([(s, split) for s, split in plan if n < split.ways], stop)
+            for n in range(1, width)
+        ]
+        errors: list[BaseException] = []
+        try:
+            did = self.lanes[0].pass_(plan, stop)[0] or did
+        except Exception as exc:
+            errors.append(exc)
+        for future in started:  # every lane has finished its pass before the step returns
+            try:
+                did = future.result()[0] or did
+            except Exception as exc:
+                errors.append(exc)
+        for lane in self.lanes[width:]:
+            # Not needed this pass: its connections are closed, a broken pass's claims given back.
+            if lane.broke_off:
+                lane.claimer.release_all()
+                lane.broke_off = False
+            lane.close_all()
+        if errors:
+            raise errors[0]
         return did
 
 
@@ -223,7 +375,7 @@ _deliverer_pid = 0
 def get_deliverer() -> Deliverer:
     global _deliverer, _deliverer_pid
     if _deliverer is None or _deliverer_pid != os.getpid():
-        _deliverer, _deliverer_pid = Deliverer(overlap=True), os.getpid()
+        _deliverer, _deliverer_pid = Deliverer(overlap=True, connections=None), os.getpid()
     return _deliverer
 
 

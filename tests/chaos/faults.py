@@ -19,7 +19,17 @@ from typing import Any
 import httpx
 
 from tests.chaos.identity import grant_revoked_mid_drain, identity_provider_fails
-from tests.chaos.lab import Lab, Row, free_port, lab, message_ids, sink_server, tally, wait_for
+from tests.chaos.lab import (
+    CONNECTIONS,
+    Lab,
+    Row,
+    free_port,
+    lab,
+    message_ids,
+    sink_server,
+    tally,
+    wait_for,
+)
 from tests.outbox.own_database import query
 from tests.smtpsink import SMTPSink
 
@@ -174,6 +184,7 @@ def kill_worker_mid_batch(kind: str, home: Path, bounded: bool) -> Row:
         recovery,
         drained,
         f"{stranded} claims stranded; released when its heartbeat was 30 s old",
+        in_flight=CONNECTIONS,
     )
 
 
@@ -271,6 +282,7 @@ def postgresql_restart(kind: str, home: Path, bounded: bool) -> Row:
         recovery,
         drained,
         f"{cut} server connections terminated; {client.errors} requests retried",
+        in_flight=CONNECTIONS,
     )
 
 
@@ -397,6 +409,7 @@ def sqlite_disk_full(kind: str, home: Path, bounded: bool) -> Row:
         recovery,
         drained,
         f"API answered {statuses} while full ({said!r}); integrity {check}",
+        in_flight=CONNECTIONS,
     )
 
 

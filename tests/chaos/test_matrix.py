@@ -24,6 +24,6 @@ def test_fault(name: str, kind: str, tmp_path: Path) -> None:
     scenario, _ = SCENARIOS[name]
     row: Row = scenario(kind, tmp_path, True)
     assert row.lost == 0, row
-    assert row.duplicated <= row.crashes, row
+    assert row.duplicated <= row.allowed_duplicates, row
     assert row.within_bound, row
     assert row.recovery is not None and row.recovery < 60, row

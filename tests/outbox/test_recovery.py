@@ -45,10 +45,17 @@ def test_claims_of_a_worker_silent_for_30_s_are_released_at_once_and_others_kept
     _seen("alive:2:bbbb", 12)
     _seen("long-gone:3:cccc", 301)  # its claims expired with their lease already
     dead, alive, unknown = (_claimed_by(h) for h in ("dead:1:aaaa", "alive:2:bbbb", "test:9"))
+    # The worker's other connections (threads) claim under "<holder>/t<n>": covered by its beat.
+    dead_lane, alive_lane = (_claimed_by(h) for h in ("dead:1:aaaa/t1", "alive:2:bbbb/t2"))
+    lookalike = _claimed_by("dead:1:aaaab")  # another process whose name starts the same
     ConnectionLease.objects.create(server=server, holder="dead:1:aaaa", expires_at=NOW)
+    ConnectionLease.objects.create(server=server, holder="dead:1:aaaa/t1", expires_at=NOW)
     ConnectionLease.objects.create(server=server, holder="alive:2:bbbb", expires_at=NOW)
 
-    assert release_dead_workers_claims(NOW) == 1
+    assert release_dead_workers_claims(NOW) == 2
+    assert OutgoingMessage.objects.get(pk=dead_lane.pk).claimed_by == ""
+    assert OutgoingMessage.objects.get(pk=alive_lane.pk).claimed_by == "alive:2:bbbb/t2"
+    assert OutgoingMessage.objects.get(pk=lookalike.pk).claimed_by == "dead:1:aaaab"
 
     released = OutgoingMessage.objects.get(pk=dead.pk)
     assert (released.status, released.claimed_by, released.claimed_until) == (
