@@ -61,6 +61,7 @@ bench: test-deps
 	uv run python -m tests.bench.run
 	uv run python -m tests.bench.api_cpu
 	uv run python -m tests.bench.fetch
+	env -u MAILGATE_DATABASE_URL uv run python -m tests.bench.depth
 
 # The fault matrix in full against real processes, printed as a table, then the soak (50,000
 # messages through one worker; SOAK=0 skips it). `make test` runs the bounded matrix.

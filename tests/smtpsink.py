@@ -104,7 +104,7 @@ class _Handler:
                 Received(
                     envelope.mail_from,
                     list(envelope.rcpt_tos),
-                    bytes(envelope.original_content or b""),
+                    bytes(envelope.original_content or b"") if self.sink.keep_data else b"",
                     login,
                     list(envelope.mail_options),
                 )
@@ -200,6 +200,8 @@ class SMTPSink:
     # SASL bearer mechanisms accepted (the token is checked against `users` like a password).
     bearer_mechanisms: tuple[str, ...] = ("XOAUTH2", "OAUTHBEARER")
     bearer_logins: list[tuple[str, str]] = field(default_factory=list)
+    # False: the content of received messages is not kept (a long benchmark's memory).
+    keep_data: bool = True
     # Called after each accepted message: True closes the connection before the reply is sent.
     drop_after_data: Callable[[], bool] | None = None
     # Advertise SMTPUTF8 (RFC 6531) and take UTF-8 addresses with it; aiosmtpd's default is off.

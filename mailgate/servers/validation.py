@@ -228,11 +228,17 @@ def validate_server(
                 "send_as", f"{entry!r} is not an e-mail address (separate addresses with commas)."
             )
 
+    method_info = AUTH_METHODS.get(v.get("auth_method") or "")
     for name in LIMIT_FIELDS:
         number = v.get(name)
-        if name == "limit_connections":
+        if name == "limit_connections" and method_info is not None and method_info.provider:
+            # Exchange Online and Gmail refuse a connection over their limit.
             if not isinstance(number, int) or number < 1:
-                verdict.error(name, "Enter a whole number of at least 1.")
+                verdict.error(
+                    name,
+                    "Enter a whole number of at least 1 (the provider limits the connections "
+                    "of a mailbox).",
+                )
         elif not isinstance(number, int) or number < 0:
             verdict.error(name, "Enter a whole number: 0 for no limit, or the most allowed.")
 

@@ -65,7 +65,7 @@ TARGETS_BY_FEED = {
 }
 SERVER_PLAN = (
     "sqlite:1,sqlite:1:data,sqlite:1:plain,sqlite:1@backend,sqlite:1@rest,sqlite:1@rest8,"
-    "sqlite:1@batch,sqlite:1@relay,postgresql:1,postgresql:2,postgresql:4"
+    "sqlite:1@batch,sqlite:1@relay,postgresql:1,postgresql:2,postgresql:4,postgresql:1x4"
 )
 DEFAULT_PLAN = ",".join(f"{target}:{item}" for target in TARGETS for item in SERVER_PLAN.split(","))
 
@@ -79,6 +79,12 @@ class Config:
     workers: int
     mode: str = ""
     feed: str = "enqueue"
+    # The server's Concurrent Connections; 0: one per worker (each worker then sends over one).
+    connections: int = 0
+
+    @property
+    def limit_connections(self) -> int:
+        return self.connections or self.workers
 
     @property
     def pipelining(self) -> bool:
@@ -92,6 +98,8 @@ class Config:
         off = {"": "", "data": ", CHUNKING off", "plain": ", PIPELINING+CHUNKING off"}[self.mode]
         database = {"sqlite": "SQLite", "postgresql": "PostgreSQL"}[self.backend]
         workers = f"{self.workers} worker{'s' if self.workers > 1 else ''}"
+        if self.connections:
+            workers += f" x {self.connections} connections"
         return f"{FEEDS[self.feed]}; {database}, {workers}{off}"
 
     @property
@@ -104,10 +112,11 @@ class Config:
 
 
 def parse_plan(text: str) -> list[Config]:
-    """BENCH_PLAN: comma-separated [server:]backend:workers[:mode][@feed] runs, e.g.
-    "postfix:sqlite:1:data" or "postgresql:1@rest8".
+    """BENCH_PLAN: comma-separated [server:]backend:workers[xconnections][:mode][@feed] runs, e.g.
+    "postfix:sqlite:1:data", "postgresql:1@rest8" or "postgresql:1x4".
 
-    server is sandbox (the default) or postfix; mode is empty (PIPELINING and CHUNKING on, as by
+    server is sandbox (the default) or postfix; connections is the server's Concurrent
+    Connections, which one worker fills with as many sending threads (default: one per worker); mode is empty (PIPELINING and CHUNKING on, as by
     default), `data` (MAILGATE_OUTBOX_SMTP_CHUNKING=0) or `plain` (PIPELINING off too); feed is
     one of FEEDS (default enqueue).
     """
@@ -117,18 +126,22 @@ def parse_plan(text: str) -> list[Config]:
         parts = spec.split(":")
         target = parts.pop(0) if parts and parts[0] in TARGETS else "sandbox"
         backend, workers, mode = [*parts, "", ""][:3] if len(parts) <= 3 else ("", "", "")
+        workers, times, connections = workers.partition("x")
         if (
             backend not in ("sqlite", "postgresql")
             or not workers.isdigit()
             or int(workers) < 1
+            or (bool(times) and not (connections.isdigit() and int(connections) >= 1))
             or mode not in MODES
             or (feed or "enqueue") not in FEEDS
         ):
             raise SystemExit(
-                f"BENCH_PLAN: {item!r} is not [server:]backend:workers[:mode][@feed] (feed: "
+                f"BENCH_PLAN: {item!r} is not [server:]backend:workers[xconnections][:mode][@feed] (feed: "
                 f"{', '.join(FEEDS)}). Expected e.g. {DEFAULT_PLAN}"
             )
-        plan.append(Config(target, backend, int(workers), mode, feed or "enqueue"))
+        plan.append(
+            Config(target, backend, int(workers), mode, feed or "enqueue", int(connections or 0))
+        )
     return plan
 
 
@@ -417,7 +430,7 @@ def mailgate_run(
         "smtp_security": "starttls",
         "limit_per_minute": 1_000_000_000,
         "limit_recipients_per_day": 1_000_000_000,
-        "limit_connections": config.workers,
+        "limit_connections": config.limit_connections,
     }
     setup = {
         "server": server,
@@ -549,6 +562,7 @@ def mailgate_run(
         "target": config.target,
         "backend": config.backend,
         "workers": config.workers,
+        "connections": config.limit_connections,
         "feed": config.feed,
         "pipelining": config.pipelining,
         "chunking": config.chunking,
@@ -629,7 +643,7 @@ def summary(
                 **{
                     k: v
                     for k, v in tries[0].items()
-                    if k in ("target", "backend", "workers", "feed")
+                    if k in ("target", "backend", "workers", "feed", "connections")
                 },
                 "pipelining": config.pipelining,
                 "chunking": config.chunking,

@@ -93,8 +93,16 @@ def test_a_plan_names_the_server_the_database_the_workers_and_the_extensions() -
         Config("postfix", "postgresql", 4, "data", "rest8"),
         Config("sandbox", "sqlite", 2, "plain", "enqueue"),
     ]
+    # One worker filling a server's 4 Concurrent Connections (by default one per worker).
+    (threaded,) = parse_plan("postfix:postgresql:1x4")
+    assert threaded == Config("postfix", "postgresql", 1, "", "enqueue", 4)
+    assert threaded.limit_connections == 4 and parse_plan("sqlite:2")[0].limit_connections == 2
+    assert threaded.describe() == "enqueue() x100/transaction; PostgreSQL, 1 worker x 4 connections"
     assert {c.target for c in parse_plan(DEFAULT_PLAN)} == {"sandbox", "postfix"}
-    bad_plans = ("postfix:sqlite", "mysql:1", "sqlite:0", "sqlite:1:fast", "sqlite:1:data:x")
+    bad_plans = (
+        *("postfix:sqlite", "mysql:1", "sqlite:0", "sqlite:1:fast", "sqlite:1:data:x"),
+        *("sqlite:1x0", "sqlite:1x", "sqlite:x4"),
+    )
     for bad in (*bad_plans, "sqlite:1@smtp"):
         with pytest.raises(SystemExit, match=r"BENCH_PLAN: .* is not \[server:\]backend:workers"):
             parse_plan(bad)

@@ -204,6 +204,10 @@ def test_limits_are_whole_numbers_and_zero_means_none_except_for_connections(db:
     assert "limit_recipients_per_day" in errors_of(outlook_data(limit_recipients_per_day="x"))
     assert "limit_connections" in errors_of(outlook_data(limit_connections="0"))
     assert errors_of(password_data(limit_per_minute="0", limit_recipients_per_day="0")) == {}
+    # A generic server may have no connection limit: each worker then sends over
+    # MAILGATE_OUTBOX_WORKER_CONNECTIONS at most.
+    assert errors_of(password_data(limit_connections="0")) == {}
+    assert "limit_connections" in errors_of(password_data(limit_connections="-1"))
 
 
 def test_plain_smtp_to_a_remote_host_warns(db: None) -> None:
