@@ -190,3 +190,25 @@ def test_the_worker_reads_its_number_of_connections_from_the_setting(
         finally:
             deliverer.close_all()
         assert sink.max_active == 2
+
+
+def test_a_connection_dropped_in_one_lane_resends_only_its_message_in_flight(
+    make_server: Callable[..., MailServer], settings: Any
+) -> None:
+    settings.MAILGATE_OUTBOX_BACKOFF_BASE = settings.MAILGATE_OUTBOX_BACKOFF_MAX = 0.01
+    drops = itertools.count(1)
+    with SMTPSink(
+        data_delay=0.01, pipelining=True, chunking="yes", drop_after_data=lambda: next(drops) == 20
+    ) as sink:
+        server = make_server(sink, limit_connections=3)
+        ids = queue(server, 60)
+        deliverer = Deliverer(overlap=True, connections=3)
+        try:
+            drain(deliverer, server)
+        finally:
+            deliverer.close_all()
+        counts = received(sink)
+        assert set(counts) == set(ids)
+        # The message whose reply was lost with the connection, and no other.
+        assert sum(n - 1 for n in counts.values()) == 1
+        assert sink.max_in_data >= 2  # the other lanes were sending meanwhile
