@@ -19,6 +19,7 @@ import threading
 import uuid
 
 from django.db import connection
+from django.db.models import Q
 from django.utils import timezone
 
 from mailgate.conf import tuning_number
@@ -142,6 +143,24 @@ def dead_workers(now: dt.datetime, within: dt.timedelta) -> list[str]:
         WorkerHeartbeat.objects.filter(
             last_seen_at__lt=now - dead_after(), last_seen_at__gte=now - within
         ).values_list("holder", flat=True)
+    )
+
+
+def held_by(holders: list[str], field: str) -> Q:
+    """Rows whose `field` names one of the worker processes `holders` or one of their connection
+    threads ("<holder>/t<n>", see outbox.worker.Lane): a process's heartbeat covers its threads."""
+    condition = Q(**{f"{field}__in": holders})
+    for holder in holders:
+        condition |= Q(**{f"{field}__startswith": f"{holder}/"})
+    return condition
+
+
+def live_holders(now: dt.datetime) -> list[str]:
+    """Holders of the workers seen within dead_after() (not taken as dead)."""
+    return list(
+        WorkerHeartbeat.objects.filter(last_seen_at__gte=now - dead_after()).values_list(
+            "holder", flat=True
+        )
     )
 
 

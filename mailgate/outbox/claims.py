@@ -17,7 +17,7 @@ from django.db import connection, transaction
 from django.db.models import Exists, OuterRef, Q, QuerySet, Sum
 from django.utils import timezone
 
-from mailgate.core.heartbeat import dead_after, dead_workers
+from mailgate.core.heartbeat import dead_after, dead_workers, held_by
 from mailgate.outbox import conf
 from mailgate.outbox.connection_pool import ConnectionPool
 from mailgate.outbox.hold import connect_first, hold_server, is_held, not_held
@@ -253,15 +253,6 @@ class Claimer:
             status=Status.QUEUED, claimed_by="", claimed_until=None, updated_at=now
         )
         mine.update(status=Status.DEFERRED, claimed_by="", claimed_until=None, updated_at=now)
-
-
-def held_by(holders: list[str], field: str) -> Q:
-    """Rows whose `field` names one of the worker processes `holders` or one of their connection
-    threads ("<holder>/t<n>", see worker.Deliverer): a process's heartbeat covers its threads."""
-    condition = Q(**{f"{field}__in": holders})
-    for holder in holders:
-        condition |= Q(**{f"{field}__startswith": f"{holder}/"})
-    return condition
 
 
 def release_dead_workers_claims(now: datetime) -> int:

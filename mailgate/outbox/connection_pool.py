@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from django.utils import timezone
 
 from mailgate.connections import smtp_transport
+from mailgate.core.heartbeat import held_by, live_holders
 from mailgate.outbox import conf
 from mailgate.outbox.models import ConnectionLease, OutgoingMessage, Status
 from mailgate.servers.models import MailServer
@@ -62,7 +63,12 @@ class ConnectionPool:
                 open_connection.renewed = time.monotonic()
                 return True
             self.drop(server.pk)
-        ConnectionLease.objects.filter(server=server, expires_at__lt=now).delete()
+        # An expired lease is taken back only from a worker taken as dead: a live one may keep a
+        # connection open between passes (or be slowed down) past its lease, and that connection
+        # still counts against the server's limit until the worker drops it.
+        ConnectionLease.objects.filter(server=server, expires_at__lt=now).exclude(
+            held_by(live_holders(now), "holder")
+        ).delete()
         # Counted under the claim's lock on the server's ServerState row, so it holds across the
         # threads and processes of every worker; 0 is no limit.
         limit = server.limit_connections

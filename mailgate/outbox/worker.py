@@ -59,7 +59,7 @@ class Lane:
     n > 0 runs in a thread of its own, with its own database connection, as "<holder>/t<n>". Its
     own name matters: after a pass that broke off, a lane gives back every claim of its holder,
     which must not take the messages other lanes are sending. The process's heartbeat covers the
-    lanes' names (claims.held_by), so a dead worker's lanes are released with it.
+    lanes' names (heartbeat.held_by), so a dead worker's lanes are released with it.
     """
 
     def __init__(self, holder: str, *, overlap: bool, thread: bool) -> None:

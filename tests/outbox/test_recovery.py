@@ -16,6 +16,7 @@ from mailgate.core.heartbeat import Heartbeat, dead_after, keep_beating
 from mailgate.core.models import WorkerHeartbeat
 from mailgate.outbox import enqueue
 from mailgate.outbox.claims import release_dead_workers_claims
+from mailgate.outbox.connection_pool import ConnectionPool
 from mailgate.outbox.models import ConnectionLease, OutgoingMessage, Status
 from mailgate.servers.models import MailServer
 
@@ -110,3 +111,24 @@ def test_the_beating_thread_records_the_process_until_stopped(
         done.set()
         thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+@time_machine.travel(NOW, tick=False)
+def test_an_expired_connection_lease_counts_while_its_worker_lives(
+    make_server: Callable[..., MailServer],
+) -> None:
+    """A live worker may keep a connection open past its lease (between passes, or slowed down):
+    it still counts against Concurrent Connections until the worker drops it or is taken as dead."""
+    server = make_server(limit_connections=1)
+    _seen("alive:2:bbbb", 5)
+    ConnectionLease.objects.create(
+        server=server, holder="alive:2:bbbb/t1", expires_at=NOW - dt.timedelta(minutes=1)
+    )
+    pool = ConnectionPool("me:3:cccc")
+    until = NOW + dt.timedelta(minutes=5)
+    assert not pool.lease(server, NOW, until)
+    _seen("alive:2:bbbb", 31)  # its heartbeat is now too old: dead
+    assert pool.lease(server, NOW, until)
+    assert list(ConnectionLease.objects.values_list("holder", flat=True)) == ["me:3:cccc"]
+    pool.close_all()
+    assert not ConnectionLease.objects.exists()
