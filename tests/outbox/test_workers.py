@@ -25,6 +25,7 @@ class Deployment:
 
     def __init__(self, url: str, home: Path) -> None:
         self.url = url
+        self.home = home
         self.env = process_env(url, home, MAILGATE_OUTBOX_LEASE_SECONDS="3")
         self.workers: list[subprocess.Popen[bytes]] = []
 
@@ -55,13 +56,17 @@ class Deployment:
         }
 
     def start_worker(self, **env: str) -> subprocess.Popen[bytes]:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "mailgate.cli", "worker"],
-            env={**self.env, **env},
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        # Its log goes to a file: a pipe nobody reads fills up (a line per message sent) and then
+        # blocks the worker at its next log line.
+        log = self.home / f"worker-{len(self.workers)}-{time.monotonic_ns()}.log"
+        with open(log, "wb") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "mailgate.cli", "worker"],
+                env={**self.env, **env},
+                cwd=ROOT,
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
         self.workers.append(process)
         return process
 
