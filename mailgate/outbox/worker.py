@@ -217,7 +217,8 @@ class Deliverer:
     `connections`: how many lanes (threads, each with its own SMTP and database connection) this
     worker may send over at once; None reads MAILGATE_OUTBOX_WORKER_CONNECTIONS at each pass. A
     server gets at most its Concurrent Connections of them, counted in the database across every
-    worker (ConnectionPool.lease). The default of one keeps everything in the caller's thread.
+    worker (ConnectionPool.lease). The default of one keeps everything in the caller's thread, and
+    so does SQLite (see plan()).
     """
 
     def __init__(
@@ -289,7 +290,10 @@ class Deliverer:
         with due mail: as many lanes as its Concurrent Connections (0: no limit) and the worker's
         own number allow."""
         most = self.connections or conf.get().worker_connections
-        if most == 1:
+        # SQLite takes one writer at a time: each message's DATA waits for the previous outcome's
+        # commit, so lanes would queue for the write lock rather than overlap. A worker there sends
+        # over one connection (more workers still may).
+        if most == 1 or connection.vendor == "sqlite":
             return [(server_id, Split(1)) for server_id in server_ids]
         limits = dict(
             MailServer.objects.filter(pk__in=server_ids).values_list("pk", "limit_connections")

@@ -61,12 +61,13 @@ def drain(deliverer: Deliverer, server: MailServer, passes: int = 50) -> float:
 def test_one_worker_sends_over_the_servers_connections_side_by_side(
     mode: str, make_server: Callable[..., MailServer]
 ) -> None:
-    """A server that takes 50 ms to answer each message: with Concurrent Connections 4 one worker
+    """A server that takes 100 ms to answer each message: with Concurrent Connections 4 one worker
     drains the queue in about a quarter of the time it takes with 1 (same test, same machine)."""
     times = {}
+    postgres = connection.vendor == "postgresql"
     for limit in (1, 4):
         with SMTPSink(
-            data_delay=0.05, pipelining=mode == "bdat", chunking="yes" if mode == "bdat" else ""
+            data_delay=0.1, pipelining=mode == "bdat", chunking="yes" if mode == "bdat" else ""
         ) as sink:
             server = make_server(sink, limit_connections=limit)
             ids = queue(server, 40)
@@ -76,15 +77,21 @@ def test_one_worker_sends_over_the_servers_connections_side_by_side(
             finally:
                 deliverer.close_all()
             assert received(sink) == collections.Counter(ids)  # each once
-            assert sink.max_in_data == limit  # the deliveries overlapped, up to the limit
-            assert sink.max_active == limit
+            # The deliveries overlapped, up to the limit; on SQLite a worker uses one connection.
+            assert sink.max_in_data == sink.max_active == (limit if postgres else 1)
             workers = set(
                 DeliveryAttempt.objects.filter(server=server).values_list("worker", flat=True)
             )
-            assert len(workers) == limit, workers  # one holder name per lane
+            assert len(workers) == (limit if postgres else 1), workers  # one holder per lane
+    if not postgres:
+        return
     ratio = times[4] / times[1]
-    # 0.25 when the 50 ms waits overlap perfectly; a loaded machine adds the lanes' CPU time.
-    assert ratio < 0.5, times
+    print(
+        f"40 messages, 100 ms reply: limit 1 {times[1]:.2f} s, limit 4 {times[4]:.2f} s = {ratio:.2f}"
+    )
+    # 0.25 when the waits overlap perfectly; a loaded machine adds the lanes' CPU time (0.3-0.5
+    # with a load average of 12 on 2 cores).
+    assert ratio < 0.6, times
 
 
 def test_the_limit_holds_across_the_lanes_of_two_workers(
@@ -105,15 +112,28 @@ def test_the_limit_holds_across_the_lanes_of_two_workers(
                 deliverer.close_all()
                 connection.close()  # this thread's own (lane 0's)
 
-        threads = [threading.Thread(target=run, args=(w,)) for w in workers]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(120)
+        if connection.vendor == "postgresql":
+            threads = [threading.Thread(target=run, args=(w,)) for w in workers]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(120)
+        else:
+            # The test's SQLite database is in memory, shared between threads with table locks
+            # that do not wait: the two workers (one connection each on SQLite) take turns here.
+            stop = threading.Event()
+            for _ in range(200):
+                for deliverer in workers:
+                    deliverer.step(stop)
+                if not OutgoingMessage.objects.exclude(status=Status.SENT).exists():
+                    break
+            for deliverer in workers:
+                deliverer.close_all()
         assert not errors, errors
         assert received(sink) == collections.Counter(ids)
         assert sink.max_active <= 3
-        assert sink.max_in_data >= 2  # they did overlap
+        if connection.vendor == "postgresql":
+            assert sink.max_in_data >= 2  # they did overlap
         assert not ConnectionLease.objects.exists()
 
 
@@ -129,7 +149,7 @@ def test_no_limit_is_bounded_by_the_workers_own_number_of_connections(
         finally:
             deliverer.close_all()
         assert received(sink) == collections.Counter(ids)
-        assert sink.max_active == 3
+        assert sink.max_active == (3 if connection.vendor == "postgresql" else 1)
 
 
 def test_a_lane_that_breaks_off_gives_back_only_its_own_claims(
@@ -143,7 +163,9 @@ def test_a_lane_that_breaks_off_gives_back_only_its_own_claims(
         ids = queue(server, 60)
         deliverer = Deliverer(overlap=True, connections=3)
         stop = threading.Event()
-        broken = deliverer._lane(2)
+        # SQLite: the one lane of a worker there (its record_sent is the Deliverer's).
+        postgres = connection.vendor == "postgresql"
+        broken = deliverer._lane(2) if postgres else deliverer.lanes[0]
         sent = broken.record_sent
         calls = itertools.count()
         released: list[int] = []
@@ -158,7 +180,7 @@ def test_a_lane_that_breaks_off_gives_back_only_its_own_claims(
             released.append(release_all())
             return released[-1]
 
-        monkeypatch.setattr(broken, "record_sent", fails_once)
+        monkeypatch.setattr(broken if postgres else deliverer, "record_sent", fails_once)
         monkeypatch.setattr(broken.claimer, "release_all", counted)
         try:
             with pytest.raises(RuntimeError):
@@ -189,7 +211,7 @@ def test_the_worker_reads_its_number_of_connections_from_the_setting(
             drain(deliverer, server)
         finally:
             deliverer.close_all()
-        assert sink.max_active == 2
+        assert sink.max_active == (2 if connection.vendor == "postgresql" else 1)
 
 
 def test_a_connection_dropped_in_one_lane_resends_only_its_message_in_flight(
@@ -211,4 +233,5 @@ def test_a_connection_dropped_in_one_lane_resends_only_its_message_in_flight(
         assert set(counts) == set(ids)
         # The message whose reply was lost with the connection, and no other.
         assert sum(n - 1 for n in counts.values()) == 1
-        assert sink.max_in_data >= 2  # the other lanes were sending meanwhile
+        if connection.vendor == "postgresql":
+            assert sink.max_in_data >= 2  # the other lanes were sending meanwhile
