@@ -191,8 +191,10 @@ def test_a_worker_killed_mid_batch_loses_nothing_and_resends_at_most_the_one_in_
         wait_for(lambda: fresh.status()["counts"] == {"sent": 150}, 120, "all 150 sent")
         ids = received_ids(sink)
         assert set(ids) == set(before["message_ids"])
-        assert sum(n - 1 for n in ids.values()) <= connections
-        assert sink.max_active == connections  # the one worker did use them all
+        # On SQLite a worker sends over one connection (one writer at a time).
+        used = connections if fresh.url.startswith("postgresql") else 1
+        assert sum(n - 1 for n in ids.values()) <= used
+        assert sink.max_active == used  # the one worker did use them all
 
 
 @pytest.mark.parametrize("mode", ["steps", "bdat"])
@@ -232,6 +234,7 @@ def test_after_a_kill_9_the_stranded_claims_are_delivered_again_within_a_minute(
         wait_for(lambda: fresh.status()["counts"] == {"sent": 150}, 60, "all 150 sent")
         ids = received_ids(sink)
         assert set(ids) == set(fresh.status()["message_ids"])
-        # One per connection in flight: the worker sent over the server's 3 (a new server's).
-        assert sum(n - 1 for n in ids.values()) <= 3
+        # One per connection in flight: the worker sent over the server's 3 (a new server's) on
+        # PostgreSQL, over 1 on SQLite.
+        assert sum(n - 1 for n in ids.values()) <= (3 if fresh.url.startswith("postgresql") else 1)
         assert recovery < 60, f"{stranded} stranded claims were delivered again after {recovery} s"
