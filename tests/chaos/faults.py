@@ -20,10 +20,10 @@ import httpx
 
 from tests.chaos.identity import grant_revoked_mid_drain, identity_provider_fails
 from tests.chaos.lab import (
-    CONNECTIONS,
     Lab,
     Row,
     free_port,
+    in_flight,
     lab,
     message_ids,
     sink_server,
@@ -184,7 +184,7 @@ def kill_worker_mid_batch(kind: str, home: Path, bounded: bool) -> Row:
         recovery,
         drained,
         f"{stranded} claims stranded; released when its heartbeat was 30 s old",
-        in_flight=CONNECTIONS,
+        in_flight=in_flight(kind),
     )
 
 
@@ -282,7 +282,7 @@ def postgresql_restart(kind: str, home: Path, bounded: bool) -> Row:
         recovery,
         drained,
         f"{cut} server connections terminated; {client.errors} requests retried",
-        in_flight=CONNECTIONS,
+        in_flight=in_flight(kind),
     )
 
 
@@ -409,7 +409,7 @@ def sqlite_disk_full(kind: str, home: Path, bounded: bool) -> Row:
         recovery,
         drained,
         f"API answered {statuses} while full ({said!r}); integrity {check}",
-        in_flight=CONNECTIONS,
+        in_flight=in_flight(kind),
     )
 
 

@@ -27,8 +27,16 @@ from tests.outbox.own_database import ROOT, own_database, process_env, query
 from tests.smtpsink import SMTPSink
 
 # Short back-off, so that what is measured is mailgate's recovery, not the configured pauses.
-# The sink's Concurrent Connections (the default of a new server): one worker sends over 3.
+# The sink's Concurrent Connections (the default of a new server): one worker sends over 3 on
+# PostgreSQL, over 1 on SQLite (one writer at a time).
 CONNECTIONS = 3
+
+
+def in_flight(kind: str) -> int:
+    """Messages one worker has in flight at once: one per connection it sends over."""
+    return CONNECTIONS if kind == "postgresql" else 1
+
+
 FAST_RETRIES = {"MAILGATE_OUTBOX_BACKOFF_BASE": "0.5", "MAILGATE_OUTBOX_BACKOFF_MAX": "2"}
 
 

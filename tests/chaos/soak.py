@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.chaos.lab import CONNECTIONS, lab, message_ids, sink_server, tally, wait_for
+from tests.chaos.lab import in_flight, lab, message_ids, sink_server, tally, wait_for
 from tests.smtpsink import SMTPSink
 
 FAULT_EVERY = 3000
@@ -133,5 +133,5 @@ def soak(total: int, home: Path, kind: str = "sqlite") -> SoakReport:
         warm[0] if warm else 0,
         max(warm) if warm else 0,
         samples,
-        allowed=sum(CONNECTIONS if fault == "outage" else 1 for fault in faults),
+        allowed=sum(in_flight(kind) if fault == "outage" else 1 for fault in faults),
     )
