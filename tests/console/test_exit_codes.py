@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from unittest import mock
@@ -12,10 +13,10 @@ from unittest import mock
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import connections
 from django.test import override_settings
 
-from tests.processes import mailgate
+from tests.outbox.own_database import own_database, process_env
+from tests.processes import MAILGATE, mailgate
 
 
 def _returncode(*args: str, stdin: str = "") -> tuple[int, str]:
@@ -65,23 +66,38 @@ def test_relay_that_cannot_listen_exits_1(busy_port: int) -> None:
     assert "the SMTP relay cannot listen" in message
 
 
-@pytest.mark.django_db
+@pytest.mark.nodb
 def test_backup_of_postgresql_exits_2_pointing_at_pg_dump(tmp_path: Path) -> None:
-    with mock.patch.object(connections["default"], "vendor", "postgresql"):
-        code, message = _returncode("backup", str(tmp_path / "copy.sqlite3"))
-    assert code == 2 and "pg_dump" in message
+    """A real `mailgate backup` process on a real PostgreSQL database (created and migrated)."""
+    with own_database("postgresql", tmp_path, "mg_backup_exit") as url:
+        env = process_env(url, tmp_path / "home")
+        migrated = subprocess.run(
+            [*MAILGATE, "migrate"], env=env, capture_output=True, text=True, timeout=300
+        )
+        assert migrated.returncode == 0, migrated.stderr[-2000:]
+        done = subprocess.run(
+            [*MAILGATE, "backup", str(tmp_path / "copy.sqlite3")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "pg_dump" in done.stderr
     assert not (tmp_path / "copy.sqlite3").exists()
 
 
-@pytest.mark.django_db
+@pytest.mark.nodb
 def test_backup_to_a_bad_file_exits_2(tmp_path: Path) -> None:
+    """A real `mailgate backup` process on its own SQLite database."""
+    home = tmp_path / "home"
+    assert mailgate(home, "migrate").returncode == 0
     taken = tmp_path / "taken.sqlite3"
     taken.write_bytes(b"keep me")
-    with mock.patch.object(connections["default"], "vendor", "sqlite"):
-        exists = _returncode("backup", str(taken))
-        no_folder = _returncode("backup", str(tmp_path / "missing" / "copy.sqlite3"))
-    assert exists[0] == 2 and "exists; choose a new name" in exists[1]
-    assert no_folder[0] == 2 and "does not exist" in no_folder[1]
+    exists = mailgate(home, "backup", str(taken))
+    no_folder = mailgate(home, "backup", str(tmp_path / "missing" / "copy.sqlite3"))
+    assert exists.returncode == 2 and "exists; choose a new name" in exists.stderr
+    assert no_folder.returncode == 2 and "does not exist" in no_folder.stderr
     assert taken.read_bytes() == b"keep me"
 
 
