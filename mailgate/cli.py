@@ -7,8 +7,10 @@ message naming the MAILGATE_HOME and database it looked at when the schema is mi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 PROG = "mailgate"
@@ -201,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         print(problem, file=sys.stderr)
         sys.exit(2)
     # Audit events of a command name the operating-system user who ran it.
-    with actor_scope(f"cli:{_os_user()}"):
+    with actor_scope(f"cli:{_os_user()}"), _settings_errors_as_usage():
         app = get_commands().get(command)
         if app is None or command not in mailgate_commands().values():
             execute_from_command_line(
@@ -211,6 +213,19 @@ def main(argv: list[str] | None = None) -> None:
         # Run it directly so its usage line and errors name it as typed: `mailgate rotate-keys`.
         handler = app if isinstance(app, BaseCommand) else load_command_class(app, command)
         handler.run_from_argv([PROG, typed, *args[1:]])
+
+
+@contextlib.contextmanager
+def _settings_errors_as_usage() -> Iterator[None]:
+    """A tuning variable read when its module loads (MAILGATE_INBOX_PACK_MIN=abc) is reported like
+    one read at start-up: its name and what it expects, exit status 2, no traceback."""
+    from mailgate.conf import SettingsError
+
+    try:
+        yield
+    except SettingsError as exc:
+        print(f"{PROG}: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)
 
 
 def _os_user() -> str:

@@ -23,6 +23,7 @@ from datetime import timedelta
 from django.db.models import Q
 from django.utils import timezone
 
+from mailgate.conf import parse_int
 from mailgate.connections import imap_transport, pop3_transport
 from mailgate.inbox.models import (
     FetchState,
@@ -48,8 +49,16 @@ from mailgate.transports.imap import IMAPTransport, MessageSummary
 
 log = logging.getLogger("mailgate.inbox")
 
-BATCH_MESSAGES = int(os.environ.get("MAILGATE_INBOX_BATCH") or 200)
-BATCH_BYTES = int(os.environ.get("MAILGATE_INBOX_BATCH_BYTES") or 16 * 1024 * 1024)
+BATCH_MESSAGES = parse_int(
+    "MAILGATE_INBOX_BATCH", os.environ.get("MAILGATE_INBOX_BATCH", ""), 200, 1, 100_000
+)
+BATCH_BYTES = parse_int(
+    "MAILGATE_INBOX_BATCH_BYTES",
+    os.environ.get("MAILGATE_INBOX_BATCH_BYTES", ""),
+    16 * 1024 * 1024,
+    1024,
+    2**40,
+)
 SUMMARY_CHUNK = 1000  # UIDs per FETCH of sizes
 CHUNK_BYTES = 1024 * 1024  # piece size of a streamed large message
 LEASE = timedelta(minutes=5)

@@ -19,6 +19,7 @@ from django.core.serializers.json import DjangoJSONEncoder
 from django.db.models import Q
 from django.utils import timezone
 
+from mailgate.conf import parse_int
 from mailgate.crypto import Sealed
 from mailgate.inbox.models import IncomingMessage, Status, WebhookDelivery
 from mailgate.inbox.signals import message_received
@@ -26,7 +27,13 @@ from mailgate.inbox.store import ensure_parsed, parse_pending
 
 log = logging.getLogger("mailgate.inbox")
 
-MAX_ATTEMPTS = int(os.environ.get("MAILGATE_INBOX_HANDOFF_ATTEMPTS") or 5)
+MAX_ATTEMPTS = parse_int(
+    "MAILGATE_INBOX_HANDOFF_ATTEMPTS",
+    os.environ.get("MAILGATE_INBOX_HANDOFF_ATTEMPTS", ""),
+    5,
+    1,
+    1000,
+)
 BACKOFF_SECONDS = (10, 60, 300, 1800, 3600)
 WEBHOOK_TIMEOUT = 10.0
 HANDOFF_BATCH = 100

@@ -31,6 +31,7 @@ from django.conf import settings
 from django.db import OperationalError, connections, models, router, transaction
 from django.utils import timezone
 
+from mailgate.conf import parse_int
 from mailgate.inbox.models import (
     FolderCursor,
     InboxSequence,
@@ -42,12 +43,20 @@ from mailgate.servers.models import MailServer
 log = logging.getLogger("mailgate.inbox")
 
 # Messages larger than this are fetched in pieces straight into a file, and kept there.
-FILE_BYTES = int(os.environ.get("MAILGATE_INBOX_FILE_BYTES") or 1024 * 1024)
+FILE_BYTES = parse_int(
+    "MAILGATE_INBOX_FILE_BYTES",
+    os.environ.get("MAILGATE_INBOX_FILE_BYTES", ""),
+    1024 * 1024,
+    1024,
+    2**40,
+)
 # A batch of at least this many messages is written as one pack file (the messages one after the
 # other, each row naming its offset) instead of into the database: one write and one sync for the
 # batch instead of a database page write per 4 KB. Smaller batches (POP3, a trickle of new mail)
 # stay in the database.
-PACK_MIN = int(os.environ.get("MAILGATE_INBOX_PACK_MIN") or 8)
+PACK_MIN = parse_int(
+    "MAILGATE_INBOX_PACK_MIN", os.environ.get("MAILGATE_INBOX_PACK_MIN", ""), 8, 1, 100_000
+)
 STORE_DIR = "inbox"
 PACK_DIR = "packs"
 

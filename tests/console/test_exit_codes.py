@@ -16,7 +16,7 @@ from django.core.management.base import CommandError
 from django.test import override_settings
 
 from tests.outbox.own_database import own_database, process_env
-from tests.processes import MAILGATE, mailgate
+from tests.processes import MAILGATE, home_env, mailgate
 
 
 def _returncode(*args: str, stdin: str = "") -> tuple[int, str]:
@@ -133,3 +133,28 @@ def test_the_console_script_exits_2_for_bad_input_and_usage(tmp_path: Path) -> N
     codes = {what: done.returncode for what, done in results.items()}
     assert codes == dict.fromkeys(results, 2), {w: d.stderr[-300:] for w, d in results.items()}
     assert "Traceback" not in "".join(d.stderr for d in results.values())
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [("MAILGATE_INBOX_PACK_MIN", "abc"), ("MAILGATE_INBOX_BATCH", "0")],
+)
+def test_a_bad_inbox_tuning_variable_is_named_without_a_traceback(
+    tmp_path: Path, variable: str, value: str
+) -> None:
+    home = tmp_path / "home"
+    assert mailgate(home, "migrate").returncode == 0
+    done = subprocess.run(
+        [*MAILGATE, "fetch"],
+        env={**home_env(home), variable: value},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert (
+        f"configuration error: {variable}:" in done.stderr
+        and "Expected a whole number" in done.stderr
+    )
+    assert "Traceback" not in done.stderr
