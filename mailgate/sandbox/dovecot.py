@@ -22,6 +22,7 @@ a 500 ms timer even with auth_failure_delay = 0).
 from __future__ import annotations
 
 import contextlib
+import errno
 import grp
 import itertools
 import logging
@@ -104,6 +105,20 @@ def _free_port(host: str) -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _bindable(host: str, port: int) -> bool:
+    """True when nothing listens on host:port (the same test Dovecot's own bind makes)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise
+        return True
 
 
 def _port_open(host: str, port: int) -> bool:
@@ -391,6 +406,14 @@ class DovecotServer:
             raise RuntimeError("Dovecot is already started")
         imap_port = self.requested_ports[0] or _free_port(self.host)
         pop3_port = self.requested_ports[1] or _free_port(self.host)
+        # A port someone else listens on is refused here: once Dovecot is started, a taken port
+        # would still accept connections, and could pass for Dovecot's in the moment before the
+        # master notices it cannot bind and exits.
+        if not (_bindable(self.host, imap_port) and _bindable(self.host, pop3_port)):
+            raise OSError(
+                errno.EADDRINUSE,
+                f"Address already in use (Dovecot, IMAP {imap_port} / POP3 {pop3_port})",
+            )
         self.write_config(imap_port, pop3_port)
         self.log_path.touch()
         start_log = self.dir / "dovecot-start.log"
@@ -407,8 +430,18 @@ class DovecotServer:
             if self._process.poll() is not None:
                 detail = self._tail(start_log) or self._tail(self.log_path)
                 self._process = None
+                if "Address already in use" in detail:
+                    # The same error as the sandbox's own listeners, so callers say "use --port-base".
+                    raise OSError(
+                        errno.EADDRINUSE,
+                        f"Address already in use (Dovecot, IMAP {imap_port} / POP3 {pop3_port})",
+                    )
                 raise DovecotError(f"Dovecot exited at start (see {self.log_path}): {detail}")
-            if _port_open(self.host, imap_port) and _port_open(self.host, pop3_port):
+            if (
+                _port_open(self.host, imap_port)
+                and _port_open(self.host, pop3_port)
+                and self._process.poll() is None
+            ):
                 break
             if time.monotonic() >= deadline:
                 self.stop()

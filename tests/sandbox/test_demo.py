@@ -27,29 +27,31 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def test_the_demo_runs_mailgate_against_the_sandbox(tmp_path: Path) -> None:
-    base, port = _free_port_base(), _free_port()
-    state = tmp_path / "demo"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mailgate.cli",
-            "demo",
-            "--port-base",
-            str(base),
-            "--port",
-            str(port),
-            "--state",
-            str(state),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    lines: list[str] = []
-    try:
-        deadline = time.monotonic() + 120
+def demo_command(base: int, state: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "mailgate.cli", "demo", "--port-base", str(base), "--state", str(state)
+    ]  # fmt: skip
+
+
+def _start_demo(
+    tmp_path: Path, deadline: float
+) -> tuple[subprocess.Popen[str], list[str], int, int, Path]:
+    """Start `mailgate demo` and read its banner; a port taken meanwhile by a parallel test is
+    retried on other ports (three tries), any other early exit fails with the demo's stderr."""
+    for attempt in range(3):
+        base, port = _free_port_base(), _free_port()
+        while base <= port <= base + 4:
+            port = _free_port()
+        state = tmp_path / f"demo{attempt}"
+        errors = tmp_path / f"demo{attempt}.err"
+        with errors.open("w") as stderr:
+            process = subprocess.Popen(
+                [*demo_command(base, state), "--port", str(port)],
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+            )
+        lines: list[str] = []
         assert process.stdout is not None
         while time.monotonic() < deadline:
             line = process.stdout.readline()
@@ -57,7 +59,19 @@ def test_the_demo_runs_mailgate_against_the_sandbox(tmp_path: Path) -> None:
                 break
             lines.append(line.rstrip("\n"))
             if line.startswith("Press Ctrl+C"):
-                break
+                return process, lines, base, port, state
+        process.wait(timeout=60)
+        stderr_text = errors.read_text()
+        if "cannot listen on ports" in stderr_text:
+            continue
+        raise AssertionError(f"demo exited early ({process.returncode}):\n{stderr_text[-3000:]}")
+    raise AssertionError("three port ranges were taken while the demo started")
+
+
+def test_the_demo_runs_mailgate_against_the_sandbox(tmp_path: Path) -> None:
+    deadline = time.monotonic() + 120
+    process, lines, base, port, state = _start_demo(tmp_path, deadline)
+    try:
         output = "\n".join(lines)
         assert "Mail server 'Demo Outlook' created." in output, output
         assert "Mail server 'Demo Gmail' created." in output
@@ -106,3 +120,21 @@ def test_the_demo_runs_mailgate_against_the_sandbox(tmp_path: Path) -> None:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=60)
     assert process.returncode == 0
+
+
+def test_a_port_taken_by_dovecot_s_listener_is_a_clear_error(tmp_path: Path) -> None:
+    """Dovecot failing to listen is reported like the sandbox's own ports: no traceback."""
+    base = _free_port_base()
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", base + 2))
+        taken.listen()
+        result = subprocess.run(
+            demo_command(base, tmp_path / "demo"),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert result.returncode == 1
+    assert f"cannot listen on ports {base}-{base + 4}" in result.stderr, result.stderr
+    assert "use --port-base N" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import errno
 import imaplib
 import os
 import poplib
 import pwd
 import shutil
 import smtplib
+import socket
 import subprocess
 import sys
 import tempfile
@@ -319,6 +321,35 @@ def test_stop_ends_every_dovecot_process() -> None:
         assert not server._group_alive(pgid)
         assert not dovecot_module._port_open("127.0.0.1", imap_port)
         server.stop()
+    finally:
+        shutil.rmtree(state, ignore_errors=True)
+
+
+@pytest.mark.parametrize("taken", ["imap", "pop3"])
+def test_a_port_someone_listens_on_is_refused_before_dovecot_starts(taken: str) -> None:
+    """A taken port accepts connections: it must not pass for Dovecot's listener (a race the
+    demo once lost under load, then ran on with no IMAP server)."""
+    state = state_dir()
+    try:
+        ca = SandboxCA(state)
+        with socket.socket() as holder:
+            holder.bind(("127.0.0.1", 0))
+            holder.listen()
+            port = holder.getsockname()[1]
+            server = DovecotServer(
+                state,
+                imap_port=port if taken == "imap" else 0,
+                pop3_port=port if taken == "pop3" else 0,
+                cert_file=ca.cert_file,
+                key_file=ca.key_file,
+                introspection_url_base="http://127.0.0.1:9/sandbox/introspect",
+            )
+            with pytest.raises(OSError) as info:
+                server.start()
+        assert info.value.errno == errno.EADDRINUSE
+        assert str(port) in str(info.value)
+        assert not server.running
+        assert not (server.dir / "dovecot-start.log").exists()
     finally:
         shutil.rmtree(state, ignore_errors=True)
 
