@@ -54,9 +54,9 @@ def _revealed(value: object) -> str:
 def access_token_callable(server: MailServer) -> BearerToken:
     """A bearer credential whose token comes from the token lifecycle when a connection needs one."""
 
-    def token(*, reuse_fresh: bool) -> str:
+    def token(refused: str | None = None) -> str:
         try:
-            return get_fresh_access_token(server, reuse_fresh=reuse_fresh)
+            return get_fresh_access_token(server, refused=refused)
         except TokenError as exc:
             raise TransportError(
                 f"no access token for {server.username}: {exc}",
@@ -67,8 +67,8 @@ def access_token_callable(server: MailServer) -> BearerToken:
 
     return BearerToken(
         server.username,
-        lambda: token(reuse_fresh=True),
-        renew=lambda: token(reuse_fresh=False),
+        token,
+        renew=token,
     )
 
 

@@ -68,22 +68,27 @@ def not_connected(server: MailServer) -> ReconnectRequired:
     )
 
 
-def get_fresh_access_token(server: MailServer, *, reuse_fresh: bool = True) -> str:
+def get_fresh_access_token(server: MailServer, *, refused: str | None = None) -> str:
     """An access token valid for at least 5 more minutes; raises a TokenError subclass otherwise.
 
-    `reuse_fresh=False`: a server refused the stored token, so a new one is asked for even if it
-    looks valid (callers that waited on the same refresh share its result).
+    `refused`: a server refused that token, so a new one is asked for even if it looks valid,
+    unless the stored token is already another one (a caller that was refused the same token
+    renewed it meanwhile; callers that waited on the same refresh share its result).
     """
     grant = Grant.objects.filter(server_id=server.pk).first()
     if grant is None:
         raise not_connected(server)
-    if reuse_fresh and not grant.is_dead and grant.has_usable_access_token():
+    if not grant.is_dead and _usable_instead_of(grant, refused):
         return revealed(grant.access_token)
-    return refresh_access_token(server.pk, reuse_fresh=reuse_fresh)
+    return refresh_access_token(server.pk, reuse_fresh=refused is None, refused=refused)
 
 
 def refresh_access_token(
-    server_id: int, *, reuse_fresh: bool = True, idle_before: dt.datetime | None = None
+    server_id: int,
+    *,
+    reuse_fresh: bool = True,
+    refused: str | None = None,
+    idle_before: dt.datetime | None = None,
 ) -> str:
     """Refresh once for everyone; concurrent callers wait for that refresh and take its result.
 
@@ -91,7 +96,8 @@ def refresh_access_token(
     provider is called with no transaction open (a slow or hanging token endpoint holds no lock,
     so enqueues and the worker's writes go on), and the result is written in a short transaction.
     `reuse_fresh=False` forces a refresh even when the stored token looks fresh (a server refused
-    it). With `idle_before`, refresh only when the last success is older (the background step).
+    it), except that a usable stored token other than `refused` is taken instead. With
+    `idle_before`, refresh only when the last success is older (the background step).
     Call it outside a caller's transaction so that a failure is recorded.
     """
     claim = uuid.uuid4().hex
@@ -106,7 +112,7 @@ def refresh_access_token(
         if waited_for is not None and waited_for != (grant.refresh_count, grant.last_error_at):
             # The refresh we waited for is done: its result is ours too.
             return _result_of_refresh(grant)
-        early = _answer_without_refresh(grant, now, reuse_fresh, idle_before)
+        early = _answer_without_refresh(grant, now, reuse_fresh, idle_before, refused)
         if early is not None:
             return early
         expired = Q(refresh_claimed_until__isnull=True) | Q(refresh_claimed_until__lt=now)
@@ -152,7 +158,11 @@ def claim_lifetime() -> dt.timedelta:
 
 
 def _answer_without_refresh(
-    grant: Grant, now: dt.datetime, reuse_fresh: bool, idle_before: dt.datetime | None
+    grant: Grant,
+    now: dt.datetime,
+    reuse_fresh: bool,
+    idle_before: dt.datetime | None,
+    refused: str | None = None,
 ) -> str | None:
     """The stored token when no refresh is needed (or allowed yet); raise when none can be had."""
     if grant.is_dead:
@@ -161,7 +171,11 @@ def _answer_without_refresh(
             diagnosis=grant.last_error_diagnosis,
             code=grant.last_error_code,
         )
-    if reuse_fresh and idle_before is None and grant.has_usable_access_token(now):
+    if (
+        idle_before is None
+        and (reuse_fresh or refused is not None)
+        and _usable_instead_of(grant, refused, now)
+    ):
         return revealed(grant.access_token)
     if idle_before is not None and grant.last_success_at and grant.last_success_at > idle_before:
         return revealed(grant.access_token)
@@ -170,6 +184,13 @@ def _answer_without_refresh(
             return revealed(grant.access_token)
         raise _waiting_error(grant)
     return None
+
+
+def _usable_instead_of(grant: Grant, refused: str | None, now: dt.datetime | None = None) -> bool:
+    """The stored token looks fresh and is not the one a server refused (None: refused none)."""
+    if not grant.has_usable_access_token(now):
+        return False
+    return refused is None or revealed(grant.access_token) != refused
 
 
 def _result_of_refresh(grant: Grant) -> str:
@@ -402,7 +423,10 @@ def refresh_idle_grants() -> bool:
     """Worker step: refresh grants idle for REFRESH_IDLE_AFTER (long before the providers' inactivity
     limits, e.g. Microsoft's 90 days) and drop expired sign-in states. True when it did something."""
     now = timezone.now()
-    did = OAuthState.objects.filter(created_at__lt=now - STATE_LIFETIME).delete()[0] > 0
+    expired = OAuthState.objects.filter(created_at__lt=now - STATE_LIFETIME)
+    # Looked for with a read first: a delete is a write transaction (the database's write lock on
+    # SQLite, which the relay's next INSERT would wait for) at every pass of the worker.
+    did = expired.exists() and expired.delete()[0] > 0
     threshold = now - REFRESH_IDLE_AFTER
     due = (
         Grant.objects.filter(is_dead=False, last_success_at__lt=threshold)

@@ -43,14 +43,14 @@ class BearerToken:
     """SASL XOAUTH2 (or OAUTHBEARER where XOAUTH2 is not offered) with an OAuth access token.
 
     `get_token()` returns a fresh access token or raises TransportError (step "token"); the token
-    is an opaque string and is never decoded. `renew()`, when given, returns a newly issued token
-    even if the last one looked valid: a server that refuses a token makes the transport ask for
-    one new token and try once more (the token may have been revoked while the grant lives).
+    is an opaque string and is never decoded. `renew(refused)`, when given, returns a token other
+    than `refused` even if that one looked valid: a server that refuses a token makes the transport
+    ask for one new token and try once more (the token may have been revoked while the grant lives).
     """
 
     username: str
     get_token: Callable[[], str] = field(repr=False)
-    renew: Callable[[], str] | None = field(default=None, repr=False)
+    renew: Callable[[str], str] | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)

@@ -75,6 +75,21 @@ def test_it_refreshes_five_minutes_before_expiry_and_stores_the_rotated_refresh_
     assert idp.control.token_requests() == 1
 
 
+def test_a_refused_token_is_renewed_once_however_many_connections_were_refused_it(
+    connected: MailServer, idp: Sandbox
+) -> None:
+    # Two connections opened with the same cached token are both refused (535): the first
+    # renewal asks the identity provider, the second takes the token the first one stored.
+    refused = get_fresh_access_token(connected)
+    renewed = get_fresh_access_token(connected, refused=refused)
+    assert renewed != refused
+    assert get_fresh_access_token(connected, refused=refused) == renewed
+    assert idp.control.token_requests("refresh_token") == 1
+    # The new token refused in turn is renewed again.
+    assert get_fresh_access_token(connected, refused=renewed) not in (refused, renewed)
+    assert idp.control.token_requests("refresh_token") == 2
+
+
 def test_a_revoked_grant_marks_the_server_reconnect_required(
     admin_client: Client,
     revocable_server: MailServer,

@@ -188,7 +188,8 @@ def test_a_token_the_server_refuses_is_a_permanent_auth_error():
 def test_a_refused_token_is_renewed_once_and_the_new_one_logs_in(offered):
     asked: list[str] = []
 
-    def renew() -> str:
+    def renew(refused: str) -> str:
+        assert refused == "a-revoked-token"
         asked.append("renew")
         return "the-new-token"
 
@@ -206,7 +207,8 @@ def test_a_refused_token_is_renewed_once_and_the_new_one_logs_in(offered):
 def test_a_renewed_token_refused_too_is_the_permanent_auth_error_after_one_renewal():
     asked: list[str] = []
 
-    def renew() -> str:
+    def renew(refused: str) -> str:
+        assert refused == "a-revoked-token"
         asked.append("renew")
         return "still-wrong"
 
