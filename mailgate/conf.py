@@ -354,6 +354,20 @@ def parse_int(variable: str, value: str, default: int, low: int, high: int) -> i
     return number
 
 
+# How many steps of CPU priority (nice) the worker gives up: it drains the queue in the background,
+# while the web process and the relay answer applications that wait for each reply (niced by 10 on
+# two shared cores, an smtplib client sending through the relay waited a third as long). Off by
+# default: starved by a loaded machine, niced workers let claims lapse (a test of four workers
+# then sent messages twice), so an operator turns it on knowing the machine's load.
+DEFAULT_WORKER_NICE = 0
+
+
+def worker_nice() -> int:
+    """MAILGATE_WORKER_NICE: 0 (the same priority as the rest) to 19 (the lowest)."""
+    variable = "MAILGATE_WORKER_NICE"
+    return parse_int(variable, os.environ.get(variable, ""), DEFAULT_WORKER_NICE, 0, 19)
+
+
 def parse_trusted_proxies(value: str) -> tuple[str, ...]:
     """MAILGATE_TRUSTED_PROXIES: comma-separated addresses or CIDR networks of reverse proxies."""
     variable = "MAILGATE_TRUSTED_PROXIES"

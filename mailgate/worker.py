@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import signal
 import threading
 from collections.abc import Callable
@@ -33,6 +34,21 @@ IDLE_WAIT = "mailgate.outbox.wakeup.wait_for_mail"
 # Dotted path of `(done_event) -> Thread`: records that this worker is alive while it runs, however
 # long a step takes (other workers release the claims of a worker that stopped beating).
 KEEP_BEATING = "mailgate.core.heartbeat.keep_beating"
+
+
+def lower_priority(steps: int) -> None:
+    """Lower the calling thread's CPU priority by `steps` (Linux keeps a nice value per thread,
+    and the threads it starts afterwards inherit it), so that in `mailgate run` only the worker
+    thread gives way; where the system cannot, the worker runs as it is and says so."""
+    if not steps or not hasattr(os, "setpriority"):
+        return
+    thread = threading.get_native_id()
+    try:
+        now = os.getpriority(os.PRIO_PROCESS, thread)
+        os.setpriority(os.PRIO_PROCESS, thread, min(19, now + steps))
+    except OSError as exc:
+        log.warning("worker: could not lower its CPU priority (MAILGATE_WORKER_NICE): %s", exc)
+
 
 # The stopping event of the worker running in this process, for steps that check it between items.
 _current_stop_event = threading.Event()
@@ -68,8 +84,10 @@ def run_once() -> bool:
 class Worker:
     """Runs the steps until stopped; `stop()` (or SIGTERM/SIGINT) finishes the current step first."""
 
-    def __init__(self) -> None:
+    def __init__(self, nice: int = 0) -> None:
         self.stopping = threading.Event()
+        # CPU priority steps its thread gives up (the commands pass MAILGATE_WORKER_NICE).
+        self.nice = nice
 
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         if not self.stopping.is_set():
@@ -83,6 +101,7 @@ class Worker:
     def run(self, *, max_cycles: int | None = None) -> None:
         global _current_stop_event
         _current_stop_event = self.stopping
+        lower_priority(self.nice)
         idle_wait = load(IDLE_WAIT)
         # Beats until the last step has finished (`stopping` is set before it does).
         done = threading.Event()

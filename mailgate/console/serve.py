@@ -112,9 +112,10 @@ def serve(host: str, port: int, *, with_worker: bool, with_relay: bool = False) 
     worker = None
     thread = None
     if with_worker:
+        from mailgate.conf import worker_nice
         from mailgate.worker import Worker
 
-        worker = Worker()
+        worker = Worker(nice=worker_nice())
         thread = threading.Thread(target=worker.run, name="mailgate-worker", daemon=True)
         thread.start()
 

@@ -5,6 +5,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand
 
+from mailgate.conf import worker_nice
 from mailgate.worker import Worker, run_once
 
 
@@ -18,6 +19,6 @@ class Command(BaseCommand):
         if once:
             run_once()
             return
-        worker = Worker()
+        worker = Worker(nice=worker_nice())
         worker.install_signal_handlers()
         worker.run()
