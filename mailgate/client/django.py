@@ -75,6 +75,37 @@ def _as_text(value: str | bytes) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else value
 
 
+# The address headers Django writes from the message's fields (unless extra_headers names them).
+_ADDRESS_FIELDS = (("From", "from_email"), ("To", "to"), ("Cc", "cc"), ("Reply-To", "reply_to"))
+
+
+def _raw(message: EmailMessage) -> bytes:
+    """The whole message with CRLF line ends. Django writes a non-ASCII local part as an RFC 2047
+    word (`=?utf-8?b?...?=@corp.local`), an address no server delivers to; such a message is an
+    internationalised one (RFC 6532), so its address headers are written in UTF-8 instead.
+
+    (mailgate's in-process backend does the same; this package imports nothing of mailgate's
+    server side, so that an application installs it alone.)"""
+    built = message.message()
+    own = {name.lower() for name in message.extra_headers}
+    fields: list[tuple[str, list[str]]] = []
+    for header, attribute in _ADDRESS_FIELDS:
+        value = getattr(message, attribute)
+        values = [value] if isinstance(value, str) else list(value or ())
+        if values and header.lower() not in own:
+            fields.append((header, values))
+
+    def non_ascii_local_part(value: str) -> bool:
+        return "@" in value and not value.rpartition("<")[2].rpartition("@")[0].isascii()
+
+    if any(non_ascii_local_part(v) for _, values in fields for v in values):
+        for header, _ in fields:
+            del built[header]
+        head = "".join(f"{header}: {', '.join(values)}\r\n" for header, values in fields)
+        return head.encode() + built.as_bytes(linesep="\r\n")  # type: ignore[call-arg]
+    return built.as_bytes(linesep="\r\n")  # type: ignore[call-arg]
+
+
 def fields_of(message: EmailMessage) -> dict[str, Any]:
     """The API fields for a Django message, or the whole message as `raw` when fields cannot say it."""
     recipients = {"to": list(message.to), "cc": list(message.cc), "bcc": list(message.bcc)}
@@ -86,8 +117,7 @@ def fields_of(message: EmailMessage) -> dict[str, Any]:
         and all(not isinstance(a, MIMEBase) for a in message.attachments)
     )
     if not simple:
-        raw = message.message().as_bytes(linesep="\r\n")  # type: ignore[call-arg]
-        return {"raw": raw, "sender": message.from_email, **recipients}
+        return {"raw": _raw(message), "sender": message.from_email, **recipients}
     body = str(message.body)
     text, html = (None, body) if message.content_subtype == "html" else (body, None)
     if html_parts:

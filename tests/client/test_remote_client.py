@@ -285,3 +285,25 @@ def test_a_message_the_fields_cannot_express_goes_whole_as_raw() -> None:
     assert fields["bcc"] == ["g@example.org"]  # Bcc travels beside the raw message, not in it
     assert b"Content-ID: <logo>" in fields["raw"] and b"\r\n" in fields["raw"]
     assert b"g@example.org" not in fields["raw"]
+
+
+def test_a_raw_message_with_a_utf8_local_part_carries_it_in_utf8() -> None:
+    """Django would write `=?utf-8?b?...?=@corp.local`; the raw message says the address itself
+    (RFC 6532), in its From and To headers, and keeps CRLF line ends."""
+    from email.mime.image import MIMEImage
+
+    from django.core.mail import EmailMultiAlternatives
+
+    from mailgate.client.django import fields_of
+
+    message = EmailMultiAlternatives(
+        "Grüße", "text", "Jörg <jörg@corp.local>", ["ünal@host.test"], cc=["c@example.org"]
+    )
+    message.attach_alternative("<p>html</p>", "text/html")
+    message.attach(MIMEImage(b"\x89PNG\r\n\x1a\n fake", "png"))
+    raw = fields_of(message)["raw"]
+    assert "From: Jörg <jörg@corp.local>\r\n".encode() in raw
+    assert "To: ünal@host.test\r\n".encode() in raw
+    assert b"Cc: c@example.org\r\n" in raw
+    assert b"=?utf-8?" not in raw.split(b"\r\n\r\n")[0].split(b"Subject:")[0]
+    assert raw.count(b"\nFrom:") + raw.startswith(b"From:") == 1
