@@ -12,13 +12,15 @@ from __future__ import annotations
 import io
 import logging
 import os
+import queue
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Generic, TypeVar, cast
 
 from django.db.models import Q
 from django.utils import timezone
@@ -48,6 +50,7 @@ from mailgate.transports.base import TransportError
 from mailgate.transports.imap import IMAPTransport, MessageSummary
 
 log = logging.getLogger("mailgate.inbox")
+T = TypeVar("T")
 
 BATCH_MESSAGES = parse_int(
     "MAILGATE_INBOX_BATCH", os.environ.get("MAILGATE_INBOX_BATCH", ""), 200, 1, 100_000
@@ -296,38 +299,127 @@ def _take(
 ) -> int:
     """Fetch, store and then act on `uids` (ascending) in bounded batches.
 
-    The next batch is downloaded (BODY.PEEK: nothing changes on the server) by a helper thread
-    while this one commits the current batch, so the transfer overlaps the commit; the connection
-    is used by one thread at a time (the download is awaited before the After Fetch action)."""
+    Three threads work on consecutive batches: one downloads them in order (BODY.PEEK: nothing
+    changes on the server), one appends each to the pack and syncs it, and this one commits the
+    rows and acts on the server. Each hands its batches to the next one at a time."""
     stored = 0
     keep_all = server.after_fetch == "keep"
-    sizes: dict[int, int] = {}
-    for start in range(0, len(uids), SUMMARY_CHUNK):
-        sizes.update(transport.sizes(uids[start : start + SUMMARY_CHUNK]))
-    batches = _batches([MessageSummary(u, sizes[u], None, "") for u in uids if u in sizes])
-    # Leaving the block (an error included) waits for a download still under way.
+    batches = _batches(_sized(transport, cursor, uids))
+    connection = threading.Lock()  # one IMAP command at a time
+    downloads = _downloads(transport, cursor, batches, connection, ahead=keep_all)
+    # Leaving the blocks (an error included) stops the helpers and waits for them.
     with (
-        ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailgate-fetch") as pool,
         Pack() as pack,
+        _Handover(downloads, "mailgate-fetch") as downloaded,
+        _Handover(map(pack.add, downloaded), "mailgate-pack") as packed,
     ):
-        ahead: Future[list[Fetched]] | None = None
-        for i, batch in enumerate(batches):
+        for items in packed:
             renew(server, holder)
-            items = ahead.result() if ahead else _download(transport, cursor, batch)
-            ahead = None
-            if i + 1 < len(batches):
-                ahead = pool.submit(_download, transport, cursor, batches[i + 1])
-            rows = store(server, items, cursor=cursor, remote_pending=not keep_all, pack=pack)
+            rows = store(server, items, cursor=cursor, remote_pending=not keep_all)
             stored += len(rows)
             if rows and not keep_all:
                 _pause_after_store()
-                if ahead is not None:
-                    wait([ahead])  # the connection is free again
-                if _act(transport, server, [r.uid for r in rows if r.uid is not None], problems):
+                with connection:
+                    acted = _act(transport, server, [r.uid for r in rows if r.uid], problems)
+                if acted:
                     IncomingMessage.objects.filter(seq__in=[r.seq for r in rows]).update(
                         remote_action=RemoteAction.DONE
                     )
     return stored
+
+
+def _downloads(
+    transport: IMAPTransport,
+    cursor: FolderCursor,
+    batches: list[list[MessageSummary]],
+    connection: threading.Lock,
+    *,
+    ahead: bool,
+) -> Iterator[list[Fetched]]:
+    """Each batch's messages, downloaded in order, each command under the `connection` lock
+    (the After Fetch action takes it between batches). With `ahead` (After Fetch Keep: nothing
+    else uses the connection), the next batch's FETCH is sent as soon as one is read, so the
+    server streams it while this batch is handed over."""
+    sent: bytes | None = None  # the tag of the FETCH already sent for this batch
+    for i, batch in enumerate(batches):
+        with connection:
+            if sent is not None:
+                items, sent = _items(cursor, batch, transport.finish_fetch(sent)), None
+            else:
+                items = _download(transport, cursor, batch)
+            following = batches[i + 1] if i + 1 < len(batches) else None
+            if ahead and following is not None and not _streamed(following):
+                sent = transport.start_fetch([s.uid for s in following])
+        yield items
+
+
+_DONE = object()
+
+
+class _Handover(Generic[T]):
+    """Runs an iterator in a thread of its own and hands its items over one at a time (at most
+    one waits); iterating yields them in order and raises what the iterator raised. Leaving the
+    block stops the thread after its current item and waits for it."""
+
+    def __init__(self, source: Iterator[T], name: str) -> None:
+        self._source = source
+        self._ready: queue.Queue[object] = queue.Queue(maxsize=1)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+
+    def _run(self) -> None:
+        try:
+            for item in self._source:
+                if not self._put(item):
+                    return
+        except BaseException as exc:  # handed to the consumer, who raises it
+            self._put(exc)
+            return
+        self._put(_DONE)
+
+    def _put(self, value: object) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._ready.put(value, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def __iter__(self) -> Iterator[T]:
+        while True:
+            value = self._ready.get()
+            if value is _DONE:
+                return
+            if isinstance(value, BaseException):
+                raise value
+            yield cast(T, value)
+
+    def __enter__(self) -> _Handover[T]:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _sized(transport: IMAPTransport, cursor: FolderCursor, uids: list[int]) -> list[MessageSummary]:
+    """`uids` with the sizes that batching needs. One `UID SEARCH ... LARGER` names the messages
+    above a batch's fair share (BATCH_BYTES / BATCH_MESSAGES, at most FILE_BYTES); only their sizes are fetched, the
+    others are counted at that share, so a full batch of them stays within BATCH_BYTES. A server
+    that refuses LARGER is asked for every size."""
+    share = max(min(BATCH_BYTES // BATCH_MESSAGES, FILE_BYTES), 1)
+    wanted = set(uids)
+    larger = transport.uids_larger(cursor.last_uid, share) if uids else []
+    asked = uids if larger is None else [u for u in larger if u in wanted]
+    sizes = dict.fromkeys(uids, share) if larger is not None else {}
+    vanished = set(asked)
+    for start in range(0, len(asked), SUMMARY_CHUNK):
+        found = transport.sizes(asked[start : start + SUMMARY_CHUNK])
+        sizes.update(found)
+        vanished.difference_update(found)
+    return [MessageSummary(u, sizes[u], None, "") for u in uids if u in sizes and u not in vanished]
 
 
 def _batches(summaries: list[MessageSummary]) -> list[list[MessageSummary]]:
@@ -356,7 +448,7 @@ def _download(
     transport: IMAPTransport, cursor: FolderCursor, batch: list[MessageSummary]
 ) -> list[Fetched]:
     where = {"folder": cursor.folder, "uidvalidity": cursor.uidvalidity}
-    if len(batch) == 1 and batch[0].size > FILE_BYTES:
+    if _streamed(batch):
         summary = batch[0]
         with spool() as out:
             written = transport.fetch_to_file(summary.uid, summary.size, out, chunk=CHUNK_BYTES)
@@ -364,8 +456,19 @@ def _download(
             out.path.unlink(missing_ok=True)
             return []
         return [keep(out, uid=summary.uid, **where)]
-    bodies = transport.fetch_messages([s.uid for s in batch])
-    return [Fetched.from_bytes(bodies[s.uid], uid=s.uid, **where) for s in batch if s.uid in bodies]
+    return _items(cursor, batch, transport.fetch_messages([s.uid for s in batch]))
+
+
+def _streamed(batch: list[MessageSummary]) -> bool:
+    """A batch of one message above FILE_BYTES, streamed to a file of its own in pieces."""
+    return len(batch) == 1 and batch[0].size > FILE_BYTES
+
+
+def _items(
+    cursor: FolderCursor, batch: list[MessageSummary], bodies: dict[int, bytes]
+) -> list[Fetched]:
+    where = {"folder": cursor.folder, "uidvalidity": cursor.uidvalidity}
+    return [Fetched.unhashed(bodies[s.uid], uid=s.uid, **where) for s in batch if s.uid in bodies]
 
 
 def _act(
@@ -436,7 +539,8 @@ def _finish_pending(
         server=server, folder=folder, remote_action=RemoteAction.PENDING
     )
     if server.after_fetch == "keep":
-        pending.update(remote_action=RemoteAction.NONE)
+        if pending.exists():  # a read first: the write (a lock and a sync on SQLite) is rare
+            pending.update(remote_action=RemoteAction.NONE)
         return
     uids = list(pending.filter(uidvalidity=uidvalidity).values_list("uid", flat=True))
     for start in range(0, len(uids), BATCH_MESSAGES):

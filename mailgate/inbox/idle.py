@@ -16,7 +16,7 @@ import logging
 import threading
 from datetime import timedelta
 
-from django.db import close_old_connections, connections
+from django.db import DatabaseError, close_old_connections, connections
 from django.db.models import Q
 from django.utils import timezone
 
@@ -33,6 +33,7 @@ log = logging.getLogger("mailgate.inbox")
 # notices a changed setting or a stopping worker within a few minutes.
 IDLE_SECONDS = 120.0
 RETRY_SECONDS = (5.0, 30.0, 120.0, 300.0)
+CLAIM_ATTEMPTS = 5  # tries at the IDLE lease while the database is busy
 MAX_SESSIONS = 1_000_000  # bounds the watcher's loop
 CONNECT_SECONDS = 30.0  # the transport's timeout beyond the IDLE round
 
@@ -116,34 +117,60 @@ class IdleWatcher(threading.Thread):
         self.lost_lease = False
 
     def run(self) -> None:
-        failures = 0
-        if not claim_idle(self.server_id, self.holder, self.lease):
-            self.lost_lease = True  # another worker idles on this server
+        try:
+            if not self._claim():
+                self.lost_lease = True  # another worker idles on this server (or none could)
+                return
+            self._watch()
+        finally:
+            if not self.lost_lease:
+                try:
+                    release_idle(self.server_id, self.holder)
+                except DatabaseError as exc:  # the lease then runs out by itself
+                    log.warning("IDLE on server #%s: lease not released (%s)", self.server_id, exc)
             connections.close_all()
             _forget(self)
-            return
-        try:
-            for _ in range(MAX_SESSIONS):
+
+    def _claim(self) -> bool:
+        """Take the server's IDLE lease; a database that is busy for a moment is asked again
+        (a few times, briefly) rather than ending the watcher."""
+        for attempt in range(1, CLAIM_ATTEMPTS + 1):
+            try:
+                return claim_idle(self.server_id, self.holder, self.lease)
+            except DatabaseError as exc:
+                log.warning(
+                    "IDLE on server #%s: the lease could not be taken (%s); attempt %d of %d",
+                    self.server_id,
+                    exc,
+                    attempt,
+                    CLAIM_ATTEMPTS,
+                )
+                close_old_connections()
+                if self.stop.wait(0.2 * attempt):
+                    return False
+        return False
+
+    def _watch(self) -> None:
+        failures = 0
+        for _ in range(MAX_SESSIONS):
+            try:
                 if self.stop.is_set() or not self._keep_lease():
                     return
                 server = MailServer.objects.filter(pk=self.server_id).first()
                 if server is None or not wants_idle(server):
                     return
-                try:
-                    self._session(server)
-                    failures = 0
-                except TransportError as exc:
-                    failures += 1
-                    pause = RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
-                    log.info("IDLE on %s stopped (%s); again in %.0f s", server.name, exc, pause)
-                    self.stop.wait(pause)
-                finally:
-                    close_old_connections()
-        finally:
-            if not self.lost_lease:
-                release_idle(self.server_id, self.holder)
-            connections.close_all()
-            _forget(self)
+                self._session(server)
+                failures = 0
+            except (TransportError, DatabaseError) as exc:
+                # A dropped connection, or the database busy or away for a moment: again later.
+                failures += 1
+                pause = RETRY_SECONDS[min(failures, len(RETRY_SECONDS)) - 1]
+                log.info(
+                    "IDLE on server #%s stopped (%s); again in %.0f s", self.server_id, exc, pause
+                )
+                self.stop.wait(pause)
+            finally:
+                close_old_connections()
 
     def _keep_lease(self) -> bool:
         if renew_idle(self.server_id, self.holder, self.lease):

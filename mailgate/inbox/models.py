@@ -41,6 +41,7 @@ class IncomingMessage(models.Model):
     date = models.DateTimeField(null=True, blank=True)
     received_at = models.DateTimeField(default=timezone.now)
     size = models.BigIntegerField()
+    # Of the message's bytes; a batch's message is hashed by the parse (empty until `parsed`).
     sha256 = models.CharField(max_length=64)
     raw = models.BinaryField(null=True, blank=True)
     raw_file = models.CharField(max_length=300, blank=True)

@@ -7,6 +7,7 @@ anything; a kill at any moment then loses nothing and a restart stores nothing t
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import datetime as dt
 import email.utils
@@ -16,6 +17,7 @@ import os
 import re
 import tempfile
 import time
+import urllib.parse
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -78,6 +80,12 @@ class Fetched:
     @classmethod
     def from_bytes(cls, data: bytes, **where: Any) -> Fetched:
         return cls(len(data), hashlib.sha256(data).hexdigest(), data=data, **where)
+
+    @classmethod
+    def unhashed(cls, data: bytes, **where: Any) -> Fetched:
+        """A message whose SHA-256 is left to the parse (parse_pending), like its header fields:
+        a batch's fetch commits the bytes without that CPU on its way."""
+        return cls(len(data), "", data=data, **where)
 
 
 def home() -> Path:
@@ -169,13 +177,21 @@ def bulk_writes() -> Iterator[None]:
 def next_sequence(count: int) -> int:
     """Reserve `count` arrival numbers inside the caller's transaction; return the first.
 
-    The row stays locked until the caller commits, so numbers become visible in order."""
-    InboxSequence.objects.get_or_create(pk=1)
-    row = InboxSequence.objects.select_for_update().get(pk=1)
-    first = row.value + 1
-    row.value += count
-    row.save(update_fields=["value"])
-    return first
+    The row stays locked until the caller commits, so numbers become visible in order. One
+    `UPDATE ... RETURNING` (PostgreSQL, SQLite 3.35+) takes the lock and the numbers at once."""
+    connection = connections[router.db_for_write(InboxSequence)]
+    quote, meta = connection.ops.quote_name, InboxSequence._meta
+    table, key = quote(meta.db_table), quote(str(meta.pk.column))
+    value = quote(str(meta.get_field("value").column))
+    sql = f"UPDATE {table} SET {value} = {value} + %s WHERE {key} = 1 RETURNING {value}"  # noqa: S608
+    with connection.cursor() as cursor:
+        for _ in range(2):
+            cursor.execute(sql, [count])
+            row = cursor.fetchone()
+            if row is not None:
+                return int(row[0]) - count + 1
+            InboxSequence.objects.get_or_create(pk=1)  # the first message ever
+    raise RuntimeError("the inbox sequence row cannot be created")
 
 
 def _sync_dir(path: Path) -> None:
@@ -383,7 +399,10 @@ def _as_fetched(message: IncomingMessage) -> Fetched:
 
 
 def _apply_summary(message: IncomingMessage) -> None:
-    for name, value in _summary_fields(_as_fetched(message)).items():
+    item = _as_fetched(message)
+    if not message.sha256 and item.data is not None:  # a batch's message (Fetched.unhashed)
+        message.sha256 = hashlib.sha256(item.data).hexdigest()
+    for name, value in _summary_fields(item).items():
         setattr(message, name, value)
     message.parsed = True
 
@@ -414,7 +433,7 @@ def _save_summaries(messages: list[IncomingMessage]) -> None:
     """UPDATE the parsed fields with one executemany (bulk_update's CASE per field and row costs
     far more than the parse on SQLite)."""
     meta = IncomingMessage._meta
-    names = {*SUMMARY_FIELDS, "parsed"}
+    names = {*SUMMARY_FIELDS, "parsed", "sha256"}
     fields = [f for f in meta.concrete_fields if f.name in names]
     connection = connections[router.db_for_write(IncomingMessage)]
     quote = connection.ops.quote_name
@@ -435,7 +454,7 @@ def ensure_parsed(message: IncomingMessage) -> IncomingMessage:
     """Parse one message now if the hand-off has not yet (a reader came first)."""
     if not message.parsed:
         _apply_summary(message)
-        message.save(update_fields=[*SUMMARY_FIELDS, "parsed"])
+        message.save(update_fields=[*SUMMARY_FIELDS, "parsed", "sha256"])
     return message
 
 
@@ -644,6 +663,40 @@ def contents(stored: IncomingMessage) -> Contents:
             value = str(raw)
         headers.append((name, " ".join(value.split())))
     return Contents(headers, _body(message, "plain"), _body(message, "html"))
+
+
+# Inline images (multipart/related parts named by a Content-ID) shown in the HTML view: raster
+# types a browser decodes without running anything, up to this many bytes in all.
+INLINE_IMAGE_TYPES = {"image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"}
+INLINE_IMAGE_BYTES = 10 * 1024 * 1024
+_CID = re.compile(r"""cid:([^"'\s)>]+)""", re.IGNORECASE)
+
+
+def html_with_inline_images(stored: IncomingMessage) -> str | None:
+    """The HTML body with each `cid:` reference (RFC 2392) to an image part of the message
+    replaced by a data: URL of that image, so the view shows a logo or a signature without
+    loading anything from elsewhere; a reference to nothing (or past the size bound) is left."""
+    message = open_message(stored)
+    html = _body(message, "html")
+    if html is None or "cid:" not in html.lower():
+        return html
+    images: dict[str, str] = {}
+    budget = INLINE_IMAGE_BYTES
+    for part in message.walk():
+        content_id = str(part.get("Content-ID", "")).strip().strip("<>").strip()
+        if not content_id or part.get_content_type() not in INLINE_IMAGE_TYPES:
+            continue
+        data = part.get_payload(decode=True)  # a broken encoding decodes best effort
+        if not isinstance(data, bytes) or len(data) > budget:
+            continue
+        budget -= len(data)
+        encoded = base64.b64encode(data).decode("ascii")
+        images[content_id] = f"data:{part.get_content_type()};base64,{encoded}"
+
+    def replace(found: re.Match[str]) -> str:
+        return images.get(urllib.parse.unquote(found.group(1)), found.group(0))
+
+    return _CID.sub(replace, html)
 
 
 def attachment(stored: IncomingMessage, n: int) -> tuple[str, str, bytes] | None:

@@ -16,7 +16,7 @@ from django.views.decorators.http import require_POST
 from mailgate.accounts.roles import admin_required
 from mailgate.inbox.handoff import retry
 from mailgate.inbox.models import FetchState, IncomingMessage, Status
-from mailgate.inbox.store import attachment, contents, ensure_parsed
+from mailgate.inbox.store import attachment, contents, ensure_parsed, html_with_inline_images
 from mailgate.servers.listing import filter_by_status_and_server, status_counts
 from mailgate.servers.models import MailServer
 
@@ -86,8 +86,8 @@ def _wants_remote(request: HttpRequest) -> bool:
 @xframe_options_sameorigin
 def message_html(request: HttpRequest, pk: int) -> HttpResponse:
     """The HTML body alone, for the message page's sandboxed frame: remote content blocked
-    unless `?remote=1`, scripts never run."""
-    html = contents(get_object_or_404(IncomingMessage, pk=pk)).html
+    unless `?remote=1`, scripts never run; the message's own inline images shown (data: URLs)."""
+    html = html_with_inline_images(get_object_or_404(IncomingMessage, pk=pk))
     if html is None:
         raise Http404(f"message {pk} has no HTML body")
     response = HttpResponse(html, content_type="text/html; charset=utf-8")

@@ -6,6 +6,7 @@ run them one by one. Certificate verification is always on (system store + SSL_C
 
 from __future__ import annotations
 
+import imaplib
 import re
 import ssl
 from collections.abc import Callable
@@ -203,9 +204,35 @@ class IMAPTransport(IncomingTransport[imapclient.IMAPClient]):
     def uids_after(self, last_uid: int) -> list[int]:
         """UID SEARCH for the UIDs above `last_uid`, ascending ("n:*" always names the last
         message, even below n, so it is filtered)."""
-        client = self._require()
-        found = self._call("search", lambda: client.search(["UID", f"{last_uid + 1}:*"]))
-        return sorted(int(u) for u in found if int(u) > last_uid)
+        found = self._call("search", partial(self._uid_search, f"UID {last_uid + 1}:*"))
+        return [u for u in found if u > last_uid]
+
+    def _uid_search(self, criteria: str) -> list[int]:
+        """`UID SEARCH <criteria>` through imaplib directly (IMAPClient parses a reply of many
+        thousand numbers in Python, one token at a time); the UIDs found, ascending."""
+        raw: Any = self._require()._imap
+        level, raw.debug = raw.debug, 0
+        try:
+            typ, data = raw.uid("SEARCH", criteria)
+        finally:
+            raw.debug = level
+        if typ != "OK":
+            raise imap_errors.IMAPClientError(f"UID SEARCH failed: {data!r}")
+        return sorted(int(u) for line in data if line for u in bytes(line).split())
+
+    def uids_larger(self, last_uid: int, size: int) -> list[int] | None:
+        """UID SEARCH for the UIDs above `last_uid` whose RFC822.SIZE is larger than `size`
+        (RFC 3501 LARGER), ascending; None when the server refuses the search (the caller then
+        asks for every size)."""
+        try:
+            found = self._call(
+                "search", partial(self._uid_search, f"UID {last_uid + 1}:* LARGER {size}")
+            )
+        except TransportError as exc:
+            if exc.step == "search" and "connection lost" not in str(exc):
+                return None
+            raise
+        return [u for u in found if u > last_uid]
 
     def summaries(self, uids: list[int]) -> dict[int, MessageSummary]:
         """Size, INTERNALDATE and Message-ID of each UID (for batching and for matching messages
@@ -234,12 +261,32 @@ class IMAPTransport(IncomingTransport[imapclient.IMAPClient]):
 
     def fetch_messages(self, uids: list[int]) -> dict[int, bytes]:
         """UID FETCH BODY.PEEK[] (no flag changes) for a batch of UIDs; vanished UIDs are absent."""
-        out: dict[int, bytes] = {}
-        for head, literal in self._uid_fetch(uids, "(BODY.PEEK[])"):
-            uid = _UID.search(head)
-            if uid and literal is not None:
-                out[int(uid.group(1))] = literal
-        return out
+        return self.finish_fetch(self.start_fetch(uids))
+
+    def start_fetch(self, uids: list[int]) -> bytes:
+        """Send `UID FETCH <uids> (BODY.PEEK[])` and return its tag without reading the answer,
+        so the server streams it while the caller works; finish_fetch reads it. Commands are
+        answered in order (RFC 3501 5.5), so several may be outstanding."""
+        client = self._require()
+        raw: Any = client._imap  # the imaplib connection IMAPClient wraps
+        message_set = ",".join(str(u) for u in uids)
+
+        def send() -> bytes:
+            level, raw.debug = raw.debug, 0  # no repr of the command for imaplib's debug log
+            try:
+                tag: bytes = raw._command("UID", "FETCH", message_set, "(BODY.PEEK[])")
+            finally:
+                raw.debug = level
+            return tag
+
+        return self._call("fetch", send)
+
+    def finish_fetch(self, tag: bytes) -> dict[int, bytes]:
+        """Read the answer to a start_fetch: each message's bytes by UID (vanished UIDs are
+        absent). The responses are read in large blocks and split here: imaplib's reader works
+        line by line in Python, which costs more than the transfer for many small messages."""
+        raw: Any = self._require()._imap
+        return self._call("fetch", lambda: _read_fetch(raw, tag))
 
     def _uid_fetch(self, uids: list[int], items: str) -> list[tuple[bytes, bytes | None]]:
         """UID FETCH through imaplib directly (IMAPClient's response parser is pure Python and
@@ -342,6 +389,112 @@ class IMAPTransport(IncomingTransport[imapclient.IMAPClient]):
             )
 
         return self._call("idle", wait)
+
+
+READ_BLOCK = 256 * 1024  # bytes asked of the connection per read of a FETCH answer
+_LITERAL = re.compile(rb"\{(\d+)\}$")
+
+
+def _read_fetch(raw: Any, tag: bytes) -> dict[int, bytes]:
+    """Read responses off imaplib's buffered reader until the tagged completion of `tag`;
+    return the literal of each `* n FETCH (... UID u ... BODY[] {size} ...)` by UID. Other
+    untagged responses (EXISTS, EXPUNGE, flags changed by another client) are skipped."""
+    reader = raw.file
+    buf = bytearray()
+    pos = 0
+    out: dict[int, bytes] = {}
+    tagged = tag + b" "
+
+    def fill() -> None:
+        nonlocal buf, pos
+        if pos > READ_BLOCK:  # drop what was consumed (rarely more than one block to move)
+            del buf[:pos]
+            pos = 0
+        block = reader.read1(READ_BLOCK)
+        if not block:
+            raise imaplib.IMAP4.abort("the server closed the connection during FETCH")
+        buf += block
+
+    def line() -> bytes:
+        nonlocal pos
+        start = pos
+        end = buf.find(b"\r\n", start)
+        while end < 0:
+            scanned = len(buf) - pos
+            fill()
+            end = buf.find(b"\r\n", pos + max(scanned - 1, 0))
+        text = bytes(buf[pos:end])
+        pos = end + 2
+        return text
+
+    while True:
+        text = line()
+        if text.startswith(tagged):
+            raw.tagged_commands.pop(tag, None)
+            if pos < len(buf):  # read past the answer (unsolicited data): imaplib reads it next
+                own = reader.reader if isinstance(reader, _Unread) else reader
+                raw.file = _Unread(raw, bytes(buf[pos:]), own)
+            status, _, rest = text[len(tagged) :].partition(b" ")
+            if status != b"OK":
+                raise imaplib.IMAP4.error(f"UID FETCH failed: {status.decode()} {rest.decode()}")
+            return out
+        if text.startswith(b"* BYE"):
+            raise imaplib.IMAP4.abort(text.decode("utf-8", "replace"))
+        body: bytes | None = None
+        whole = text
+        found = _LITERAL.search(text)
+        while found is not None:  # the response goes on after each literal
+            size = int(found.group(1))
+            while len(buf) - pos < size:
+                fill()
+            literal = bytes(memoryview(buf)[pos : pos + size])
+            pos += size
+            if text[: found.start()].rstrip().endswith(b"BODY[]"):
+                body = literal
+            text = line()
+            whole += b" " + text
+            found = _LITERAL.search(text)
+        if body is not None and whole.startswith(b"* "):
+            uid = _UID.search(whole)
+            if uid:
+                out[int(uid.group(1))] = body
+
+
+class _Unread:
+    """imaplib's reader with bytes that _read_fetch read past its answer put back in front; once
+    they are consumed the connection's own reader is put back."""
+
+    def __init__(self, raw: Any, data: bytes, reader: Any) -> None:
+        self.raw, self.data, self.reader = raw, data, reader
+
+    def _take(self, size: int) -> bytes:
+        taken, self.data = self.data[:size], self.data[size:]
+        if not self.data:
+            self.raw.file = self.reader
+        return taken
+
+    def read1(self, size: int = -1) -> bytes:
+        if not self.data:
+            return bytes(self.reader.read1(size))
+        return self._take(len(self.data) if size < 0 else size)
+
+    def read(self, size: int = -1) -> bytes:
+        if size < 0:
+            return self._take(len(self.data)) + self.reader.read()
+        taken = self._take(size)
+        return taken + self.reader.read(size - len(taken)) if len(taken) < size else taken
+
+    def readline(self, limit: int = -1) -> bytes:
+        end = self.data.find(b"\n")
+        if end >= 0 and (limit < 0 or end < limit):
+            return self._take(end + 1)
+        if 0 <= limit <= len(self.data):
+            return self._take(limit)
+        taken = self._take(len(self.data))
+        return taken + self.reader.readline(-1 if limit < 0 else limit - len(taken))
+
+    def close(self) -> None:
+        self.reader.close()
 
 
 @dataclass(frozen=True)

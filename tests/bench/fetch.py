@@ -10,7 +10,8 @@ two raw imaplib loops log in with the same token, EXAMINE INBOX and read every m
 nothing: one runs `UID FETCH <uids> (BODY.PEEK[])` over batches of mailgate's size
 (MAILGATE_INBOX_BATCH, 200), the other one `UID FETCH <uid>` per message. After one untimed raw
 pass (Dovecot builds its cache on the first read), runs alternate BENCH_REPEAT (3) times; ratios
-are median against median, and the machine's load average is printed with them. Then one 20 MB message is fetched by a
+are median against median (BENCH_WRAP, e.g. "py-spy record -t -f raw -o f.txt --", runs mailgate's
+fetch under a profiler), and the machine's load average is printed with them. Then one 20 MB message is fetched by a
 fresh process, whose peak RSS is reported.
 """
 
@@ -108,8 +109,12 @@ def mailgate_fetch(
     subprocess.run(
         [*harness, "setup", json.dumps(setup)], env=env, cwd=ROOT, check=True, timeout=300
     )
+    # The profiler wraps the 5,000 messages' fetches, not the big message's (same output file).
+    wrap = (
+        os.environ.get("BENCH_WRAP", "").split() if server_fields["name"] == "fetch-bench" else []
+    )
     done = subprocess.run(
-        [*harness, "fetch", json.dumps({"server": server_fields["name"]})],
+        [*wrap, *harness, "fetch", json.dumps({"server": server_fields["name"]})],
         env=env,
         cwd=ROOT,
         capture_output=True,
@@ -118,7 +123,9 @@ def mailgate_fetch(
     )
     if done.returncode != 0:
         raise SystemExit(f"bench: mailgate's fetch failed: {done.stderr[-2000:]}")
-    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    # The last JSON line (a BENCH_WRAP profiler may print after it).
+    last = [line for line in done.stdout.splitlines() if line.startswith("{")][-1]
+    result: dict[str, Any] = json.loads(last)
     if result["error"]:
         raise SystemExit(f"bench: mailgate's fetch failed: {result['error']}")
     return result

@@ -226,3 +226,65 @@ def test_the_html_body_loads_nothing_remote_until_asked_and_never_runs_scripts(
     time.sleep(1)  # a script or a refresh would have had its turn
     assert not {"/script", "/onerror", "/refresh"} & set(tracker.hits), tracker.hits
     expect(html.locator("body")).not_to_contain_text("SCRIPT RAN")
+
+
+def png(width: int, height: int) -> bytes:
+    """A real PNG image of one colour (a browser decodes it to width x height)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    rows = b"".join(b"\x00" + b"\xcc\x22\x22" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_inline_images_show_in_the_html_body_without_loading_anything_remote(
+    page: Page,
+    transactional_db: None,
+    password_dovecot: PasswordDovecot,  # noqa: F811
+    mailbox: Mailbox,  # noqa: F811
+    trust: None,  # noqa: F811
+    settings: Any,
+    tmp_path: Path,
+    sign_in: Callable[[Page, str, str], None],
+    tracker: Tracker,
+) -> None:
+    """A signature logo sent as a multipart/related part (cid:) is shown from the message itself;
+    a remote image beside it stays blocked."""
+    settings.MAILGATE_HOME = tmp_path
+    server = make_server(password_dovecot, mailbox, fetch_existing=True)
+    msg = EmailMessage()
+    msg["From"] = "Lena <lena@supplier.example>"
+    msg["To"] = "orders@contoso.example"
+    msg["Subject"] = "With our logo"
+    msg.set_content("Regards, Lena")
+    msg.add_alternative(
+        '<p>Regards</p><img id="logo" src="cid:logo.1@supplier.example" alt="logo">'
+        f'<img id="remote" src="{tracker.base}/pixel.gif" alt="remote">',
+        subtype="html",
+    )
+    msg.get_payload()[1].add_related(
+        png(40, 20), "image", "png", cid="<logo.1@supplier.example>", filename="logo.png"
+    )
+    mailbox.append(msg.as_bytes().replace(b"\n", b"\r\n"))
+    assert fetch_server(server).counts == {"INBOX": 1}
+    row = IncomingMessage.objects.get()
+    User.objects.create_user("victor@example.com", "victor@example.com", PASSWORD)
+    sign_in(page, "victor@example.com", PASSWORD)
+
+    page.goto(f"/inbox/{row.pk}/")
+    html = page.frame_locator("iframe[title='HTML body']")
+    logo = html.locator("#logo")
+    expect(logo).to_be_visible()
+    expect(logo).to_have_js_property("naturalWidth", 40)
+    assert html.locator("#remote").evaluate("img => img.naturalWidth") == 0
+    assert not tracker.wait_for("/pixel.gif", seconds=2)

@@ -65,6 +65,43 @@ def test_the_watcher_ends_when_idle_is_switched_off(
     assert not watcher.is_alive() and watcher.wakeups == 0
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_database_busy_at_the_claim_does_not_end_the_watcher(
+    password_dovecot: PasswordDovecot,
+    mailbox: Mailbox,
+    trust: None,
+    inbox_home: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A lock error when the lease is taken (SQLite under load) is retried, not fatal."""
+    from django.db import OperationalError
+
+    from mailgate.inbox import idle
+
+    server = make_server(password_dovecot, mailbox, idle=True, poll_interval=3600)
+    tries: list[int] = []
+
+    def busy_once(server_id: int, holder: str, lease: dt.timedelta) -> bool:
+        tries.append(server_id)
+        if len(tries) == 1:
+            raise OperationalError("database table is locked: inbox_fetchstate")
+        return claim_idle(server_id, holder, lease)
+
+    monkeypatch.setattr(idle, "claim_idle", busy_once)
+    stop = threading.Event()
+    watcher = IdleWatcher(server.pk, stop, idle_seconds=2, holder="test-host:1:busy")
+    watcher.start()
+    try:
+        assert wait_until(lambda: idle_holder(server.pk) == "test-host:1:busy")
+        mailbox.append(message("after a busy moment"))
+        assert wait_until(lambda: watcher.wakeups >= 1)
+    finally:
+        stop.set()
+        watcher.join(timeout=30)
+    assert not watcher.is_alive() and len(tries) == 2
+    assert idle_holder(server.pk) == ""
+
+
 def imap_connections(port: int) -> int:
     """Established TCP connections to `port` on this machine (the IDLE connections held)."""
     count = 0

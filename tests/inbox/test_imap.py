@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -323,6 +324,7 @@ def test_the_fetch_stores_the_bytes_and_the_hand_off_parses_them(
     assert fetch_server(imap_server).counts == {"INBOX": 2}
     rows = list(IncomingMessage.objects.order_by("seq"))
     assert [(r.parsed, r.subject, r.sender) for r in rows] == [(False, "", "")] * 2
+    assert [r.sha256 for r in rows] == ["", ""]  # hashed with the parse, off the fetch's path
     assert rows[0].raw_bytes() == message("first")
     # A reader that comes before the hand-off parses the one message it shows.
     assert message_json(rows[0])["subject"] == "first"
@@ -331,6 +333,11 @@ def test_the_fetch_stores_the_bytes_and_the_hand_off_parses_them(
     hand_off()  # parses whatever is left first, so receivers see the fields
     second = IncomingMessage.objects.get(pk=rows[1].pk)
     assert second.parsed and second.subject == "second"
+    assert second.sha256 == hashlib.sha256(message("second")).hexdigest()
+    assert (
+        IncomingMessage.objects.get(pk=rows[0].pk).sha256
+        == hashlib.sha256(message("first")).hexdigest()
+    )
     assert second.sender == "billing@supplier.example" and second.to == ["sales@contoso.example"]
 
 
@@ -352,3 +359,52 @@ def test_a_batch_is_written_as_one_pack_file_and_read_back_exactly(
     assert (inbox_home / rows[0].raw_file).stat().st_size == sum(len(x) for x in raws)
     assert [r.subject for r in rows] == [f"packed {i}" for i in range(store.PACK_MIN)]
     assert store.contents(rows[3]).text == "line 3\r\n" * 4
+
+
+def test_batches_know_the_large_messages_from_one_search(
+    imap_server: MailServer, mailbox: Mailbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Sizes are fetched only for what `UID SEARCH LARGER` names; batches still respect
+    BATCH_BYTES, and a message above FILE_BYTES is streamed alone."""
+    monkeypatch.setattr(fetcher, "BATCH_MESSAGES", 4)
+    monkeypatch.setattr(fetcher, "BATCH_BYTES", 400_000)  # a fair share of 100,000 bytes
+    monkeypatch.setattr(fetcher, "FILE_BYTES", 1_000_000)
+    imap_server.fetch_existing = True
+    imap_server.save()
+    line = "z" * 76 + "\n"
+    bodies = {
+        "small 1": "a\n",
+        "medium 1": line * 3000,  # ~230 KB: counted at its size
+        "small 2": "b\n",
+        "small 3": "c\n",
+        "huge": line * 15000,  # ~1.2 MB: alone, to a file
+        "small 4": "d\n",
+        "small 5": "e\n",
+    }
+    for subject, body in bodies.items():
+        mailbox.append(message(subject, body=body))
+    from mailgate.connections import imap_transport
+
+    server = MailServer.objects.get(pk=imap_server.pk)
+    with imap_transport(server) as transport:
+        transport.open_folder("INBOX", readonly=True)
+        uids = transport.uids_after(0)
+        sized = fetcher._sized(transport, FolderCursor(folder="INBOX", last_uid=0), uids)
+        asked: list[list[int]] = []
+        real_sizes = transport.sizes
+        monkeypatch.setattr(transport, "sizes", lambda u: asked.append(list(u)) or real_sizes(u))
+        fetcher._sized(transport, FolderCursor(folder="INBOX", last_uid=0), uids)
+        assert asked == [[uids[1], uids[4]]]  # only the two above the share
+        monkeypatch.setattr(transport, "uids_larger", lambda last, size: None)
+        asked.clear()
+        fallback = fetcher._sized(transport, FolderCursor(folder="INBOX", last_uid=0), uids)
+        assert asked == [uids]  # a server refusing LARGER: every size is asked
+    by_uid = {s.uid: s.size for s in sized}
+    assert by_uid[uids[0]] == 100_000 and by_uid[uids[1]] > 200_000
+    assert {s.uid: s.size for s in fallback}[uids[1]] == by_uid[uids[1]]
+    groups = [[s.uid for s in batch] for batch in fetcher._batches(sized)]
+    assert groups == [uids[0:2], uids[2:4], uids[4:5], uids[5:7]]  # 100 + 230 + 100 KB > 400
+    assert fetched(imap_server) == {"INBOX": 7}
+    assert sorted(subjects(imap_server)) == sorted(bodies)
+    stored = IncomingMessage.objects.get(subject="huge")
+    assert stored.raw_offset is None and stored.raw_file.endswith(".eml")

@@ -98,6 +98,11 @@ def test_kill_9_between_store_and_flag_loses_nothing_and_stores_nothing_twice(
         wait_for(lambda: deployment.count() == 4, 60, "the first batch to be committed")
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=30)
+    except AssertionError as exc:
+        process.kill()
+        raise AssertionError(
+            f"{exc}; the fetch printed: {process.communicate()[1][-3000:]}"
+        ) from None
     finally:
         if process.poll() is None:
             process.kill()
