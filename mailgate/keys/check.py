@@ -97,6 +97,22 @@ def find_key(token: str, actions: set[str] | None = None) -> APIKey:
     return key
 
 
+def is_active(key_id: int) -> bool:
+    """Whether the key with this id exists and is not revoked, asked of the database each time
+    (a key revoked a moment ago is refused by every process). The SELECT is written once per
+    connection: the ORM's filter().exists() cost the relay a third of a millisecond a message."""
+    db = connections[DEFAULT_DB_ALIAS]
+    sql = getattr(db, "_mailgate_key_active", None)
+    if sql is None:
+        quote = db.ops.quote_name
+        table, pk = quote(APIKey._meta.db_table), quote(str(APIKey._meta.pk.column))
+        sql = f"SELECT 1 FROM {table} WHERE {pk} = %s AND {quote('revoked_at')} IS NULL"  # noqa: S608
+        setattr(db, "_mailgate_key_active", sql)  # noqa: B010 (kept with the connection)
+    with db.cursor() as cursor:
+        cursor.execute(sql, [key_id])
+        return cursor.fetchone() is not None
+
+
 def note_use(key: APIKey) -> None:
     """Record that the key was used now (at most once per LAST_USED_RESOLUTION)."""
     now = timezone.now()

@@ -43,6 +43,10 @@ from mailgate.transports.base import Envelope, SendResult, TransportError
 
 log = logging.getLogger("mailgate.outbox")
 
+# How long the delivery step goes on taking new batches while it finds mail, before the worker's
+# other steps (heartbeat, holds, inbox, token refresh, ...) have their turn.
+KEEP_SENDING_SECONDS = 1.0
+
 __all__ = ["Deliverer", "Lane", "deliver_step", "due_candidates", "due_filter", "get_deliverer"]
 
 
@@ -339,10 +343,27 @@ class Deliverer:
         return did
 
     def step(self, stop: threading.Event) -> bool:
-        """One pass: free dead workers' claims, probe held servers, then one batch per server and
-        lane, the lanes side by side; True when anything was sent, deferred or probed."""
+        """Free dead workers' claims, probe held servers, then passes of one batch per server and
+        lane, the lanes side by side, while they find mail, for up to KEEP_SENDING_SECONDS; True
+        when anything was sent, deferred or probed.
+
+        While mail keeps coming (an application feeding the relay), a pass finds a message or two;
+        the worker's other steps between two passes cost more than the pass itself, and took the
+        database's write lock that the relay's next INSERT waits for. They run after the step.
+        """
         did = release_dead_workers_claims(timezone.now()) > 0
         did = self.probe_held_servers() or did
+        until = time.monotonic() + KEEP_SENDING_SECONDS
+        while self.send_pass(stop):
+            did = True
+            if stop.is_set() or time.monotonic() >= until:
+                break
+        return did
+
+    def send_pass(self, stop: threading.Event) -> bool:
+        """One batch per server with due mail and lane, the lanes side by side; True when any
+        message was attempted."""
+        did = False
         plan = self.plan(servers_with_due_mail(timezone.now()))
         width = max((split.ways for _, split in plan), default=1)
         # The record_sent of lane 0 is this object's (tests wrap it).

@@ -14,7 +14,7 @@ from typing import ParamSpec, TypeVar
 from django.conf import settings
 from django.db import DatabaseError, connection, connections
 
-from mailgate.keys.check import APIKeyError, count_request, find_key, note_use
+from mailgate.keys.check import APIKeyError, count_request, find_key, is_active, note_use
 from mailgate.keys.models import APIKey
 from mailgate.outbox import enqueue
 from mailgate.outbox.compose import InvalidMessage, parse_mailbox
@@ -98,7 +98,7 @@ def login(username: str, password: str) -> Client | None:
 
 def _count_message(client: Client) -> None:
     """The client's key is still active: count the message against its rate."""
-    if not APIKey.objects.filter(pk=client.key_id, revoked_at__isnull=True).exists():
+    if not is_active(client.key_id):
         raise Refused(535, "5.7.8", f"The API key {client.prefix}... was revoked")
     try:
         # The rate is counted by the key's id (and names its prefix): no need to load the row.

@@ -144,7 +144,8 @@ def main() -> None:
     if command == "setup":
         call_command("migrate", interactive=False, verbosity=0)
         call_command("createcachetable", verbosity=0)
-        server = MailServer.objects.create(**argument["server"])
+        # Connected, as the account's sign-in leaves it (Token Valid).
+        server = MailServer.objects.create(**argument["server"], status="token_valid")
         Grant.objects.create(
             server=server,
             provider="microsoft",

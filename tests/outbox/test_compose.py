@@ -245,3 +245,90 @@ def test_plain_text_bytes_are_the_email_packages_bytes(text: str) -> None:
 def test_any_ascii_text_gives_the_email_packages_bytes(text: str) -> None:
     fast, reference = _through_the_email_package(text)
     assert fast == reference
+
+
+# parse_raw() reads a message that is neither multipart nor message/* from its header block alone
+# (compose._parsed): the result must be the message BytesParser makes of the whole, defects included.
+PARSE_CASES = [
+    b"From: a@example.org\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nbody\r\nline 2\r\n",
+    b"From: a@example.org\r\nSubject: folded\r\n  on two lines\r\n\r\n\r\n\r\nblank lines first\r\n",
+    b"From: a@example.org\r\nSubject: \xc3\xa9t\xc3\xa9 8-bit\r\n\r\nbody \xff\xfe bytes\r\n",
+    b"From: a@example.org\r\n\r\n",
+    b"From: a@example.org\r\n\r\nno final line end",
+    b"\r\nFrom: a@example.org\r\n\r\nthe headers are the body\r\n",
+    b"\r\n\r\nFrom: a@example.org\r\n",
+    b"From: a@example.org\r\nnot a header line\r\nTo: b@example.org\r\n\r\nbody\r\n",
+    b" continuation first\r\nFrom: a@example.org\r\n\r\nbody\r\n",
+    b"From someone@example.org Mon Jan 1 00:00:00 2024\r\nFrom: a@example.org\r\n\r\nx\r\n",
+    b"From: a@example.org\r\nFrom b@example.org late envelope line\r\n\r\nbody\r\n",
+    b"From: a@example.org\r\nTo: b@example.org\r\nFrom c@example.org\r\n\r\nbody\r\n",
+    b": no name\r\nFrom: a@example.org\r\n\r\nbody\r\n",
+    b"From: a@example.org\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nbody\r\n",
+    b"From: a@example.org\r\nContent-Type: bogus\r\n\r\nbody\r\n",
+    b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--\r\n",
+    b"From: a@example.org\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\nno parts at all\r\n",
+    b"From: a@example.org\r\nContent-Type: multipart/mixed\r\n\r\nno boundary\r\n",
+    b"From: a@example.org\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\n\r\ninner body\r\n",
+    b"From: a@example.org\r\nContent-Type: message/delivery-status\r\n\r\nA: 1\r\n\r\nB: 2\r\n",
+    b"no headers at all, just text\r\n",
+]
+
+
+@pytest.mark.parametrize("data", PARSE_CASES)
+def test_parsed_is_the_whole_parse(data: bytes) -> None:
+    fast = compose._parsed(data)
+    whole = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data)
+    assert [type(d) for d in fast.defects] == [type(d) for d in whole.defects]
+    assert fast.get_unixfrom() == whole.get_unixfrom()
+    assert list(fast.raw_items()) == list(whole.raw_items())  # type: ignore[attr-defined]
+    assert fast.is_multipart() == whole.is_multipart()
+    assert fast.get_payload() == whole.get_payload() or fast.is_multipart()
+    assert fast.as_bytes(policy=email.policy.SMTP) == whole.as_bytes(policy=email.policy.SMTP)
+
+
+@given(st.text())
+def test_is_one_line_is_the_category_check(value: str) -> None:
+    import unicodedata
+
+    expected = (not value or value.splitlines() == [value]) and not any(
+        unicodedata.category(c) == "Cc" and c != "\t" for c in value
+    )
+    assert compose.is_one_line(value) == expected
+
+
+MESSAGE_LINES = st.sampled_from(
+    [
+        "",
+        "From: a@example.org",
+        "To: b@example.org",
+        " folded",
+        "From x@example.org",
+        "not a header",
+        ": nameless",
+        "Content-Type: multipart/mixed; boundary=b",
+        "Content-Type: message/rfc822",
+        "Content-Type: text/plain",
+        "--b",
+        "--b--",
+        "body \xe9",
+    ]
+)
+
+
+@given(st.lists(MESSAGE_LINES, max_size=12), st.booleans())
+def test_parsed_is_the_whole_parse_of_any_lines(lines: list[str], final_crlf: bool) -> None:
+    data = "\r\n".join(lines).encode("utf-8") + (b"\r\n" if final_crlf else b"")
+    fast = compose._parsed(data)
+    whole = email.parser.BytesParser(policy=email.policy.compat32).parsebytes(data)
+    assert [type(d) for d in fast.defects] == [type(d) for d in whole.defects]
+    assert fast.get_unixfrom() == whole.get_unixfrom()
+    assert list(fast.raw_items()) == list(whole.raw_items())  # type: ignore[attr-defined]
+    assert written(fast) == written(whole)
+
+
+def written(message: email.message.Message) -> bytes | type[Exception]:
+    """The message's bytes, or the error writing it raises (a non-ASCII header under compat32)."""
+    try:
+        return message.as_bytes(policy=email.policy.compat32)
+    except Exception as exc:
+        return type(exc)

@@ -140,6 +140,61 @@ def test_pipelined_commands_and_bdat_chunks(
     assert received.data.replace(b"\r\n", b"\n").endswith(invoice("Chunked").get_content().encode())
 
 
+def test_data_read_in_blocks_keeps_every_byte_and_undoes_dot_stuffing(
+    office: MailServer, running_relay: RunningRelay, sink: SMTPSink
+) -> None:
+    """DATA is read in blocks, not line by line: lines that start with dots (stuffed by the
+    client), lines that end with a dot, a lone-dot line inside the text, a body larger than the
+    reader's block, and a command pipelined right after the final dot all come through exactly."""
+    client = running_relay.connect()
+    lines = [".", "..two dots", "ends with a dot.", ".starts with one", "", "x" * 990 + "."]
+    body = "\n".join(lines + ["filler line " * 70] * 600) + "\n"  # about 500 KB
+    message = invoice("Dots")
+    message.set_content(body, cte="7bit")
+    wire = message.as_bytes().replace(b"\n", b"\r\n")
+    stuffed = (b"\r\n" + wire).replace(b"\r\n.", b"\r\n..")[2:]
+    client.send(
+        f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<ann@example.org>\r\nDATA\r\n".encode()
+        + stuffed
+        + b".\r\nRSET\r\n"
+    )
+    replies = [client.getreply() for _ in range(5)]
+    assert [code for code, _ in replies] == [250, 250, 354, 250, 250]
+    assert OutgoingMessage.objects.get().raw.endswith(wire)  # (Message-ID and Date added before)
+    # An empty line of dots: the message right after the terminator of the one before.
+    code, _ = client.mail(SENDER)
+    assert code == 250
+    client.rcpt("bob@example.org")
+    code, _ = client.data(invoice("Second").as_bytes())
+    assert code == 250
+    assert OutgoingMessage.objects.count() == 2
+    client.quit()
+    deliver_all()
+    assert sink.received[0].data.endswith(body.replace("\n", "\r\n").encode())
+
+
+def test_an_empty_data_and_a_line_too_long_are_refused_and_the_session_goes_on(
+    office: MailServer, running_relay: RunningRelay
+) -> None:
+    client = running_relay.connect()
+    client.send(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<ann@example.org>\r\nDATA\r\n.\r\n".encode())
+    replies = [client.getreply() for _ in range(4)]
+    assert [code for code, _ in replies[:3]] == [250, 250, 354]
+    assert replies[3][0] >= 500  # nothing to queue: no From header
+    long_line = invoice("Long").as_bytes().replace(b"\n", b"\r\n") + b"y" * 1200 + b"\r\n"
+    client.send(
+        f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<ann@example.org>\r\nDATA\r\n".encode()
+        + long_line
+        + b".\r\n"
+    )
+    replies = [client.getreply() for _ in range(4)]
+    assert [code for code, _ in replies] == [250, 250, 354, 500]
+    assert b"1000 octets" in replies[3][1]
+    assert client.noop()[0] == 250
+    assert OutgoingMessage.objects.count() == 0
+    client.quit()
+
+
 def test_utf8_addresses_with_smtputf8(
     office: MailServer, running_relay: RunningRelay, sink: SMTPSink
 ) -> None:
