@@ -94,6 +94,39 @@ def test_inside_a_transaction_a_statement_is_not_tried_again(
     release.join()
 
 
+@pytest.mark.parametrize("in_transaction", [False, True])
+def test_a_shared_cache_table_lock_is_waited_for(in_transaction: bool) -> None:
+    """Django's in-memory test databases share one cache, where a reader locks the table for a
+    writer (SQLITE_LOCKED_SHAREDCACHE) and no busy handler waits: a statement, in a transaction
+    or not, is tried again (sqlite3_unlock_notify's documented retry)."""
+    uri = f"file:locked{int(in_transaction)}?mode=memory&cache=shared"
+    ours = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    other = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
+    try:
+        ours.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")
+        ours.execute("INSERT INTO t (v) VALUES ('a'), ('b')")
+        reading = other.execute("SELECT v FROM t")
+        reading.fetchone()  # an unfinished read holds the table's read lock
+        with pytest.raises(sqlite3.OperationalError) as plain:
+            ours.execute("INSERT INTO t (v) VALUES ('x')")
+        assert plain.value.sqlite_errorcode == base.SQLITE_LOCKED_SHAREDCACHE
+        release = threading.Timer(0.05, reading.close)
+        release.start()
+        if in_transaction:
+            ours.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        cursor(ours, 5.0).execute("INSERT INTO t (v) VALUES (%s)", ["x"])
+        waited = time.monotonic() - started
+        if in_transaction:
+            ours.execute("COMMIT")
+        release.join()
+        assert 0.04 <= waited < 1.0
+        assert ours.execute("SELECT v FROM t ORDER BY id").fetchall() == [("a",), ("b",), ("x",)]
+    finally:
+        ours.close()
+        other.close()
+
+
 def test_executemany_waits_with_sqlites_busy_handler(
     database: tuple[sqlite3.Connection, ...],
 ) -> None:

@@ -26,19 +26,29 @@ def _busy(exc: sqlite3.OperationalError) -> bool:
     return code is not None and code & 0xFF == sqlite3.SQLITE_BUSY
 
 
+# A table locked by another connection of the same shared cache (Django's in-memory test
+# databases use one): SQLite's busy handler never waits for it, and the statement did nothing.
+SQLITE_LOCKED_SHAREDCACHE = 262
+
+
+def _shared_cache_lock(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) == SQLITE_LOCKED_SHAREDCACHE
+
+
 def patiently(
     connection: sqlite3.Connection, timeout: float, run: Callable[..., T], *args: Any
 ) -> T:
-    """run(*args) outside a transaction, tried again while the database is locked, for up to
-    `timeout` seconds: a statement of its own (or a BEGIN) that met the lock did nothing, so it
-    can run again."""
+    """run(*args), tried again while the database is locked, for up to `timeout` seconds: a
+    statement of its own (or a BEGIN) that met the lock did nothing, so it can run again. Inside
+    a transaction only a shared cache's table lock is waited for (the transaction's BEGIN
+    IMMEDIATE already holds the database's write lock)."""
     deadline = None
     pause = FIRST_TRY_PAUSE
     while True:
         try:
             return run(*args)
         except sqlite3.OperationalError as exc:
-            if not _busy(exc) or connection.in_transaction:
+            if not (_shared_cache_lock(exc) or (_busy(exc) and not connection.in_transaction)):
                 raise
             now = time.monotonic()
             if deadline is None:
@@ -51,12 +61,13 @@ def patiently(
 
 class Cursor(base.SQLiteCursorWrapper):
     """Statements outside a transaction wait for the write lock in patiently()'s short pauses;
-    inside one (which holds the lock from its BEGIN IMMEDIATE) they run as they are."""
+    inside one (which holds the lock from its BEGIN IMMEDIATE) they wait only for a shared
+    cache's table lock."""
 
     patience: float | None = None  # the timeout; None: SQLite's busy handler waits (see below)
 
     def execute(self, query: str, params: Any = None) -> Any:
-        if self.patience is None or self.connection.in_transaction:
+        if self.patience is None:
             return super().execute(query, params)
         return patiently(self.connection, self.patience, super().execute, query, params)
 
