@@ -148,8 +148,10 @@ class Claimer:
         now = timezone.now()
         lease_until = now + timedelta(seconds=config.lease_seconds)
         with transaction.atomic():
-            ServerState.objects.get_or_create(server_id=server_id)
-            state = ServerState.objects.select_for_update().get(pk=server_id)
+            state = ServerState.objects.select_for_update().filter(pk=server_id).first()
+            if state is None:  # the server's first claim
+                ServerState.objects.get_or_create(server_id=server_id)
+                state = ServerState.objects.select_for_update().get(pk=server_id)
             if state.next_allowed_at and state.next_allowed_at > now:
                 return None
             server = MailServer.objects.get(pk=server_id)
@@ -169,18 +171,16 @@ class Claimer:
                 if server.limit_per_minute
                 else UNLIMITED
             )
-            sent_today = (
-                DeliveryAttempt.objects.filter(
-                    server_id=server_id, started_at__gt=now - DAY, outcome=Outcome.SENT
-                ).aggregate(n=Sum("recipients"))["n"]
-                or 0
-            )
-            in_flight_recipients = in_flight.aggregate(n=Sum("recipients_count"))["n"] or 0
-            day_left = (
-                server.limit_recipients_per_day - sent_today - in_flight_recipients
-                if server.limit_recipients_per_day
-                else UNLIMITED
-            )
+            day_left = UNLIMITED
+            if server.limit_recipients_per_day:  # the day's recipients are summed only for a limit
+                sent_today = (
+                    DeliveryAttempt.objects.filter(
+                        server_id=server_id, started_at__gt=now - DAY, outcome=Outcome.SENT
+                    ).aggregate(n=Sum("recipients"))["n"]
+                    or 0
+                )
+                in_flight_recipients = in_flight.aggregate(n=Sum("recipients_count"))["n"] or 0
+                day_left = server.limit_recipients_per_day - sent_today - in_flight_recipients
             if per_minute_left <= 0 or day_left <= 0:
                 oldest = attempts_in_minute.order_by("started_at").first()
                 wait_until = oldest.started_at + MINUTE if oldest and per_minute_left <= 0 else None
@@ -196,9 +196,9 @@ class Claimer:
                 )
                 state.save(update_fields=["next_allowed_at", "throttle_reason"])
                 return None
+            candidates = due_candidates(server_id, now, min(config.batch_size, per_minute_left))
             picked: list[int] = []
             recipients = size = 0
-            candidates = due_candidates(server_id, now, min(config.batch_size, per_minute_left))
             ways = split.next_part() if split is not None else 1
             for pk, count, nbytes in candidates[: -(-len(candidates) // ways)]:
                 if recipients + count > day_left:
