@@ -10,6 +10,7 @@ where it was; the messages are fetched again and stored once.
 from __future__ import annotations
 
 import io
+import itertools
 import logging
 import os
 import queue
@@ -20,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Generic, TypeVar, cast
+from typing import Generic, NamedTuple, TypeVar, cast
 
 from django.db.models import Q
 from django.utils import timezone
@@ -47,7 +48,7 @@ from mailgate.inbox.store import (
 from mailgate.providers.replies import diagnose_reply
 from mailgate.servers.models import MailServer
 from mailgate.transports.base import TransportError
-from mailgate.transports.imap import IMAPTransport, MessageSummary
+from mailgate.transports.imap import IMAPTransport
 
 log = logging.getLogger("mailgate.inbox")
 T = TypeVar("T")
@@ -331,7 +332,7 @@ def _take(
 def _downloads(
     transport: IMAPTransport,
     cursor: FolderCursor,
-    batches: list[list[MessageSummary]],
+    batches: list[list[Sized]],
     connection: threading.Lock,
     *,
     ahead: bool,
@@ -404,14 +405,23 @@ class _Handover(Generic[T]):
         self._thread.join()
 
 
-def _sized(transport: IMAPTransport, cursor: FolderCursor, uids: list[int]) -> list[MessageSummary]:
+class Sized(NamedTuple):
+    """A UID and the size batching counts for it."""
+
+    uid: int
+    size: int
+
+
+def _sized(transport: IMAPTransport, cursor: FolderCursor, uids: list[int]) -> list[Sized]:
     """`uids` with the sizes that batching needs. One `UID SEARCH ... LARGER` names the messages
     above a batch's fair share (BATCH_BYTES / BATCH_MESSAGES, at most FILE_BYTES); only their sizes are fetched, the
     others are counted at that share, so a full batch of them stays within BATCH_BYTES. A server
     that refuses LARGER is asked for every size."""
     share = max(min(BATCH_BYTES // BATCH_MESSAGES, FILE_BYTES), 1)
-    wanted = set(uids)
     larger = transport.uids_larger(cursor.last_uid, share) if uids else []
+    if larger == []:  # the usual case: nothing above the share, no size to ask
+        return list(map(Sized, uids, itertools.repeat(share)))
+    wanted = set(uids)
     asked = uids if larger is None else [u for u in larger if u in wanted]
     sizes = dict.fromkeys(uids, share) if larger is not None else {}
     vanished = set(asked)
@@ -419,13 +429,13 @@ def _sized(transport: IMAPTransport, cursor: FolderCursor, uids: list[int]) -> l
         found = transport.sizes(asked[start : start + SUMMARY_CHUNK])
         sizes.update(found)
         vanished.difference_update(found)
-    return [MessageSummary(u, sizes[u], None, "") for u in uids if u in sizes and u not in vanished]
+    return [Sized(u, sizes[u]) for u in uids if u in sizes and u not in vanished]
 
 
-def _batches(summaries: list[MessageSummary]) -> list[list[MessageSummary]]:
+def _batches(summaries: list[Sized]) -> list[list[Sized]]:
     """Groups of at most BATCH_MESSAGES / BATCH_BYTES; a message above FILE_BYTES goes alone."""
-    batches: list[list[MessageSummary]] = []
-    current: list[MessageSummary] = []
+    batches: list[list[Sized]] = []
+    current: list[Sized] = []
     size = 0
     for summary in summaries:
         if summary.size > FILE_BYTES:
@@ -444,9 +454,7 @@ def _batches(summaries: list[MessageSummary]) -> list[list[MessageSummary]]:
     return batches
 
 
-def _download(
-    transport: IMAPTransport, cursor: FolderCursor, batch: list[MessageSummary]
-) -> list[Fetched]:
+def _download(transport: IMAPTransport, cursor: FolderCursor, batch: list[Sized]) -> list[Fetched]:
     where = {"folder": cursor.folder, "uidvalidity": cursor.uidvalidity}
     if _streamed(batch):
         summary = batch[0]
@@ -459,14 +467,12 @@ def _download(
     return _items(cursor, batch, transport.fetch_messages([s.uid for s in batch]))
 
 
-def _streamed(batch: list[MessageSummary]) -> bool:
+def _streamed(batch: list[Sized]) -> bool:
     """A batch of one message above FILE_BYTES, streamed to a file of its own in pieces."""
     return len(batch) == 1 and batch[0].size > FILE_BYTES
 
 
-def _items(
-    cursor: FolderCursor, batch: list[MessageSummary], bodies: dict[int, bytes]
-) -> list[Fetched]:
+def _items(cursor: FolderCursor, batch: list[Sized], bodies: dict[int, bytes]) -> list[Fetched]:
     where = {"folder": cursor.folder, "uidvalidity": cursor.uidvalidity}
     return [Fetched.unhashed(bodies[s.uid], uid=s.uid, **where) for s in batch if s.uid in bodies]
 

@@ -28,7 +28,11 @@ class IncomingMessage(models.Model):
     was parsed from them (best effort: a message that does not parse is still stored)."""
 
     seq = models.BigIntegerField(unique=True, help_text="Arrival order; the REST cursor.")
-    server = models.ForeignKey(MailServer, on_delete=models.CASCADE, related_name="+")
+    # No index of its own: inbox_remote_idx and the unique constraints begin with it (one b-tree
+    # fewer to update for each message a fetch commits).
+    server = models.ForeignKey(
+        MailServer, on_delete=models.CASCADE, related_name="+", db_index=False
+    )
     folder = models.CharField(max_length=255, blank=True)
     uidvalidity = models.BigIntegerField(null=True, blank=True)
     uid = models.BigIntegerField(null=True, blank=True)

@@ -12,9 +12,11 @@ import contextlib
 import datetime as dt
 import email.utils
 import hashlib
+import itertools
 import logging
 import os
 import re
+import sqlite3
 import tempfile
 import time
 import urllib.parse
@@ -321,11 +323,10 @@ def _insert(batch: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     fields = [f for f in meta.concrete_fields if not f.primary_key]
     connection = connections[router.db_for_write(IncomingMessage)]
     quote = connection.ops.quote_name
-    sql = "INSERT INTO {} ({}) VALUES ({})".format(  # noqa: S608 (the model's quoted names)
-        quote(str(meta.db_table)),
-        ", ".join(quote(str(f.column)) for f in fields),
-        ", ".join(["%s"] * len(fields)),
+    head = "INSERT INTO {} ({}) VALUES ".format(  # noqa: S608 (the model's quoted names)
+        quote(str(meta.db_table)), ", ".join(quote(str(f.column)) for f in fields)
     )
+    row_marks = "({})".format(", ".join(["%s"] * len(fields)))
 
     def prepared(field: models.Field[Any, Any], value: Any) -> Any:
         if value is None or isinstance(field, _AS_IS):
@@ -346,8 +347,31 @@ def _insert(batch: dict[str, Any], rows: list[dict[str, Any]]) -> None:
         for i, f in converted:
             values[i] = prepared(f, row[f.attname])
         params.append(values)
+    # One statement of many rows rather than executemany: SQLite's driver lets other threads run
+    # around each row's step, and the fetch's download thread, which wants the interpreter back
+    # after every read, made each of those hand-overs slow (a batch took twice as long as alone).
+    rows_per_statement = max(1, _max_parameters(connection) // len(fields))
     with connection.cursor() as cursor:
-        cursor.executemany(sql, params)
+        # mailgate's SQLite backend runs a statement written with "?" as it is (see execute_qmark).
+        qmark = getattr(cursor.cursor, "execute_qmark", None)
+        for start in range(0, len(params), rows_per_statement):
+            chunk = params[start : start + rows_per_statement]
+            flat = list(itertools.chain.from_iterable(chunk))
+            if qmark is None:
+                cursor.execute(head + ", ".join([row_marks] * len(chunk)), flat)
+                continue
+            sql = head + ", ".join([row_marks.replace("%s", "?")] * len(chunk))
+            with connection.wrap_database_errors:
+                qmark(sql, flat)
+
+
+def _max_parameters(connection: Any) -> int:
+    """How many parameters one statement may carry on this database."""
+    if connection.vendor == "sqlite":
+        connection.ensure_connection()
+        limit: int = connection.connection.getlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER)
+        return limit
+    return 65535  # PostgreSQL's protocol counts them in 16 bits
 
 
 def _row(item: Fetched) -> dict[str, Any]:
