@@ -166,3 +166,17 @@ def test_the_backend_waits_itself_only_with_immediate_transactions(
         assert wrapper._patience == (7.0 if mode else None)
     finally:
         raw.close()
+
+
+def test_a_statement_written_with_question_marks_runs_as_it_is_and_waits_alike(
+    database: tuple[sqlite3.Connection, ...],
+) -> None:
+    """execute_qmark: no "%s" conversion (a literal "%s" stays), the same wait for the lock."""
+    ours, other = database
+    release = hold_lock(other, 0.05)
+    started = time.monotonic()
+    cursor(ours, 5.0).execute_qmark("INSERT INTO t (v) VALUES (?), ('%s')", ["x"])
+    waited = time.monotonic() - started
+    release.join()
+    assert 0.04 <= waited < 1.0
+    assert ours.execute("SELECT v FROM t ORDER BY id").fetchall() == [("x",), ("%s",)]

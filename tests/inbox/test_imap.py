@@ -408,3 +408,31 @@ def test_batches_know_the_large_messages_from_one_search(
     assert sorted(subjects(imap_server)) == sorted(bodies)
     stored = IncomingMessage.objects.get(subject="huge")
     assert stored.raw_offset is None and stored.raw_file.endswith(".eml")
+
+
+def test_a_batch_larger_than_one_statement_is_stored_whole_and_in_order(
+    imap_server: MailServer, mailbox: Mailbox, inbox_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's rows go in as few multi-row INSERTs as the database's parameter limit allows;
+    with room for three rows per statement, ten messages take four, in arrival order."""
+    columns = len([f for f in IncomingMessage._meta.concrete_fields if not f.primary_key])
+    statements: list[int] = []
+    real = store._max_parameters
+
+    def three_rows(connection: Any) -> int:
+        statements.append(real(connection))
+        return columns * 3
+
+    monkeypatch.setattr(store, "_max_parameters", three_rows)
+    imap_server.fetch_existing = True
+    imap_server.save()
+    raws = [message(f"row {i}", body=f"body {i}\n") for i in range(10)]
+    for raw in raws:
+        mailbox.append(raw)
+    assert fetched(imap_server) == {"INBOX": 10}
+    assert statements and statements[0] >= 999  # the real limit was asked for
+    rows = list(IncomingMessage.objects.order_by("seq"))
+    assert [r.raw_bytes() for r in rows] == raws
+    assert [r.uid for r in rows] == sorted(r.uid for r in rows)
+    assert [r.seq for r in rows] == list(range(rows[0].seq, rows[0].seq + 10))
+    assert FolderCursor.objects.get(server=imap_server, folder="INBOX").last_uid == rows[-1].uid
