@@ -362,12 +362,6 @@ def parse_int(variable: str, value: str, default: int, low: int, high: int) -> i
 DEFAULT_WORKER_NICE = 0
 
 
-def worker_nice() -> int:
-    """MAILGATE_WORKER_NICE: 0 (the same priority as the rest) to 19 (the lowest)."""
-    variable = "MAILGATE_WORKER_NICE"
-    return parse_int(variable, os.environ.get(variable, ""), DEFAULT_WORKER_NICE, 0, 19)
-
-
 def parse_trusted_proxies(value: str) -> tuple[str, ...]:
     """MAILGATE_TRUSTED_PROXIES: comma-separated addresses or CIDR networks of reverse proxies."""
     variable = "MAILGATE_TRUSTED_PROXIES"
@@ -507,12 +501,13 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 @dataclass(frozen=True)
 class Operations:
-    """How the processes run: logging and the web server's capacity."""
+    """How the processes run: logging, the web server's capacity, the worker's CPU priority."""
 
     log_format: str = "plain"
     log_level: str = "INFO"
     web_threads: int = 8
     web_connection_limit: int = 100
+    worker_nice: int = DEFAULT_WORKER_NICE  # 0 (the same as the rest) to 19 (the lowest)
 
 
 def _int(env: dict[str, str], variable: str, default: int, low: int, high: int) -> int:
@@ -529,7 +524,8 @@ def _int(env: dict[str, str], variable: str, default: int, low: int, high: int) 
 
 
 def load_operations(env: dict[str, str] | None = None) -> Operations:
-    """MAILGATE_LOG_FORMAT, MAILGATE_LOG_LEVEL, MAILGATE_WEB_THREADS, MAILGATE_WEB_CONNECTION_LIMIT."""
+    """MAILGATE_LOG_FORMAT, MAILGATE_LOG_LEVEL, MAILGATE_WEB_THREADS, MAILGATE_WEB_CONNECTION_LIMIT,
+    MAILGATE_WORKER_NICE: read when the settings load, so a bad value stops any command at once."""
     env = dict(os.environ if env is None else env)
     log_format = env.get("MAILGATE_LOG_FORMAT", "").strip().lower() or "plain"
     if log_format not in LOG_FORMATS:
@@ -544,4 +540,7 @@ def load_operations(env: dict[str, str] | None = None) -> Operations:
         log_level=log_level,
         web_threads=_int(env, "MAILGATE_WEB_THREADS", 8, 1, 256),
         web_connection_limit=_int(env, "MAILGATE_WEB_CONNECTION_LIMIT", 100, 1, 10_000),
+        worker_nice=parse_int(
+            "MAILGATE_WORKER_NICE", env.get("MAILGATE_WORKER_NICE", ""), DEFAULT_WORKER_NICE, 0, 19
+        ),
     )

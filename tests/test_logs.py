@@ -20,12 +20,14 @@ pytestmark = pytest.mark.nodb
 
 def test_the_settings_are_parsed_strictly() -> None:
     ops = load_operations({})
-    assert (ops.log_format, ops.log_level, ops.web_threads, ops.web_connection_limit) == (
-        "plain",
-        "INFO",
-        8,
-        100,
-    )
+    assert (
+        ops.log_format,
+        ops.log_level,
+        ops.web_threads,
+        ops.web_connection_limit,
+        ops.worker_nice,
+    ) == ("plain", "INFO", 8, 100, 0)
+    assert load_operations({"MAILGATE_WORKER_NICE": "19"}).worker_nice == 19
     ops = load_operations({"MAILGATE_LOG_FORMAT": "JSON", "MAILGATE_LOG_LEVEL": "debug"})
     assert (ops.log_format, ops.log_level) == ("json", "DEBUG")
     for variable, value in [
@@ -34,6 +36,8 @@ def test_the_settings_are_parsed_strictly() -> None:
         ("MAILGATE_WEB_THREADS", "0"),
         ("MAILGATE_WEB_THREADS", "many"),
         ("MAILGATE_WEB_CONNECTION_LIMIT", "-5"),
+        ("MAILGATE_WORKER_NICE", "20"),
+        ("MAILGATE_WORKER_NICE", "low"),
     ]:
         with pytest.raises(SettingsError, match=variable):
             load_operations({variable: value})

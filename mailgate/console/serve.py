@@ -112,10 +112,9 @@ def serve(host: str, port: int, *, with_worker: bool, with_relay: bool = False) 
     worker = None
     thread = None
     if with_worker:
-        from mailgate.conf import worker_nice
         from mailgate.worker import Worker
 
-        worker = Worker(nice=worker_nice())
+        worker = Worker(nice=settings.OPERATIONS.worker_nice)
         thread = threading.Thread(target=worker.run, name="mailgate-worker", daemon=True)
         thread.start()
 

@@ -60,10 +60,14 @@ def test_a_worker_process_runs_below_the_default_priority(tmp_path: Path) -> Non
         worker.wait(timeout=30)
 
 
-def test_a_bad_worker_nice_stops_the_worker_naming_the_variable(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["worker", "run"])
+def test_a_bad_worker_nice_stops_the_command_naming_the_variable(
+    tmp_path: Path, command: str
+) -> None:
+    """Read with the settings: `mailgate run` stops before it creates or starts anything."""
     assert mailgate(tmp_path, "migrate", "--verbosity", "0").returncode == 0
     result = subprocess.run(
-        [*MAILGATE, "worker"],
+        [*MAILGATE, command],
         env=home_env(tmp_path, MAILGATE_WORKER_NICE="20"),
         cwd=ROOT,
         capture_output=True,
@@ -73,3 +77,4 @@ def test_a_bad_worker_nice_stops_the_worker_naming_the_variable(tmp_path: Path) 
     assert result.returncode == 2
     assert "MAILGATE_WORKER_NICE" in result.stderr and "0 to 19" in result.stderr
     assert "Traceback" not in result.stderr
+    assert "administrator" not in result.stdout

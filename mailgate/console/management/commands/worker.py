@@ -3,9 +3,9 @@ from __future__ import annotations
 from argparse import ArgumentParser
 from typing import Any
 
+from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from mailgate.conf import worker_nice
 from mailgate.worker import Worker, run_once
 
 
@@ -19,6 +19,6 @@ class Command(BaseCommand):
         if once:
             run_once()
             return
-        worker = Worker(nice=worker_nice())
+        worker = Worker(nice=settings.OPERATIONS.worker_nice)
         worker.install_signal_handlers()
         worker.run()
