@@ -44,15 +44,25 @@ def hold_lock(other: sqlite3.Connection, seconds: float) -> threading.Thread:
     return release
 
 
-def test_a_statement_waits_for_the_lock_and_runs(database: tuple[sqlite3.Connection, ...]) -> None:
+@pytest.mark.parametrize(
+    ("method", "sql", "stored"),
+    [
+        ("execute", "INSERT INTO t (v) VALUES (%s)", [("x",)]),
+        # Written with SQLite's own marks: run as it is (a literal "%s" stays), with the same wait.
+        ("execute_qmark", "INSERT INTO t (v) VALUES (?), ('%s')", [("x",), ("%s",)]),
+    ],
+)
+def test_a_statement_waits_for_the_lock_and_runs(
+    database: tuple[sqlite3.Connection, ...], method: str, sql: str, stored: list[tuple[str]]
+) -> None:
     ours, other = database
     release = hold_lock(other, 0.05)
     started = time.monotonic()
-    cursor(ours, 5.0).execute("INSERT INTO t (v) VALUES (%s)", ["x"])
+    getattr(cursor(ours, 5.0), method)(sql, ["x"])
     waited = time.monotonic() - started
     release.join()
     assert 0.04 <= waited < 1.0
-    assert ours.execute("SELECT v FROM t").fetchall() == [("x",)]
+    assert ours.execute("SELECT v FROM t ORDER BY id").fetchall() == stored
 
 
 def test_begin_immediate_waits_for_the_lock(database: tuple[sqlite3.Connection, ...]) -> None:
@@ -166,17 +176,3 @@ def test_the_backend_waits_itself_only_with_immediate_transactions(
         assert wrapper._patience == (7.0 if mode else None)
     finally:
         raw.close()
-
-
-def test_a_statement_written_with_question_marks_runs_as_it_is_and_waits_alike(
-    database: tuple[sqlite3.Connection, ...],
-) -> None:
-    """execute_qmark: no "%s" conversion (a literal "%s" stays), the same wait for the lock."""
-    ours, other = database
-    release = hold_lock(other, 0.05)
-    started = time.monotonic()
-    cursor(ours, 5.0).execute_qmark("INSERT INTO t (v) VALUES (?), ('%s')", ["x"])
-    waited = time.monotonic() - started
-    release.join()
-    assert 0.04 <= waited < 1.0
-    assert ours.execute("SELECT v FROM t ORDER BY id").fetchall() == [("x",), ("%s",)]
