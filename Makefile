@@ -4,6 +4,10 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 PG_URL ?= postgresql://postgres@127.0.0.1:5432/mailgate
 export UV_LINK_MODE ?= copy
+# Installed packages are compiled to bytecode once, at install: where PYTHONDONTWRITEBYTECODE is
+# set (as on some CI machines), every `mailgate` process would otherwise compile Django and the
+# rest from source at each start (2.2 s of CPU for `mailgate --help`, against 0.9 s compiled).
+export UV_COMPILE_BYTECODE ?= 1
 
 .PHONY: uv sync run web worker test test-deps lint test-sqlite test-postgres test-python bench demo sandbox chaos screenshots
 
@@ -12,6 +16,7 @@ uv:
 
 sync: uv
 	uv sync --frozen --quiet
+	uv run --frozen python -m compileall -q mailgate >/dev/null
 
 run: sync
 	uv run mailgate run --host $(HOST) --port $(PORT)
