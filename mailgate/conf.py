@@ -8,6 +8,7 @@ import os
 import re
 import secrets
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -354,6 +355,11 @@ def parse_int(variable: str, value: str, default: int, low: int, high: int) -> i
     return number
 
 
+def _env_int(env: Mapping[str, str], variable: str, default: int, low: int, high: int) -> int:
+    """parse_int() of the environment variable `variable` (unset or empty: the default)."""
+    return parse_int(variable, env.get(variable, ""), default, low, high)
+
+
 # How many steps of CPU priority (nice) the worker gives up: it drains the queue in the background,
 # while the web process and the relay answer applications that wait for each reply (niced by 10 on
 # two shared cores, an smtplib client sending through the relay waited a third as long). Off by
@@ -482,15 +488,9 @@ def load(env: dict[str, str] | None = None) -> Config:
         debug=_bool("MAILGATE_DEBUG", env.get("MAILGATE_DEBUG", "")),
         trusted_proxies=parse_trusted_proxies(env.get("MAILGATE_TRUSTED_PROXIES", "")),
         metrics_token=metrics_token,
-        session_hours=parse_int(
-            "MAILGATE_SESSION_HOURS", env.get("MAILGATE_SESSION_HOURS", ""), 12, 1, 24 * 30
-        ),
-        max_recipients=parse_int(
-            "MAILGATE_MAX_RECIPIENTS", env.get("MAILGATE_MAX_RECIPIENTS", ""), 500, 1, 100_000
-        ),
-        api_rate_limit=parse_int(
-            "MAILGATE_API_RATE_LIMIT", env.get("MAILGATE_API_RATE_LIMIT", ""), 600, 0, 1_000_000
-        ),
+        session_hours=_env_int(env, "MAILGATE_SESSION_HOURS", 12, 1, 24 * 30),
+        max_recipients=_env_int(env, "MAILGATE_MAX_RECIPIENTS", 500, 1, 100_000),
+        api_rate_limit=_env_int(env, "MAILGATE_API_RATE_LIMIT", 600, 0, 1_000_000),
         relay=parse_relay(env, home),
     )
 
@@ -510,19 +510,6 @@ class Operations:
     worker_nice: int = DEFAULT_WORKER_NICE  # 0 (the same as the rest) to 19 (the lowest)
 
 
-def _int(env: dict[str, str], variable: str, default: int, low: int, high: int) -> int:
-    value = env.get(variable, "").strip()
-    if not value:
-        return default
-    try:
-        number = int(value)
-    except ValueError:
-        number = low - 1
-    if not low <= number <= high:
-        raise SettingsError(variable, f"{value!r} is out of range", f"a whole number {low}-{high}")
-    return number
-
-
 def load_operations(env: dict[str, str] | None = None) -> Operations:
     """MAILGATE_LOG_FORMAT, MAILGATE_LOG_LEVEL, MAILGATE_WEB_THREADS, MAILGATE_WEB_CONNECTION_LIMIT,
     MAILGATE_WORKER_NICE: read when the settings load, so a bad value stops any command at once."""
@@ -538,9 +525,7 @@ def load_operations(env: dict[str, str] | None = None) -> Operations:
     return Operations(
         log_format=log_format,
         log_level=log_level,
-        web_threads=_int(env, "MAILGATE_WEB_THREADS", 8, 1, 256),
-        web_connection_limit=_int(env, "MAILGATE_WEB_CONNECTION_LIMIT", 100, 1, 10_000),
-        worker_nice=parse_int(
-            "MAILGATE_WORKER_NICE", env.get("MAILGATE_WORKER_NICE", ""), DEFAULT_WORKER_NICE, 0, 19
-        ),
+        web_threads=_env_int(env, "MAILGATE_WEB_THREADS", 8, 1, 256),
+        web_connection_limit=_env_int(env, "MAILGATE_WEB_CONNECTION_LIMIT", 100, 1, 10_000),
+        worker_nice=_env_int(env, "MAILGATE_WORKER_NICE", DEFAULT_WORKER_NICE, 0, 19),
     )
