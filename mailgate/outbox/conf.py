@@ -20,6 +20,12 @@ KNOBS: dict[str, tuple[float, float, str]] = {
         1,
         "bytes of messages claimed per batch at most (a larger message goes alone)",
     ),
+    "MAILGATE_OUTBOX_GATHER_SECONDS": (
+        0.02,
+        0,
+        "seconds a worker waits, after a pass that emptied the queue while mail keeps coming, "
+        "before claiming again, so that one claim takes several messages (0: no wait)",
+    ),
     "MAILGATE_OUTBOX_PROBE_SECONDS": (300, 1, "seconds between checks of a held server"),
     "MAILGATE_OUTBOX_BACKOFF_BASE": (60, 0.01, "seconds before the first retry"),
     "MAILGATE_OUTBOX_BACKOFF_MAX": (3600, 0.01, "longest pause between retries, in seconds"),
@@ -65,6 +71,7 @@ class OutboxConfig:
     smtp_pipelining: bool = True
     smtp_chunking: bool = True
     retention_days: float = 30
+    gather_seconds: float = 0.02
 
 
 def _value(name: str) -> float:
@@ -98,4 +105,5 @@ def get() -> OutboxConfig:
         smtp_pipelining=_switch("MAILGATE_OUTBOX_SMTP_PIPELINING"),
         smtp_chunking=_switch("MAILGATE_OUTBOX_SMTP_CHUNKING"),
         retention_days=_value("MAILGATE_RETENTION_DAYS"),
+        gather_seconds=_value("MAILGATE_OUTBOX_GATHER_SECONDS"),
     )

@@ -97,14 +97,14 @@ class Lane:
 
     def start(
         self, servers: list[tuple[int, Split]], stop: threading.Event
-    ) -> Future[tuple[bool, set[int]]]:
+    ) -> Future[tuple[int, set[int]]]:
         """Run a pass in the lane's thread; the future's result is that of pass_()."""
         assert self._thread is not None
         return self._thread.submit(self._pass_in_thread, servers, stop)
 
     def _pass_in_thread(
         self, servers: list[tuple[int, Split]], stop: threading.Event
-    ) -> tuple[bool, set[int]]:
+    ) -> tuple[int, set[int]]:
         close_old_connections()  # as the worker loop does for its own thread
         try:
             return self.pass_(servers, stop)
@@ -114,9 +114,9 @@ class Lane:
 
     def pass_(
         self, servers: list[tuple[int, Split]], stop: threading.Event
-    ) -> tuple[bool, set[int]]:
-        """One batch of each server, its part of the `split` (see Claimer.claim); (did anything,
-        servers worked).
+    ) -> tuple[int, set[int]]:
+        """One batch of each server, its part of the `split` (see Claimer.claim); (how many
+        messages were claimed and attempted, servers worked).
 
         A pass that broke off (the database went away mid-batch) left claims of this lane behind:
         the next pass gives them back first rather than leaving them to the lease.
@@ -125,7 +125,7 @@ class Lane:
             self.claimer.release_all()
             self.broke_off = False
         self.broke_off = True
-        did = False
+        attempted = 0
         worked: set[int] = set()
         for server_id, split in servers:
             if stop.is_set():
@@ -136,13 +136,13 @@ class Lane:
             server, messages = claimed
             if not messages:
                 continue
-            did = True
+            attempted += len(messages)
             worked.add(server_id)
             self.deliver(server, messages, stop)
         # Connections stay open only while their server keeps having due mail.
         self.close_all(keep=set() if stop.is_set() else worked)
         self.broke_off = False
-        return did, worked
+        return attempted, worked
 
     def deliver(
         self, server: MailServer, messages: list[OutgoingMessage], stop: threading.Event
@@ -353,17 +353,24 @@ class Deliverer:
         """
         did = release_dead_workers_claims(timezone.now()) > 0
         did = self.probe_held_servers() or did
+        config = conf.get()
         until = time.monotonic() + KEEP_SENDING_SECONDS
-        while self.send_pass(stop):
+        while attempted := self.send_pass(stop):
             did = True
             if stop.is_set() or time.monotonic() >= until:
                 break
+            if attempted < config.batch_size and config.gather_seconds:
+                # The pass emptied the queue, yet it found mail: mail is coming in as it is sent
+                # (an application feeding the relay or the API one message at a time). Waiting a
+                # moment lets the next claim take several messages at once: one claim, and its
+                # commit, for a handful of messages instead of one or two.
+                stop.wait(min(config.gather_seconds, max(until - time.monotonic(), 0)))
         return did
 
-    def send_pass(self, stop: threading.Event) -> bool:
-        """One batch per server with due mail and lane, the lanes side by side; True when any
-        message was attempted."""
-        did = False
+    def send_pass(self, stop: threading.Event) -> int:
+        """One batch per server with due mail and lane, the lanes side by side; how many messages
+        were attempted."""
+        attempted = 0
         plan = self.plan(servers_with_due_mail(timezone.now()))
         width = max((split.ways for _, split in plan), default=1)
         # The record_sent of lane 0 is this object's (tests wrap it).
@@ -374,12 +381,12 @@ class Deliverer:
         ]
         errors: list[BaseException] = []
         try:
-            did = self.lanes[0].pass_(plan, stop)[0] or did
+            attempted += self.lanes[0].pass_(plan, stop)[0]
         except Exception as exc:
             errors.append(exc)
         for future in started:  # every lane has finished its pass before the step returns
             try:
-                did = future.result()[0] or did
+                attempted += future.result()[0]
             except Exception as exc:
                 errors.append(exc)
         for lane in self.lanes[width:]:
@@ -390,7 +397,7 @@ class Deliverer:
             lane.close_all()
         if errors:
             raise errors[0]
-        return did
+        return attempted
 
 
 _deliverer: Deliverer | None = None
