@@ -10,7 +10,8 @@ from typing import Any
 
 import pytest
 
-from mailgate.outbox import enqueue, worker
+from mailgate.conf import SettingsError
+from mailgate.outbox import conf, enqueue, worker
 from mailgate.outbox.claims import Claimer
 from mailgate.outbox.models import OutgoingMessage, Status
 from mailgate.outbox.worker import Deliverer
@@ -26,6 +27,7 @@ class RecordedStop(threading.Event):
         super().__init__()
         self.waits: list[float | None] = []
         self.during_wait = during_wait
+        self.arrived = 0  # messages queued by during_wait
 
     def wait(self, timeout: float | None = None) -> bool:
         self.waits.append(timeout)
@@ -70,17 +72,31 @@ def _step(stop: threading.Event) -> bool:
         deliverer.close_all()
 
 
+def _deliver(make_server: Callable[..., MailServer], queued: int, stop: threading.Event) -> None:
+    """Queue `queued` messages for a server on a real SMTP sink, run one step; all arrive."""
+    with SMTPSink() as sink:
+        make_server(sink)
+        _queue(queued)
+        assert _step(stop)
+        assert len(sink.received) == queued + _arrived(stop)
+
+
+def _arrived(stop: threading.Event) -> int:
+    return stop.arrived if isinstance(stop, RecordedStop) else 0
+
+
 def test_mail_that_arrives_during_the_wait_goes_out_in_the_same_step_with_one_claim(
     make_server: Callable[..., MailServer], settings: Any, claims: list[int]
 ) -> None:
     settings.MAILGATE_OUTBOX_GATHER_SECONDS = 0.05
-    with SMTPSink() as sink:
-        make_server(sink)
-        _queue(1)
-        # Three messages arrive while the worker waits after its first pass, none after that.
-        stop = RecordedStop(lambda n: _queue(3, start=1) if n == 1 else None)
-        assert _step(stop)
-        assert len(sink.received) == 4
+
+    def arrive(wait: int) -> None:  # three messages during the first wait, none after that
+        if wait == 1:
+            _queue(3, start=1)
+            stop.arrived = 3
+
+    stop = RecordedStop(arrive)
+    _deliver(make_server, 1, stop)
     assert claims == [1, 3]
     assert stop.waits[:2] == [0.05, 0.05]  # after the pass of 1, and after the pass of 3
     assert len(stop.waits) == 2  # the third pass found nothing: the step ended
@@ -92,12 +108,8 @@ def test_no_wait_after_a_full_batch_a_backlog_is_drained_at_once(
 ) -> None:
     settings.MAILGATE_OUTBOX_GATHER_SECONDS = 0.05
     settings.MAILGATE_OUTBOX_BATCH_SIZE = 2
-    with SMTPSink() as sink:
-        make_server(sink)
-        _queue(5)
-        stop = RecordedStop()
-        assert _step(stop)
-        assert len(sink.received) == 5
+    stop = RecordedStop()
+    _deliver(make_server, 5, stop)
     assert claims == [2, 2, 1]
     assert stop.waits == [0.05]  # only after the last pass, which emptied the queue
 
@@ -106,12 +118,8 @@ def test_a_gather_of_zero_never_waits(
     make_server: Callable[..., MailServer], settings: Any, claims: list[int]
 ) -> None:
     settings.MAILGATE_OUTBOX_GATHER_SECONDS = 0
-    with SMTPSink() as sink:
-        make_server(sink)
-        _queue(2)
-        stop = RecordedStop()
-        assert _step(stop)
-        assert len(sink.received) == 2
+    stop = RecordedStop()
+    _deliver(make_server, 2, stop)
     assert claims == [2]
     assert stop.waits == []
 
@@ -134,3 +142,17 @@ def test_a_stop_during_the_wait_ends_the_step_without_waiting_it_out(
         # Far less than the 30 s wait: the stop ended it.
         assert time.monotonic() - started < 10
         assert len(sink.received) == 1
+
+
+@pytest.mark.nodb
+@pytest.mark.parametrize(
+    ("raw", "problem"), [("soon", "'soon' is not a number"), ("-1", "-1.0 is below 0")]
+)
+def test_a_bad_gather_names_the_variable(
+    raw: str, problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MAILGATE_OUTBOX_GATHER_SECONDS", raw)
+    with pytest.raises(SettingsError) as caught:
+        conf.get()
+    assert caught.value.variable == "MAILGATE_OUTBOX_GATHER_SECONDS"
+    assert problem in str(caught.value)
