@@ -43,15 +43,21 @@ def test_a_bad_switch_names_the_variable_and_the_forms(monkeypatch: pytest.Monke
 
 @pytest.mark.nodb
 @pytest.mark.parametrize(
-    ("raw", "problem"), [("fifty", "'fifty' is not a number"), ("0", "0.0 is below 1")]
+    ("variable", "raw", "problem"),
+    [
+        ("MAILGATE_OUTBOX_BATCH_SIZE", "fifty", "'fifty' is not a number"),
+        ("MAILGATE_OUTBOX_BATCH_SIZE", "0", "0.0 is below 1"),
+        ("MAILGATE_OUTBOX_GATHER_SECONDS", "soon", "'soon' is not a number"),
+        ("MAILGATE_OUTBOX_GATHER_SECONDS", "-1", "-1.0 is below 0"),
+    ],
 )
 def test_a_bad_number_names_the_variable(
-    raw: str, problem: str, monkeypatch: pytest.MonkeyPatch
+    variable: str, raw: str, problem: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setenv("MAILGATE_OUTBOX_BATCH_SIZE", raw)
+    monkeypatch.setenv(variable, raw)
     with pytest.raises(SettingsError) as caught:
         conf.get()
-    assert caught.value.variable == "MAILGATE_OUTBOX_BATCH_SIZE"
+    assert caught.value.variable == variable
     assert problem in str(caught.value)
 
 

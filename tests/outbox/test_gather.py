@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from mailgate.conf import SettingsError
-from mailgate.outbox import conf, enqueue, worker
+from mailgate.outbox import enqueue, worker
 from mailgate.outbox.claims import Claimer
 from mailgate.outbox.models import OutgoingMessage, Status
 from mailgate.outbox.worker import Deliverer
@@ -142,17 +141,3 @@ def test_a_stop_during_the_wait_ends_the_step_without_waiting_it_out(
         # Far less than the 30 s wait: the stop ended it.
         assert time.monotonic() - started < 10
         assert len(sink.received) == 1
-
-
-@pytest.mark.nodb
-@pytest.mark.parametrize(
-    ("raw", "problem"), [("soon", "'soon' is not a number"), ("-1", "-1.0 is below 0")]
-)
-def test_a_bad_gather_names_the_variable(
-    raw: str, problem: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("MAILGATE_OUTBOX_GATHER_SECONDS", raw)
-    with pytest.raises(SettingsError) as caught:
-        conf.get()
-    assert caught.value.variable == "MAILGATE_OUTBOX_GATHER_SECONDS"
-    assert problem in str(caught.value)
