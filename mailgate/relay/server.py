@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from typing import Any, AnyStr, TypeVar
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
@@ -96,6 +96,8 @@ class RelaySMTP(SMTP):
         self._chunks = bytearray()
         self._chunks_refused = False
         self._credentials: LoginPassword | None = None
+        # The lines of a reply being gathered to be sent at once (see smtp_EHLO), or None.
+        self._held: list[bytes] | None = None
         # The sender whose MAIL FROM check passed last on this connection, and when.
         self.checked_sender: tuple[str, float] | None = None
         # Whether the transaction's message is yet to be counted against the key's rate.
@@ -125,12 +127,31 @@ class RelaySMTP(SMTP):
             self._auth_require_tls = not (plain_ok or self.implicit_tls)
 
     async def smtp_EHLO(self, hostname: str) -> None:
+        size = self.relay.size.cached()
+        if size is None:  # not asked of the database for SIZE_CACHE_SECONDS: ask again
+            try:
+                size = await self.relay.run(self.relay.size.current)
+            except Refused as exc:
+                await self.push(exc.reply)
+                return
+        self.data_size_limit = size
+        # aiosmtpd pushes the reply's lines one by one, a send to the socket (an SSL record after
+        # STARTTLS) and a wake-up of the client each: held and sent as one.
+        self._held = []
         try:
-            self.data_size_limit = await self.relay.run(self.relay.size.current)
-        except Refused as exc:
-            await self.push(exc.reply)
+            await super().smtp_EHLO(hostname)
+        finally:
+            held, self._held = self._held, None
+        if held and self._writer is not None:
+            self._writer.write(b"".join(held))
+            await self._writer.drain()
+
+    async def push(self, status: AnyStr) -> None:
+        if self._held is None:
+            await super().push(status)
             return
-        await super().smtp_EHLO(hostname)
+        line = status.encode("utf-8") if isinstance(status, str) else status
+        self._held.append(line + b"\r\n")
 
     # AUTH PLAIN and LOGIN: aiosmtpd reads the exchange and hands the credentials to
     # _authenticate(), which cannot wait; they are checked here, off the event loop.

@@ -177,6 +177,11 @@ class SizeLimit:
         self._value = DEFAULT_SIZE
         self._at = 0.0
 
+    def cached(self) -> int | None:
+        """The SIZE last read, while it is fresh (no database needed: the event loop asks this
+        first); None when it is time to ask the servers again."""
+        return self._value if time.monotonic() - self._at <= SIZE_CACHE_SECONDS else None
+
     @_database_job
     def current(self) -> int:
         if time.monotonic() - self._at > SIZE_CACHE_SECONDS:

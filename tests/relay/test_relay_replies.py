@@ -15,6 +15,7 @@ import pytest
 from mailgate.keys.models import APIKey
 from mailgate.outbox.models import OutgoingMessage, Status
 from mailgate.outbox.worker import Deliverer
+from mailgate.relay import submission
 from mailgate.servers.models import MailServer
 from tests.relay.conftest import RunningRelay
 from tests.smtpsink import SMTPSink
@@ -288,6 +289,31 @@ def test_a_from_outside_the_filter_gets_553_naming_the_filter(
     assert refused.value.smtp_code == 553 and b"fabrikam" in refused.value.smtp_error
     assert OutgoingMessage.objects.count() == 0
     client.quit()
+
+
+def test_the_ehlo_reply_comes_in_one_piece_with_the_size_of_the_moment(
+    office: MailServer, running_relay: RunningRelay
+) -> None:
+    """The EHLO reply's lines are sent together (one read takes them all, up to the last line,
+    "250 ..."), and the SIZE comes from the servers, read again once SIZE_CACHE_SECONDS passed."""
+
+    def ehlo_reply(sock: socket.socket) -> bytes:
+        sock.sendall(b"EHLO app.example\r\n")
+        return sock.recv(65536)
+
+    with socket.create_connection(("127.0.0.1", running_relay.port), timeout=30) as sock:
+        assert sock.recv(1024).startswith(b"220 ")
+        reply = ehlo_reply(sock)
+        lines = reply.split(b"\r\n")
+        assert lines[-1] == b"" and lines[-2].startswith(b"250 ")
+        assert all(line.startswith(b"250-") for line in lines[:-2])
+        assert f"250-SIZE {30 * 1024 * 1024}".encode() in lines
+        # A smaller limit shows once the advertised size is read again.
+        office.max_message_bytes = 5_000_000
+        office.save()
+        assert b"250-SIZE 31457280" in ehlo_reply(sock)  # still the value read at the first EHLO
+        running_relay.relay.size._at -= submission.SIZE_CACHE_SECONDS + 1
+        assert b"250-SIZE 5000000\r\n" in ehlo_reply(sock)
 
 
 def test_an_oversized_message_gets_552(
