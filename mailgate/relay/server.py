@@ -61,15 +61,18 @@ SIMPLE_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@{_ATOM}(?:\.{_ATOM})*)>")
 AUTH_FAILED = "535 5.7.8 Authentication credentials invalid: the username is the API key's name and the password the key (scope send)"
 
 
-class _NoLoginDataNotice(logging.Filter):
-    """aiosmtpd warns that Session.login_data is deprecated at every login it sets it itself;
-    the relay never reads it, so the warning says nothing to an operator."""
+class _Session(Session):
+    """aiosmtpd's session, whose login_data aiosmtpd itself sets at every login and then logs a
+    warning that it is deprecated (a log record made, and to be filtered out, per login). The
+    relay never reads it: here it is a plain attribute."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "login_data is deprecated" not in record.getMessage()
+    @property
+    def login_data(self) -> Any:
+        return self._login_data
 
-
-logging.getLogger("mail.log").addFilter(_NoLoginDataNotice())
+    @login_data.setter
+    def login_data(self, value: Any) -> None:
+        self._login_data = value
 
 
 def is_loopback(peer: object) -> bool:
@@ -116,6 +119,9 @@ class RelaySMTP(SMTP):
             timeout=IDLE_TIMEOUT,
             loop=relay.loop,
         )
+
+    def _create_session(self) -> Session:
+        return _Session(self.loop)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self.transport is None

@@ -4,6 +4,7 @@ what it advertises, what it accepts into the outbox, and each refusal with its c
 from __future__ import annotations
 
 import email
+import logging
 import smtplib
 import socket
 import threading
@@ -314,6 +315,16 @@ def test_the_ehlo_reply_comes_in_one_piece_with_the_size_of_the_moment(
         assert b"250-SIZE 31457280" in ehlo_reply(sock)  # still the value read at the first EHLO
         running_relay.relay.size._at -= submission.SIZE_CACHE_SECONDS + 1
         assert b"250-SIZE 5000000\r\n" in ehlo_reply(sock)
+
+
+def test_a_login_logs_no_warning(
+    office: MailServer, running_relay: RunningRelay, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A good login leaves nothing for an operator to read at WARNING (aiosmtpd's own notice
+    that Session.login_data is deprecated, which it would log at every login, included)."""
+    with caplog.at_level(logging.WARNING):
+        running_relay.connect().quit()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 def test_an_oversized_message_gets_552(
