@@ -9,7 +9,7 @@ the parse of their header fields, which the hand-off does after the fetch, is ti
 two raw imaplib loops log in with the same token, EXAMINE INBOX and read every message, keeping
 nothing: one runs `UID FETCH <uids> (BODY.PEEK[])` over batches of mailgate's size
 (MAILGATE_INBOX_BATCH, 200), the other one `UID FETCH <uid>` per message. After one untimed raw
-pass (Dovecot builds its cache on the first read), runs alternate BENCH_REPEAT (3) times; ratios
+pass (Dovecot builds its cache on the first read), runs alternate BENCH_REPEAT (5) times; ratios
 are median against median (BENCH_WRAP, e.g. "py-spy record -t -f raw -o f.txt --", runs mailgate's
 fetch under a profiler), and the machine's load average is printed with them. Then one 20 MB message is fetched by a
 fresh process, whose peak RSS is reported.
@@ -134,7 +134,7 @@ def mailgate_fetch(
 def main() -> None:
     count = env_int("BENCH_FETCH_MESSAGES", 5000)
     body_bytes = env_int("BENCH_BODY_BYTES", 10 * 1024, minimum=65)
-    repeat = env_int("BENCH_REPEAT", 3)
+    repeat = env_int("BENCH_REPEAT", 5)
     big_bytes = env_int("BENCH_FETCH_BIG_BYTES", 20 * 1024 * 1024)
     batch = env_int("MAILGATE_INBOX_BATCH", 200)
     folder = Path(tempfile.mkdtemp(prefix="mailgate-fetch-bench-"))
