@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import ipaddress
+import math
 import os
 import re
 import secrets
@@ -335,6 +336,8 @@ def tuning_number(variable: str, default: float, minimum: float, meaning: str) -
         value = float(raw)
     except (TypeError, ValueError):
         raise SettingsError(variable, f"{raw!r} is not a number", expected) from None
+    if not math.isfinite(value):  # float() takes "nan" and "inf", which no knob can use
+        raise SettingsError(variable, f"{raw!r} is not a finite number", expected)
     if value < minimum:
         raise SettingsError(variable, f"{value} is below {minimum}", expected)
     return value

@@ -49,6 +49,8 @@ def test_a_bad_switch_names_the_variable_and_the_forms(monkeypatch: pytest.Monke
         ("MAILGATE_OUTBOX_BATCH_SIZE", "0", "0.0 is below 1"),
         ("MAILGATE_OUTBOX_GATHER_SECONDS", "soon", "'soon' is not a number"),
         ("MAILGATE_OUTBOX_GATHER_SECONDS", "-1", "-1.0 is below 0"),
+        ("MAILGATE_OUTBOX_GATHER_SECONDS", "nan", "'nan' is not a finite number"),
+        ("MAILGATE_OUTBOX_LEASE_SECONDS", "inf", "'inf' is not a finite number"),
     ],
 )
 def test_a_bad_number_names_the_variable(
