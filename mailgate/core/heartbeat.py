@@ -60,9 +60,10 @@ class Heartbeat:
         self.beating = False  # a keep_beating() thread is running
         self._lock = threading.Lock()
 
-    def interval(self) -> dt.timedelta:
-        """At most BEAT_INTERVAL, and small enough that three beats fit into dead_after()."""
-        return min(BEAT_INTERVAL, dead_after() / 3)
+    def interval(self, dead: dt.timedelta | None = None) -> dt.timedelta:
+        """At most BEAT_INTERVAL, and small enough that three beats fit into dead_after()
+        (`dead`, when the caller has just read it)."""
+        return min(BEAT_INTERVAL, (dead if dead is not None else dead_after()) / 3)
 
     def is_due(self, now: dt.datetime) -> bool:
         last = self.last_beat_at
@@ -76,8 +77,11 @@ class Heartbeat:
         if not self.beating:
             return True
         last = self.last_beat_at
+        if last is None:
+            return False
         now = now or timezone.now()
-        return last is not None and now - last < dead_after() - self.interval()
+        dead = dead_after()  # read once: this is asked before every message sent
+        return now - last < dead - self.interval(dead)
 
     def beat(self, now: dt.datetime | None = None) -> bool:
         """Record this process as alive (and prune long-gone workers) when due; True if written."""
