@@ -258,6 +258,8 @@ class RelayConfig:
     listen_tls: tuple[str, int] | None = None  # implicit TLS (port 465 style)
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    # AUTH without TLS from a client on this machine (MAILGATE_SMTP_PLAIN_ON_LOOPBACK).
+    plain_on_loopback: bool = True
 
 
 def parse_listen(variable: str, value: str) -> tuple[str, int] | None:
@@ -282,7 +284,8 @@ def parse_listen(variable: str, value: str) -> tuple[str, int] | None:
 
 
 def parse_relay(env: dict[str, str], home: Path) -> RelayConfig:
-    """MAILGATE_SMTP_LISTEN, MAILGATE_SMTPS_LISTEN, MAILGATE_SMTP_TLS_CERT / _KEY (both or neither)."""
+    """MAILGATE_SMTP_LISTEN, MAILGATE_SMTPS_LISTEN, MAILGATE_SMTP_TLS_CERT / _KEY (both or neither),
+    MAILGATE_SMTP_PLAIN_ON_LOOPBACK (on unless set to a false value)."""
     cert_value = env.get("MAILGATE_SMTP_TLS_CERT", "").strip()
     key_value = env.get("MAILGATE_SMTP_TLS_KEY", "").strip()
     if bool(cert_value) != bool(key_value):
@@ -308,6 +311,10 @@ def parse_relay(env: dict[str, str], home: Path) -> RelayConfig:
         listen_tls=parse_listen("MAILGATE_SMTPS_LISTEN", env.get("MAILGATE_SMTPS_LISTEN", "")),
         tls_cert=paths[0],
         tls_key=paths[1],
+        plain_on_loopback=_bool(
+            "MAILGATE_SMTP_PLAIN_ON_LOOPBACK",
+            env.get("MAILGATE_SMTP_PLAIN_ON_LOOPBACK", "").strip() or "1",
+        ),
     )
 
 

@@ -35,7 +35,8 @@ MAILGATE_MAX_RECIPIENTS = CONFIG.max_recipients
 MAILGATE_MAX_ATTACHMENTS = 100
 # Requests a minute one API key may make (0: no limit); more get 429 with Retry-After.
 MAILGATE_API_RATE_LIMIT = CONFIG.api_rate_limit
-# The SMTP relay (mailgate.relay): listeners and certificate; off unless MAILGATE_SMTP_LISTEN is set.
+# The SMTP relay (mailgate.relay): listeners, certificate and plain logins from loopback; off unless
+# MAILGATE_SMTP_LISTEN is set.
 MAILGATE_RELAY = CONFIG.relay
 
 INSTALLED_APPS = [

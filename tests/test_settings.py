@@ -143,6 +143,7 @@ def test_the_security_settings_have_defaults(tmp_path: Path) -> None:
         ("MAILGATE_SMTP_LISTEN", "mail host:587", "is not an address or host name"),
         ("MAILGATE_SMTPS_LISTEN", "0.0.0.0:99999", "out of range"),
         ("MAILGATE_SMTP_TLS_CERT", "/nonexistent/cert.pem", "is not set while its pair is"),
+        ("MAILGATE_SMTP_PLAIN_ON_LOOPBACK", "maybe", "is not a boolean"),
     ],
 )
 def test_the_relay_settings_are_parsed_strictly(
@@ -171,3 +172,14 @@ def test_the_relay_is_off_by_default_and_reads_its_listeners_and_certificate(
     )
     with pytest.raises(conf.SettingsError, match=r"MAILGATE_SMTP_TLS_KEY: .* is not a readable"):
         load(tmp_path, MAILGATE_SMTP_TLS_CERT="c.pem", MAILGATE_SMTP_TLS_KEY="missing.pem")
+
+
+@pytest.mark.parametrize(
+    ("value", "allowed"), [("", True), ("yes", True), ("0", False), ("off", False)]
+)
+def test_plain_logins_from_this_machine_are_on_unless_turned_off(
+    tmp_path: Path, value: str, allowed: bool
+) -> None:
+    assert load(tmp_path).relay.plain_on_loopback is True
+    relay = load(tmp_path, MAILGATE_SMTP_PLAIN_ON_LOOPBACK=value).relay
+    assert relay.plain_on_loopback is allowed

@@ -92,5 +92,6 @@ def relay_page(request: HttpRequest) -> HttpResponse:
     context = {
         "clients": relay_clients(),
         "endpoints": endpoints(settings.MAILGATE_RELAY, public_host),
+        "plain_on_loopback": getattr(settings.MAILGATE_RELAY, "plain_on_loopback", True),
     }
     return render(request, "api/relay.html", context)

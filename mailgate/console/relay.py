@@ -24,7 +24,13 @@ def configured_relay(config: RelayConfig | None = None) -> Relay | None:
     context = server_context(
         config.tls_cert, config.tls_key, home=settings.MAILGATE_HOME, hostname=hostname
     )
-    return Relay(config.listen, context, listen_tls=config.listen_tls, hostname=hostname)
+    return Relay(
+        config.listen,
+        context,
+        listen_tls=config.listen_tls,
+        plain_on_loopback=config.plain_on_loopback,
+        hostname=hostname,
+    )
 
 
 def describe(relay: Relay) -> str:

@@ -55,3 +55,16 @@ def test_the_page_says_how_to_turn_the_relay_on(admin_client: Client, settings: 
     page = admin_client.get("/settings/smtp-relay/").content.decode()
     assert 'id="relay-off"' in page and "MAILGATE_SMTP_LISTEN" in page
     assert "SMTP Relay" in admin_client.get("/settings/").content.decode()
+
+
+def test_the_page_says_whether_this_machine_may_log_in_without_tls(
+    admin_client: Client, settings: object
+) -> None:
+    settings.MAILGATE_RELAY = RelayConfig(listen=("0.0.0.0", 587))  # type: ignore[attr-defined]
+    page = admin_client.get("/settings/smtp-relay/").content.decode()
+    assert "on this machine (loopback) may also log in without TLS" in page
+    settings.MAILGATE_RELAY = RelayConfig(  # type: ignore[attr-defined]
+        listen=("0.0.0.0", 587), plain_on_loopback=False
+    )
+    page = admin_client.get("/settings/smtp-relay/").content.decode()
+    assert "on this machine too, logs in only over STARTTLS or SSL/TLS" in page

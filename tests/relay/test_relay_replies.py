@@ -3,6 +3,7 @@ what it advertises, what it accepts into the outbox, and each refusal with its c
 
 from __future__ import annotations
 
+import base64
 import email
 import logging
 import smtplib
@@ -10,9 +11,12 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 
+from mailgate.conf import RelayConfig
+from mailgate.console.relay import configured_relay
 from mailgate.keys.models import APIKey
 from mailgate.outbox.models import OutgoingMessage, Status
 from mailgate.outbox.worker import Deliverer
@@ -246,6 +250,36 @@ def test_auth_before_starttls_gets_538_and_mail_before_auth_530(
     code, reply = client.docmd("MAIL", f"FROM:<{SENDER}>")
     assert code == 530 and b"Authentication required" in reply
     client.quit()
+
+
+@pytest.mark.parametrize("plain_on_loopback", [True, False])
+def test_the_setting_decides_whether_this_machine_logs_in_without_tls(
+    office: MailServer, settings: object, tmp_path: Path, plain_on_loopback: bool
+) -> None:
+    """The relay that `mailgate relay` starts from the settings (MAILGATE_SMTP_PLAIN_ON_LOOPBACK)."""
+    settings.MAILGATE_HOME = tmp_path  # type: ignore[attr-defined]
+    relay = configured_relay(
+        RelayConfig(listen=("127.0.0.1", 0), plain_on_loopback=plain_on_loopback)
+    )
+    assert relay is not None
+    _, key = APIKey.issue("scanner", scope="send")
+    with relay:
+        assert relay.port is not None
+        client = smtplib.SMTP("127.0.0.1", relay.port, timeout=60)
+        try:
+            client.ehlo("scanner.corp.local")
+            assert client.has_extn("auth") is plain_on_loopback
+            code, reply = client.docmd("AUTH", "PLAIN " + plain_credentials("scanner", key))
+            if plain_on_loopback:
+                assert code == 235
+            else:
+                assert code == 538 and b"Encryption required" in reply
+        finally:
+            client.quit()
+
+
+def plain_credentials(username: str, password: str) -> str:
+    return base64.b64encode(f"\0{username}\0{password}".encode()).decode()
 
 
 def test_plain_auth_without_tls_only_on_loopback_when_allowed(
